@@ -1,0 +1,176 @@
+//! The desired state: what the maps should hold, independent of where it
+//! came from (a file or the Kubernetes API) and of how it is stored (BPF maps).
+//!
+//! Sources translate Kubernetes objects into a [`DesiredState`]
+//! (`crate::translate`); the sync loop diffs it against what is programmed
+//! and hands the difference to the dataplane.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
+
+use serde::Serialize;
+
+/// Transport protocol of a service port. Each protocol is a distinct service:
+/// a TCP-only port is never translated for UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// The IP protocol number, as the kernel and the maps use it.
+    #[must_use]
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => lb_common::proto::TCP,
+            Self::Udp => lb_common::proto::UDP,
+            Self::Sctp => lb_common::proto::SCTP,
+        }
+    }
+
+    /// The inverse of [`Protocol::number`].
+    #[must_use]
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            lb_common::proto::TCP => Some(Self::Tcp),
+            lb_common::proto::UDP => Some(Self::Udp),
+            lb_common::proto::SCTP => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+
+    /// The spelling Kubernetes uses (`TCP`, `UDP`, `SCTP`).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a service picks a backend for each new connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    /// Uniformly random, as kube-proxy's `statistic --mode random` chain.
+    #[default]
+    Random,
+    /// Exact rotation over the backends, shared by all CPUs.
+    RoundRobin,
+}
+
+impl Algorithm {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::RoundRobin => "round-robin",
+        }
+    }
+
+    /// The value stored in `ServiceValue::algorithm`.
+    #[must_use]
+    pub const fn to_raw(self) -> u8 {
+        match self {
+            Self::Random => lb_common::service::ALGORITHM_RANDOM,
+            Self::RoundRobin => lb_common::service::ALGORITHM_ROUND_ROBIN,
+        }
+    }
+
+    /// The inverse of [`Algorithm::to_raw`].
+    #[must_use]
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            lb_common::service::ALGORITHM_RANDOM => Some(Self::Random),
+            lb_common::service::ALGORITHM_ROUND_ROBIN => Some(Self::RoundRobin),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error for an algorithm name that is neither `random` nor `round-robin`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown algorithm {0:?}: expected \"random\" or \"round-robin\"")]
+pub struct UnknownAlgorithm(pub String);
+
+impl FromStr for Algorithm {
+    type Err = UnknownAlgorithm;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "random" => Ok(Self::Random),
+            "round-robin" => Ok(Self::RoundRobin),
+            other => Err(UnknownAlgorithm(other.to_owned())),
+        }
+    }
+}
+
+/// What a client connects to: one ClusterIP, port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Frontend {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", SocketAddr::new(self.ip, self.port), self.protocol)
+    }
+}
+
+/// The Kubernetes name of a service port: `namespace/name:port`, where `port`
+/// is the port's name (empty for a single unnamed port).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    pub port: String,
+}
+
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if !self.port.is_empty() {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything programmed for one frontend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceEntry {
+    pub name: ServicePortName,
+    pub algorithm: Algorithm,
+    /// `sessionAffinity: ClientIP` timeout in seconds, if affinity is on.
+    pub affinity_timeout_s: Option<u32>,
+    /// The usable endpoints, sorted, without duplicates, all of the
+    /// frontend's address family. Empty means "refuse connections".
+    pub backends: Vec<SocketAddr>,
+}
+
+/// The whole desired state, keyed by frontend (sorted, so diffs and listings
+/// are deterministic).
+pub type DesiredState = BTreeMap<Frontend, ServiceEntry>;

@@ -1,0 +1,1 @@
+//! Parsing files of Kubernetes objects (to be written).

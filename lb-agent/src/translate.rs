@@ -1,0 +1,1 @@
+//! Kubernetes objects -> desired state (to be written).

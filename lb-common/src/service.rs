@@ -1,0 +1,94 @@
+//! The service (frontend) table: `lb_services`, a hash map from
+//! ClusterIP:port/protocol to the service's live backend range.
+//!
+//! # Update protocol (enforced by the agent's dataplane, relied on here)
+//!
+//! A service's backends are a contiguous range of `lb_backends` (an array).
+//! To change them the agent:
+//! 1. writes the new backends into a *fresh* range nobody references yet;
+//! 2. replaces the service value, whose `backends` field the programs read
+//!    with a single 8-byte load, so a program sees either the old range or
+//!    the new one, never a mix and never a count beyond its range;
+//! 3. waits for an RCU grace period (every program that could have read the
+//!    old value has returned);
+//! 4. only then frees the old range for reuse.
+//!
+//! So a concurrent `connect()` never fails and never reads a slot beyond the
+//! count, and once the update returns no new connection can reach a removed
+//! backend.
+
+/// Key of `lb_services`: one ClusterIP, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// IPv6 address, or IPv4-mapped IPv6 address for IPv4 (network order).
+    pub addr: [u8; 16],
+    /// Port, network byte order.
+    pub port_be: u16,
+    /// IP protocol number ([`crate::proto`]).
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// Where a service's backends are in `lb_backends`: entries
+/// `first .. first + count`. Eight-byte aligned so that the programs read it
+/// with one load (see the module docs).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendRange {
+    /// Index of the first backend in `lb_backends`.
+    pub first: u32,
+    /// Number of backends; `0` means "no usable endpoints": refuse.
+    pub count: u32,
+}
+
+/// Value of `lb_services`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    /// The live backend range. Must stay the first field (8-byte aligned).
+    pub backends: BackendRange,
+    /// The service's slot in the per-service arrays (`lb_rr`,
+    /// `lb_svc_stats`, `lb_svc_names`) and in affinity keys.
+    pub id: u32,
+    /// [`ALGORITHM_RANDOM`] or [`ALGORITHM_ROUND_ROBIN`].
+    pub algorithm: u8,
+    /// Bit set of `FLAG_*`.
+    pub flags: u8,
+    pub pad: [u8; 2],
+    /// Session affinity idle timeout, seconds (with [`FLAG_AFFINITY`]).
+    pub affinity_timeout_s: u32,
+    pub pad2: [u8; 4],
+}
+
+/// Uniformly random backend per connection, as kube-proxy does.
+pub const ALGORITHM_RANDOM: u8 = 0;
+/// Exact rotation, shared by all CPUs.
+pub const ALGORITHM_ROUND_ROBIN: u8 = 1;
+
+/// `sessionAffinity: ClientIP`: a client (network namespace) keeps its backend.
+pub const FLAG_AFFINITY: u8 = 1 << 0;
+
+/// A service's name, for `lb-agent list` and `bpftool` (value of `lb_svc_names`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceName {
+    /// `namespace/name:port`, UTF-8, NUL-padded.
+    pub name: [u8; 128],
+}
+
+const _: () = assert!(size_of::<ServiceKey>() == 20);
+const _: () = assert!(size_of::<BackendRange>() == 8);
+const _: () = assert!(size_of::<ServiceValue>() == 24);
+const _: () = assert!(core::mem::offset_of!(ServiceValue, backends) == 0);
+const _: () = assert!(size_of::<ServiceName>() == 128);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain integers and byte arrays, explicit padding, no niches.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ServiceValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ServiceName {}
+}

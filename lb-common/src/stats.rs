@@ -1,0 +1,51 @@
+//! Counters: `lb_stats` (per-CPU array of `u64`, indexed by `STAT_*`) and
+//! `lb_svc_stats` (array of [`ServiceStats`] indexed by service id).
+
+/// `connect()` translated to a backend.
+pub const STAT_CONNECT: u32 = 0;
+/// `sendmsg()` (unconnected UDP) translated to a backend.
+pub const STAT_SENDMSG: u32 = 1;
+/// `connect()`/`sendmsg()` refused: the service has no usable endpoint.
+pub const STAT_REFUSED: u32 = 2;
+/// `recvmsg()` source rewritten back to the ClusterIP.
+pub const STAT_RECVMSG_REVERSED: u32 = 3;
+/// `getpeername()` rewritten back to the ClusterIP.
+pub const STAT_GETPEERNAME_REVERSED: u32 = 4;
+/// A backend slot inside a live range could not be read. Always 0 unless
+/// the update protocol is broken; the connection was left untranslated.
+pub const STAT_BACKEND_MISSING: u32 = 5;
+/// The reverse-translation entry could not be written (replies to that
+/// socket would show the pod address).
+pub const STAT_REVNAT_UPDATE_FAILED: u32 = 6;
+/// Session affinity entry reused.
+pub const STAT_AFFINITY_HIT: u32 = 7;
+/// Number of global counters.
+pub const STAT_COUNT: u32 = 8;
+
+/// Names of the global counters, indexed by `STAT_*` (for metrics and `list`).
+pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
+    "connect",
+    "sendmsg",
+    "refused",
+    "recvmsg_reversed",
+    "getpeername_reversed",
+    "backend_missing",
+    "revnat_update_failed",
+    "affinity_hit",
+];
+
+/// Value of `lb_svc_stats`: per-service counters (updated atomically).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceStats {
+    /// Connections and datagram destinations translated to a backend.
+    pub translated: u64,
+    /// Connections refused because the service had no usable endpoint.
+    pub refused: u64,
+}
+
+const _: () = assert!(size_of::<ServiceStats>() == 16);
+
+#[cfg(feature = "user")]
+// SAFETY: plain integers, no padding.
+unsafe impl aya::Pod for ServiceStats {}
