@@ -7,6 +7,9 @@
 //! - `bpf`: loading, probing, pinning and the map-backed dataplane;
 //! - `sync`: diffing desired against applied and applying it in a safe order.
 
+pub mod bpf;
+pub mod dataplane;
 pub mod model;
 pub mod objects;
+pub mod system;
 pub mod translate;

@@ -19,7 +19,7 @@ mod atomic;
 
 use aya_ebpf::{
     EbpfContext as _, Global,
-    bindings::{BPF_F_NO_PREALLOC, bpf_sock_addr},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, bpf_sock_addr},
     btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
@@ -49,6 +49,7 @@ const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+const MMAPABLE: usize = BPF_F_MMAPABLE as usize;
 
 // ---------------------------------------------------------------------------
 // Maps. Sizes here are defaults; the agent sets the real ones at load time.
@@ -59,7 +60,7 @@ static SERVICES: HashMap<ServiceKey, ServiceValue, { capacity::SERVICES as usize
     HashMap::new();
 
 #[btf_map(name = "lb_backends")]
-static BACKENDS: Array<Backend, { capacity::BACKENDS as usize }> = Array::new();
+static BACKENDS: Array<Backend, { capacity::BACKENDS as usize }, MMAPABLE> = Array::new();
 
 #[btf_map(name = "lb_revnat")]
 static REVNAT: LruHashMap<RevNatKey, RevNatValue, { capacity::REVNAT as usize }> =
@@ -386,7 +387,7 @@ fn sticky_backend(key: &AffinityKey, timeout_s: u32) -> Option<Backend> {
     Some(Backend {
         addr: b_addr,
         port_be: b_port,
-        pad: [0; 2],
+        pad: [0; 6],
     })
 }
 

@@ -1,0 +1,345 @@
+//! Typed handles on the maps, opened from a fresh load or from pins, and the
+//! read side shared by adoption (`BpfDataplane::adopt`) and `lb-agent list`.
+
+use std::{
+    collections::BTreeMap,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    ptr::NonNull,
+};
+
+use aya::maps::{
+    Array, ArrayOfMaps, HashMap, IterableMap as _, Map, MapData, MapError, MapInfo, PerCpuArray,
+};
+use lb_common::{
+    affinity::MemberKey,
+    backend::Backend,
+    map_names,
+    meta::Meta,
+    service::{ServiceKey, ServiceName, ServiceValue},
+    stats::{STAT_COUNT, ServiceStats},
+};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+
+use super::Error;
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The pinned maps the agent reads and writes.
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub backends: BackendTable,
+    pub members: HashMap<MapData, MemberKey, u32>,
+    pub rr: Array<MapData, u64>,
+    pub service_stats: Array<MapData, ServiceStats>,
+    pub stats: PerCpuArray<MapData, u64>,
+    pub names: HashMap<MapData, u32, ServiceName>,
+    pub meta: Array<MapData, Meta>,
+}
+
+/// Something that hands out maps by name: a freshly loaded object, or a
+/// directory of pins.
+pub trait MapSource {
+    /// # Errors
+    /// When the map is missing or cannot be opened.
+    fn take(&mut self, name: &'static str) -> Result<Map>;
+}
+
+impl MapSource for aya::Ebpf {
+    fn take(&mut self, name: &'static str) -> Result<Map> {
+        self.take_map(name).ok_or(Error::MissingMap { name })
+    }
+}
+
+/// Opens maps pinned under `<dir>/<name>`.
+pub struct PinDir(pub PathBuf);
+
+impl MapSource for PinDir {
+    fn take(&mut self, name: &'static str) -> Result<Map> {
+        let path = self.0.join(name);
+        let data = MapData::from_pin(&path).map_err(|source| Error::OpenPin {
+            path: path.clone(),
+            source,
+        })?;
+        Map::from_map_data(data).map_err(|source| Error::OpenPin { path, source })
+    }
+}
+
+fn typed<T>(name: &'static str, map: Map) -> Result<T>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(|source| Error::MapLayout { name, source })
+}
+
+impl Maps {
+    /// Takes every shared map from `source` and checks its layout.
+    ///
+    /// # Errors
+    /// When a map is missing or its key/value sizes are not this build's.
+    pub fn open(source: &mut impl MapSource) -> Result<Self> {
+        Ok(Self {
+            services: typed(map_names::SERVICES, source.take(map_names::SERVICES)?)?,
+            backends: BackendTable::new(typed(
+                map_names::BACKENDS,
+                source.take(map_names::BACKENDS)?,
+            )?)?,
+            members: typed(
+                map_names::AFFINITY_MEMBERS,
+                source.take(map_names::AFFINITY_MEMBERS)?,
+            )?,
+            rr: typed(map_names::RR_COUNTERS, source.take(map_names::RR_COUNTERS)?)?,
+            service_stats: typed(
+                map_names::SERVICE_STATS,
+                source.take(map_names::SERVICE_STATS)?,
+            )?,
+            stats: typed(map_names::GLOBAL_STATS, source.take(map_names::GLOBAL_STATS)?)?,
+            names: typed(map_names::SERVICE_NAMES, source.take(map_names::SERVICE_NAMES)?)?,
+            meta: typed(map_names::META, source.take(map_names::META)?)?,
+        })
+    }
+
+    /// Capacity of the service table (and of the per-service arrays).
+    #[must_use]
+    pub fn service_capacity(&self) -> u32 {
+        self.rr.len()
+    }
+
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn read_meta(&self) -> Result<Meta> {
+        self.meta.get(&0, 0).map_err(|source| Error::map("read", map_names::META, source))
+    }
+
+    /// # Errors
+    /// When the map cannot be written.
+    pub fn write_meta(&mut self, meta: &Meta) -> Result<()> {
+        self.meta
+            .set(0, meta, 0)
+            .map_err(|source| Error::map("write", map_names::META, source))
+    }
+
+    /// The global counters summed over CPUs, indexed by `STAT_*`.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn read_stats(&self) -> Result<[u64; STAT_COUNT as usize]> {
+        let mut out = [0u64; STAT_COUNT as usize];
+        for (i, slot) in (0..STAT_COUNT).zip(out.iter_mut()) {
+            let per_cpu = self
+                .stats
+                .get(&i, 0)
+                .map_err(|source| Error::map("read", map_names::GLOBAL_STATS, source))?;
+            *slot = per_cpu.iter().copied().fold(0u64, u64::wrapping_add);
+        }
+        Ok(out)
+    }
+
+    /// Everything in the service table, with backends, names and counters.
+    ///
+    /// # Errors
+    /// When a map cannot be read.
+    pub fn read_services(&self) -> Result<Vec<ServiceRecord>> {
+        let mut names = BTreeMap::new();
+        for item in self.names.iter() {
+            let (id, name) =
+                item.map_err(|source| Error::map("read", map_names::SERVICE_NAMES, source))?;
+            names.insert(id, name);
+        }
+        let mut out = Vec::new();
+        for item in self.services.iter() {
+            let (key, value) =
+                item.map_err(|source| Error::map("read", map_names::SERVICES, source))?;
+            let backends = self.backends.read(value.backends.first, value.backends.count);
+            let stats = self.service_stats.get(&value.id, 0).unwrap_or_default();
+            out.push(ServiceRecord {
+                key,
+                value,
+                name: names.get(&value.id).map(name_str),
+                backends,
+                stats,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One entry of the service table as read back from the maps.
+#[derive(Clone, Debug)]
+pub struct ServiceRecord {
+    pub key: ServiceKey,
+    pub value: ServiceValue,
+    pub name: Option<String>,
+    /// `None` when the range is outside the table (corrupt entry).
+    pub backends: Option<Vec<Backend>>,
+    pub stats: ServiceStats,
+}
+
+/// The UTF-8 text of a NUL-padded name.
+#[must_use]
+pub fn name_str(name: &ServiceName) -> String {
+    let end = name.name.iter().position(|&b| b == 0).unwrap_or(name.name.len());
+    String::from_utf8_lossy(&name.name[..end]).into_owned()
+}
+
+/// A name as stored (truncated to fit, on a character boundary).
+#[must_use]
+pub fn service_name(text: &str) -> ServiceName {
+    let mut name = ServiceName { name: [0; 128] };
+    let mut end = text.len().min(name.name.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.name[..end].copy_from_slice(&text.as_bytes()[..end]);
+    name
+}
+
+/// `lb_backends`, mapped into the agent's memory (the array is created
+/// `BPF_F_MMAPABLE`): ranges are written with plain stores.
+pub struct BackendTable {
+    /// Keeps the map (and so the mapping's backing) alive.
+    _map: Array<MapData, Backend>,
+    ptr: NonNull<Backend>,
+    len: u32,
+    mapped_bytes: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only accessed through
+// `&self`/`&mut self`.
+unsafe impl Send for BackendTable {}
+
+impl BackendTable {
+    fn new(map: Array<MapData, Backend>) -> Result<Self> {
+        let len = map.len();
+        let page = page_size();
+        let bytes = (len as usize * size_of::<Backend>()).div_ceil(page) * page;
+        let fd = map.map().fd().as_fd();
+        // SAFETY: a shared mapping of a BPF array's value area; the kernel
+        // keeps it valid while the map lives, which `_map` ensures.
+        let addr = unsafe {
+            mmap(
+                None,
+                std::num::NonZeroUsize::new(bytes).ok_or(Error::MmapBackends {
+                    source: nix::Error::EINVAL,
+                })?,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(|source| Error::MmapBackends { source })?;
+        Ok(Self {
+            _map: map,
+            ptr: addr.cast(),
+            len,
+            mapped_bytes: bytes,
+        })
+    }
+
+    /// Number of entries.
+    #[must_use]
+    pub const fn capacity(&self) -> u32 {
+        self.len
+    }
+
+    /// Writes `backends` at `first..`. The caller guarantees that no
+    /// service references the range (update protocol, `lb_common::service`).
+    ///
+    /// # Panics
+    /// If the range is outside the table (an allocator bug).
+    pub fn write(&mut self, first: u32, backends: &[Backend]) {
+        let end = first as usize + backends.len();
+        assert!(end <= self.len as usize, "backend range {first}..{end} outside the table");
+        for (i, b) in backends.iter().enumerate() {
+            // SAFETY: in bounds (checked above), aligned (stride = size).
+            unsafe { self.ptr.as_ptr().add(first as usize + i).write_volatile(*b) };
+        }
+        // Publish the entries before the service update that references them.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Reads `count` entries at `first`; `None` when out of bounds.
+    #[must_use]
+    pub fn read(&self, first: u32, count: u32) -> Option<Vec<Backend>> {
+        let end = u64::from(first) + u64::from(count);
+        if end > u64::from(self.len) {
+            return None;
+        }
+        Some(
+            (first..first + count)
+                // SAFETY: in bounds (checked above), aligned.
+                .map(|i| unsafe { self.ptr.as_ptr().add(i as usize).read_volatile() })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for BackendTable {
+    fn drop(&mut self) {
+        // SAFETY: the mapping created in `new`, unmapped once.
+        let _ = unsafe { munmap(self.ptr.cast(), self.mapped_bytes) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}
+
+/// Waits for every running program to finish: updating an entry of a
+/// map-in-map makes the kernel run `synchronize_rcu()` before the syscall
+/// returns (`maybe_wait_bpf_programs`). Step 3 of the update protocol.
+pub struct Barrier {
+    outer: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    inner: Array<MapData, u32>,
+}
+
+impl Barrier {
+    /// # Errors
+    /// When the map is missing or the inner map cannot be created.
+    pub fn open(source: &mut impl MapSource) -> Result<Self> {
+        let outer = typed(map_names::BARRIER, source.take(map_names::BARRIER)?)?;
+        let inner = Array::<MapData, u32>::create(1, 0)
+            .map_err(|source| Error::map("create", "lb_barrier inner", source))?;
+        Ok(Self { outer, inner })
+    }
+
+    /// Returns once no program that started before the call is running.
+    ///
+    /// # Errors
+    /// When the kernel refuses the update.
+    pub fn wait(&mut self) -> Result<()> {
+        self.outer
+            .set(0, &self.inner, 0)
+            .map_err(|source| Error::map("update", map_names::BARRIER, source))
+    }
+}
+
+/// What a pinned map looks like, for checking pins against this build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapShape {
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+/// The shape of the map pinned at `path`, if there is one.
+///
+/// # Errors
+/// When something is pinned there but cannot be opened as a map.
+pub fn pinned_shape(path: &Path) -> Result<Option<MapShape>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let info = MapInfo::from_pin(path).map_err(|source| Error::OpenPin {
+        path: path.into(),
+        source,
+    })?;
+    Ok(Some(MapShape {
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+    }))
+}
