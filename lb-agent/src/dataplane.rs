@@ -89,18 +89,20 @@ pub trait Dataplane {
 
 /// The desired state as the dataplane will hold it: a service's backends
 /// beyond the dataplane's capacity are its problem, not the diff's.
+/// The changes that turn `applied` into `desired`: removals first (so the
+/// room they free can serve the upserts), then new and changed services.
 #[must_use]
 pub fn diff<'a>(applied: &DesiredState, desired: &'a DesiredState) -> Vec<Change<'a>> {
-    let mut changes: Vec<Change<'a>> = desired
-        .iter()
-        .filter(|(fe, entry)| applied.get(fe) != Some(entry))
-        .map(|(fe, entry)| Change::Upsert(*fe, entry))
+    let mut changes: Vec<Change<'a>> = applied
+        .keys()
+        .filter(|fe| !desired.contains_key(fe))
+        .map(|fe| Change::Remove(*fe))
         .collect();
     changes.extend(
-        applied
-            .keys()
-            .filter(|fe| !desired.contains_key(fe))
-            .map(|fe| Change::Remove(*fe)),
+        desired
+            .iter()
+            .filter(|(fe, entry)| applied.get(fe) != Some(entry))
+            .map(|(fe, entry)| Change::Upsert(*fe, entry)),
     );
     changes
 }

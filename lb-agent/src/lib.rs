@@ -9,7 +9,10 @@
 
 pub mod bpf;
 pub mod dataplane;
+pub mod list;
+pub mod metrics;
 pub mod model;
 pub mod objects;
+pub mod sync;
 pub mod system;
 pub mod translate;

@@ -61,6 +61,8 @@ pub struct BpfDataplane {
     ids: IdAllocator,
     ranges: RangeAllocator<u32>,
     backends_used: u32,
+    /// Released by this apply, recycled after the next barrier.
+    retired: Retired,
 }
 
 enum UpsertError {
@@ -99,6 +101,7 @@ impl BpfDataplane {
             ids: IdAllocator::new(service_capacity),
             ranges: RangeAllocator::new(0..backend_capacity),
             backends_used: 0,
+            retired: Retired::default(),
         };
         let mut adopted = Adopted::default();
         let mut used_ranges: Vec<Range<u32>> = Vec::new();
@@ -194,16 +197,49 @@ impl BpfDataplane {
         &self.maps
     }
 
-    /// The maps, for writing `lb_meta`.
-    pub const fn maps_mut(&mut self) -> &mut Maps {
-        &mut self.maps
+    /// Counts a completed sync in `lb_meta` (shown by `lb-agent list`).
+    ///
+    /// # Errors
+    /// When the map cannot be read or written.
+    pub fn record_sync(&mut self, now: std::time::Duration) -> Result<()> {
+        let mut meta = self.maps.read_meta()?;
+        meta.generation += 1;
+        meta.last_sync_unix_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        self.maps.write_meta(&meta)
+    }
+
+    /// Steps 4 and 5: waits out running programs, then recycles what this
+    /// apply retired.
+    fn flush_retired(&mut self) -> Result<()> {
+        if self.retired.ranges.is_empty() && self.retired.ids.is_empty() {
+            return Ok(());
+        }
+        self.barrier.wait()?;
+        for range in std::mem::take(&mut self.retired.ranges) {
+            self.release_range(range);
+        }
+        for id in std::mem::take(&mut self.retired.ids) {
+            let _ = self.maps.names.remove(&id);
+            self.ids.free(id);
+        }
+        Ok(())
+    }
+
+    fn allocate_id(&mut self) -> Result<u32, UpsertError> {
+        if let Some(id) = self.ids.allocate() {
+            return Ok(id);
+        }
+        // Ids retired by this apply become usable after a barrier.
+        self.flush_retired()?;
+        self.ids.allocate().ok_or(UpsertError::Rejected(RejectReason::ServicesFull {
+            capacity: self.ids.capacity,
+        }))
     }
 
     fn upsert(
         &mut self,
         frontend: Frontend,
         entry: &ServiceEntry,
-        retired: &mut Retired,
         report: &mut ApplyReport,
     ) -> Result<(), UpsertError> {
         let previous = self.slots.get(&frontend).cloned();
@@ -211,27 +247,30 @@ impl BpfDataplane {
         let previous_entry = previous_entry.as_ref();
         let (id, new_id) = match &previous {
             Some(slot) => (slot.id, false),
-            None => (
-                self.ids.allocate().ok_or(UpsertError::Rejected(RejectReason::ServicesFull {
-                    capacity: self.ids.capacity,
-                }))?,
-                true,
-            ),
+            None => (self.allocate_id()?, true),
         };
 
         // Step 1: a fresh range for changed backends.
         let backends_changed = previous_entry.is_none_or(|p| p.backends != entry.backends);
         let range = match (&previous, backends_changed) {
-            (Some(slot), false) => slot.range.clone(),
+            (Some(slot), false) => Ok(slot.range.clone()),
             _ => match self.write_new_range(&entry.backends) {
-                Ok(r) => r,
-                Err(reason) => {
-                    if new_id {
-                        self.ids.free(id);
-                    }
-                    return Err(UpsertError::Rejected(reason));
+                // Ranges retired by this apply become usable after a barrier.
+                Err(_) if !self.retired.ranges.is_empty() => {
+                    self.flush_retired()?;
+                    self.write_new_range(&entry.backends)
                 }
+                other => other,
             },
+        };
+        let range = match range {
+            Ok(r) => r,
+            Err(reason) => {
+                if new_id {
+                    self.ids.free(id);
+                }
+                return Err(UpsertError::Rejected(reason));
+            }
         };
         if backends_changed {
             report.backends_written += entry.backends.len();
@@ -296,7 +335,7 @@ impl BpfDataplane {
         }
         if backends_changed {
             if let Some(slot) = &previous {
-                retired.ranges.push(slot.range.clone());
+                self.retired.ranges.push(slot.range.clone());
             }
         }
         self.slots.insert(frontend, Slot { id, range });
@@ -304,7 +343,7 @@ impl BpfDataplane {
         Ok(())
     }
 
-    fn remove(&mut self, frontend: Frontend, retired: &mut Retired) -> Result<bool> {
+    fn remove(&mut self, frontend: Frontend) -> Result<bool> {
         let Some(slot) = self.slots.remove(&frontend) else {
             return Ok(false);
         };
@@ -323,8 +362,8 @@ impl BpfDataplane {
         for m in members(slot.id, entry.as_ref()) {
             let _ = self.maps.members.remove(&m);
         }
-        retired.ranges.push(slot.range);
-        retired.ids.push(slot.id);
+        self.retired.ranges.push(slot.range);
+        self.retired.ids.push(slot.id);
         Ok(true)
     }
 
@@ -362,12 +401,11 @@ impl Dataplane for BpfDataplane {
 
     fn apply(&mut self, changes: &[Change<'_>]) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
-        let mut retired = Retired::default();
         let mut failure = None;
         for change in changes {
             let outcome = match *change {
                 Change::Upsert(frontend, entry) => {
-                    match self.upsert(frontend, entry, &mut retired, &mut report) {
+                    match self.upsert(frontend, entry, &mut report) {
                         Ok(()) => {
                             report.upserted += 1;
                             Ok(())
@@ -383,7 +421,7 @@ impl Dataplane for BpfDataplane {
                         Err(UpsertError::Fatal(e)) => Err(e),
                     }
                 }
-                Change::Remove(frontend) => self.remove(frontend, &mut retired).map(|removed| {
+                Change::Remove(frontend) => self.remove(frontend).map(|removed| {
                     report.removed += usize::from(removed);
                 }),
             };
@@ -392,18 +430,9 @@ impl Dataplane for BpfDataplane {
                 break;
             }
         }
-        // Steps 4 and 5: wait out running programs, then recycle. Done even
-        // after a failure, so that what was applied is complete.
-        if !retired.ranges.is_empty() || !retired.ids.is_empty() {
-            self.barrier.wait()?;
-            for range in retired.ranges {
-                self.release_range(range);
-            }
-            for id in retired.ids {
-                let _ = self.maps.names.remove(&id);
-                self.ids.free(id);
-            }
-        }
+        // Done even after a failure, so that when this returns no program can
+        // reach what was removed.
+        self.flush_retired()?;
         match failure {
             Some(e) => Err(e),
             None => Ok(report),

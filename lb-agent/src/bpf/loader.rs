@@ -300,8 +300,10 @@ fn attach_all(ebpf: &mut Ebpf, features: &Features, cgroup: &Path) -> Result<Vec
         program
             .load()
             .map_err(|source| Error::Program { program: hook.program, source })?;
+        // With BPF links, the kernel always attaches in multi mode and
+        // rejects any flag: `Single` is what asks for no flags.
         let id = program
-            .attach(&cgroup_file, CgroupAttachMode::AllowMultiple)
+            .attach(&cgroup_file, CgroupAttachMode::Single)
             .map_err(|source| Error::Attach { program: hook.program, cgroup: cgroup.into(), source })?;
         let link = program
             .take_link(id)

@@ -1,0 +1,179 @@
+//! `lb-agent list`: what the data path holds, read from the pinned maps
+//! (not from a running agent), as `iptables -t nat -S | grep KUBE` is for
+//! kube-proxy.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use lb_common::{
+    meta::Meta,
+    service::FLAG_AFFINITY,
+    stats::{STAT_COUNT, STAT_NAMES},
+};
+use serde::Serialize;
+
+use crate::{
+    bpf::{
+        Error,
+        dataplane::{frontend_of, socket_addr},
+        features::describe_bits,
+        loader::PinLayout,
+        maps::{Maps, PinDir},
+    },
+    model::Algorithm,
+};
+
+/// One frontend as `list` shows it.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub frontend: String,
+    pub protocol: String,
+    pub service: String,
+    pub algorithm: String,
+    /// `active`, `no-endpoints` (connections refused), or `corrupt`.
+    pub state: &'static str,
+    pub affinity_timeout_s: Option<u32>,
+    pub backends: Vec<SocketAddr>,
+    pub translated: u64,
+    pub refused: u64,
+}
+
+/// Everything `list` prints.
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    pub bpffs: String,
+    pub generation: u64,
+    pub last_sync_unix_ms: u64,
+    pub features: String,
+    pub counters: Vec<(String, u64)>,
+    pub services: Vec<Row>,
+}
+
+/// Reads the pinned maps under `bpffs`.
+///
+/// # Errors
+/// When nothing is pinned there or the pins cannot be read.
+pub fn read(bpffs: &Path) -> Result<Listing, Error> {
+    let layout = PinLayout::new(bpffs);
+    let maps = Maps::open(&mut PinDir(layout.maps_dir()))?;
+    let meta: Meta = maps.read_meta()?;
+    let stats = maps.read_stats()?;
+    let mut services: Vec<Row> = maps
+        .read_services()?
+        .into_iter()
+        .map(|r| {
+            let frontend = frontend_of(&r.key);
+            Row {
+                frontend: frontend.map_or_else(
+                    || format!("{:?}", r.key.addr),
+                    |f| SocketAddr::new(f.ip, f.port).to_string(),
+                ),
+                protocol: frontend.map_or_else(|| r.key.proto.to_string(), |f| f.protocol.to_string()),
+                service: r.name.unwrap_or_default(),
+                algorithm: Algorithm::from_raw(r.value.algorithm)
+                    .map_or_else(|| format!("unknown({})", r.value.algorithm), |a| a.to_string()),
+                state: match &r.backends {
+                    None => "corrupt",
+                    Some(b) if b.is_empty() => "no-endpoints",
+                    Some(_) => "active",
+                },
+                affinity_timeout_s: (r.value.flags & FLAG_AFFINITY != 0)
+                    .then_some(r.value.affinity_timeout_s),
+                backends: r.backends.unwrap_or_default().iter().map(socket_addr).collect(),
+                translated: r.stats.translated,
+                refused: r.stats.refused,
+            }
+        })
+        .collect();
+    services.sort_by(|a, b| (&a.service, &a.frontend, &a.protocol).cmp(&(&b.service, &b.frontend, &b.protocol)));
+    Ok(Listing {
+        bpffs: bpffs.display().to_string(),
+        generation: meta.generation,
+        last_sync_unix_ms: meta.last_sync_unix_ms,
+        features: describe_bits(meta.features, meta.unsupported),
+        counters: (0..STAT_COUNT as usize)
+            .map(|i| (STAT_NAMES[i].to_owned(), stats[i]))
+            .collect(),
+        services,
+    })
+}
+
+/// The table form.
+#[must_use]
+pub fn render_table(l: &Listing) -> String {
+    let mut out = String::new();
+    let synced = if l.last_sync_unix_ms == 0 {
+        "never".to_owned()
+    } else {
+        let t = UNIX_EPOCH + Duration::from_millis(l.last_sync_unix_ms);
+        humantime_utc(t)
+    };
+    let _ = writeln!(out, "data path pinned at {} (sync #{}, last {synced})", l.bpffs, l.generation);
+    let _ = writeln!(out, "kernel features: {}", l.features);
+    let counters: Vec<String> = l.counters.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    let _ = writeln!(out, "counters: {}", counters.join(" "));
+    let _ = writeln!(out);
+    let headers = ["FRONTEND", "PROTO", "SERVICE", "ALGORITHM", "STATE", "CONNECTS", "REFUSED", "BACKENDS"];
+    let rows: Vec<[String; 8]> = l
+        .services
+        .iter()
+        .map(|r| {
+            let algorithm = match r.affinity_timeout_s {
+                Some(t) => format!("{} +affinity {t}s", r.algorithm),
+                None => r.algorithm.clone(),
+            };
+            let backends = if r.backends.is_empty() {
+                "-".to_owned()
+            } else {
+                r.backends.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+            };
+            [
+                r.frontend.clone(),
+                r.protocol.clone(),
+                r.service.clone(),
+                algorithm,
+                r.state.to_owned(),
+                r.translated.to_string(),
+                r.refused.to_string(),
+                backends,
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                let _ = write!(s, "{cell:<w$}  ");
+            }
+        }
+        s.trim_end().to_owned()
+    };
+    let _ = writeln!(out, "{}", line(&headers));
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        let _ = writeln!(out, "{}", line(&cells));
+    }
+    if rows.is_empty() {
+        let _ = writeln!(out, "(no services programmed)");
+    }
+    out
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`.
+fn humantime_utc(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let ts = jiff::Timestamp::from_second(i64::try_from(secs).unwrap_or(0)).unwrap_or_default();
+    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}

@@ -1,0 +1,177 @@
+//! `--services-file`: Kubernetes objects from a file, watched for changes.
+//!
+//! The file is read whole, parsed, validated and translated; any error
+//! rejects the whole file (with the file, object and field named) and the
+//! state programmed before stays as it was. Edits are noticed through
+//! inotify on the file's directory (so editors that replace the file by a
+//! rename are seen too), and SIGHUP forces a reload.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use super::{Publisher, Update};
+use crate::{
+    metrics::{Metrics, SourceLabels},
+    model::DesiredState,
+    objects::{self, ParseError},
+    translate::{self, NodeContext, Options, Problem},
+};
+
+/// Quiet time after a change before reloading: editors write in steps.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Why a file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error("{}", invalid_message(path, problems))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+    #[error("failed to watch {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
+
+fn invalid_message(path: &Path, problems: &[Problem]) -> String {
+    let mut s = format!("{}: {} invalid object(s): ", path.display(), problems.len());
+    for (i, p) in problems.iter().take(5).enumerate() {
+        if i > 0 {
+            s.push_str("; ");
+        }
+        let _ = write!(s, "{p}");
+    }
+    if problems.len() > 5 {
+        let _ = write!(s, "; and {} more", problems.len() - 5);
+    }
+    s
+}
+
+/// Reads, parses and translates one file.
+pub struct FileSource {
+    pub path: PathBuf,
+    pub node: NodeContext,
+    pub options: Options,
+}
+
+impl FileSource {
+    /// Loads the file into a desired state.
+    ///
+    /// # Errors
+    /// When the file cannot be read, does not parse, or holds any object
+    /// that cannot be used.
+    pub fn load(&self) -> Result<DesiredState, Error> {
+        let text = std::fs::read_to_string(&self.path).map_err(|source| Error::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.load_text(&text)
+    }
+
+    fn load_text(&self, text: &str) -> Result<DesiredState, Error> {
+        let objects = objects::parse(text, &self.path)?;
+        let t = translate::translate(&objects.services, &objects.endpoint_slices, &self.node, &self.options);
+        if t.problems.is_empty() {
+            Ok(t.state)
+        } else {
+            Err(Error::Invalid {
+                path: self.path.clone(),
+                problems: t.problems,
+            })
+        }
+    }
+
+    /// Publishes the file's state now and after every change, forever.
+    ///
+    /// # Errors
+    /// When the file's directory cannot be watched.
+    pub async fn run(self, tx: Publisher, metrics: Arc<Metrics>) -> Result<(), Error> {
+        let labels = SourceLabels { source: "file".to_owned() };
+        let (events_tx, mut events) = mpsc::unbounded_channel::<Instant>();
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."))
+            .to_path_buf();
+        let name = self.path.file_name().map(ToOwned::to_owned);
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+                    let _ = events_tx.send(Instant::now());
+                }
+            }
+        })
+        .map_err(|source| Error::Watch { path: dir.clone(), source })?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|source| Error::Watch { path: dir.clone(), source })?;
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::Watch {
+            path: dir.clone(),
+            source: notify::Error::io(e),
+        })?;
+
+        let mut last_text: Option<String> = None;
+        let mut noticed = Instant::now();
+        let mut force = true;
+        loop {
+            match std::fs::read_to_string(&self.path) {
+                Ok(text) if !force && last_text.as_deref() == Some(text.as_str()) => {}
+                Ok(text) => {
+                    match self.load_text(&text) {
+                        Ok(state) => {
+                            tracing::info!(path = %self.path.display(), services = state.len(), "loaded services file");
+                            metrics.source_updates.get_or_create(&labels).inc();
+                            metrics.source_stale.get_or_create(&labels).set(0);
+                            tx.send_replace(Some(Arc::new(Update { state, noticed })));
+                        }
+                        Err(e) => {
+                            tracing::error!("{e}; keeping the state programmed before");
+                            metrics.source_errors.get_or_create(&labels).inc();
+                        }
+                    }
+                    last_text = Some(text);
+                }
+                Err(source) => {
+                    let e = Error::Read { path: self.path.clone(), source };
+                    tracing::error!("{e}; keeping the state programmed before");
+                    metrics.source_errors.get_or_create(&labels).inc();
+                    metrics.source_stale.get_or_create(&labels).set(1);
+                    last_text = None;
+                }
+            }
+            force = false;
+            tokio::select! {
+                Some(at) = events.recv() => {
+                    noticed = at;
+                    // Let a burst of writes settle, then read once.
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while events.try_recv().is_ok() {}
+                }
+                _ = hup.recv() => {
+                    tracing::info!(path = %self.path.display(), "SIGHUP: reloading");
+                    noticed = Instant::now();
+                    force = true;
+                }
+            }
+        }
+    }
+}

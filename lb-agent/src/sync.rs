@@ -1,0 +1,219 @@
+//! Diffing the desired state against what is programmed, and applying it.
+//!
+//! Sources publish whole desired states; [`Syncer::sync`] turns the newest
+//! one into the smallest set of changes and hands them to the dataplane.
+//! Unchanged services are never touched, so a restart over adopted maps, or
+//! a reload of an unchanged file, costs nothing and disturbs nothing.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    dataplane::{ApplyReport, Dataplane, RejectReason, diff},
+    model::{DesiredState, Frontend},
+};
+
+/// What one sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncOutcome {
+    pub report: ApplyReport,
+    /// Number of changes handed to the dataplane.
+    pub changes: usize,
+    pub duration: Duration,
+    /// Services that do not fit, now (not only those new in this sync).
+    pub rejected_now: usize,
+}
+
+/// Owns the dataplane and remembers which services it had to reject.
+pub struct Syncer<D> {
+    dataplane: D,
+    rejected: BTreeMap<Frontend, RejectReason>,
+}
+
+impl<D: Dataplane> Syncer<D> {
+    pub const fn new(dataplane: D) -> Self {
+        Self {
+            dataplane,
+            rejected: BTreeMap::new(),
+        }
+    }
+
+    #[must_use]
+    pub const fn dataplane(&self) -> &D {
+        &self.dataplane
+    }
+
+    pub const fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dataplane
+    }
+
+    /// Services currently left out for lack of room, with the reason.
+    #[must_use]
+    pub const fn rejected(&self) -> &BTreeMap<Frontend, RejectReason> {
+        &self.rejected
+    }
+
+    /// Brings the dataplane to `desired`. A service that does not fit is
+    /// logged once when it starts not fitting (and once when it fits again).
+    ///
+    /// # Errors
+    /// When the dataplane fails; what was applied stays applied.
+    pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncOutcome, D::Error> {
+        let started = Instant::now();
+        let changes = diff(self.dataplane.applied(), desired);
+        if changes.is_empty() {
+            self.rejected.clear();
+            return Ok(SyncOutcome {
+                duration: started.elapsed(),
+                ..SyncOutcome::default()
+            });
+        }
+        let report = self.dataplane.apply(&changes)?;
+        let mut rejected_now = BTreeMap::new();
+        for r in &report.rejected {
+            if !self.rejected.contains_key(&r.frontend) {
+                tracing::error!(
+                    frontend = %r.frontend,
+                    service = %r.name,
+                    reason = %r.reason,
+                    "service not programmed"
+                );
+            }
+            rejected_now.insert(r.frontend, r.reason.clone());
+        }
+        for frontend in self.rejected.keys() {
+            if !rejected_now.contains_key(frontend) && self.dataplane.applied().contains_key(frontend) {
+                tracing::info!(%frontend, "service programmed after being rejected earlier");
+            }
+        }
+        self.rejected = rejected_now;
+        let outcome = SyncOutcome {
+            changes: changes.len(),
+            duration: started.elapsed(),
+            rejected_now: self.rejected.len(),
+            report,
+        };
+        tracing::info!(
+            changes = outcome.changes,
+            upserted = outcome.report.upserted,
+            removed = outcome.report.removed,
+            backends_written = outcome.report.backends_written,
+            rejected = outcome.rejected_now,
+            duration_us = u64::try_from(outcome.duration.as_micros()).unwrap_or(u64::MAX),
+            "synced"
+        );
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::Syncer;
+    use crate::{
+        dataplane::{Change, MemoryDataplane, RejectReason, diff},
+        model::{Algorithm, DesiredState, Frontend, Protocol, ServiceEntry, ServicePortName},
+    };
+
+    fn fe(last: u8, port: u16) -> Frontend {
+        Frontend {
+            ip: format!("10.96.0.{last}").parse().expect("ip"),
+            port,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    fn entry(name: &str, backends: &[&str]) -> ServiceEntry {
+        ServiceEntry {
+            name: ServicePortName {
+                namespace: "default".into(),
+                name: name.into(),
+                port: String::new(),
+            },
+            algorithm: Algorithm::Random,
+            affinity_timeout_s: None,
+            backends: backends
+                .iter()
+                .map(|b| b.parse::<SocketAddr>().expect("addr"))
+                .collect(),
+        }
+    }
+
+    fn state(items: &[(Frontend, ServiceEntry)]) -> DesiredState {
+        items.iter().cloned().collect()
+    }
+
+    #[test]
+    fn diff_upserts_new_and_changed_removes_gone_and_skips_equal() {
+        let applied = state(&[
+            (fe(1, 80), entry("same", &["10.0.0.1:80"])),
+            (fe(2, 80), entry("changed", &["10.0.0.2:80"])),
+            (fe(3, 80), entry("gone", &["10.0.0.3:80"])),
+        ]);
+        let desired = state(&[
+            (fe(1, 80), entry("same", &["10.0.0.1:80"])),
+            (fe(2, 80), entry("changed", &["10.0.0.2:80", "10.0.0.4:80"])),
+            (fe(4, 80), entry("new", &[])),
+        ]);
+        let changes = diff(&applied, &desired);
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert!(changes.contains(&Change::Upsert(fe(2, 80), &desired[&fe(2, 80)])));
+        assert!(changes.contains(&Change::Upsert(fe(4, 80), &desired[&fe(4, 80)])));
+        assert!(changes.contains(&Change::Remove(fe(3, 80))));
+    }
+
+    #[test]
+    fn algorithm_or_affinity_change_is_a_change() {
+        let mut changed = entry("a", &["10.0.0.1:80"]);
+        let applied = state(&[(fe(1, 80), changed.clone())]);
+        changed.algorithm = Algorithm::RoundRobin;
+        assert_eq!(diff(&applied, &state(&[(fe(1, 80), changed.clone())])).len(), 1);
+        changed.algorithm = Algorithm::Random;
+        changed.affinity_timeout_s = Some(10);
+        assert_eq!(diff(&applied, &state(&[(fe(1, 80), changed)])).len(), 1);
+    }
+
+    #[test]
+    fn second_sync_of_the_same_state_changes_nothing() {
+        let mut syncer = Syncer::new(MemoryDataplane::new(10, 10));
+        let desired = state(&[(fe(1, 80), entry("a", &["10.0.0.1:80"]))]);
+        let first = syncer.sync(&desired).expect("sync");
+        assert_eq!(first.report.upserted, 1);
+        let second = syncer.sync(&desired).expect("sync");
+        assert_eq!(second.changes, 0);
+        assert_eq!(syncer.dataplane().applies.len(), 1, "no apply for an unchanged state");
+    }
+
+    #[test]
+    fn services_that_do_not_fit_are_rejected_and_the_rest_programmed() {
+        let mut syncer = Syncer::new(MemoryDataplane::new(2, 3));
+        let desired = state(&[
+            (fe(1, 80), entry("a", &["10.0.0.1:80", "10.0.0.2:80"])),
+            (fe(2, 80), entry("b", &["10.0.0.3:80", "10.0.0.4:80"])),
+            (fe(3, 80), entry("c", &[])),
+            (fe(4, 80), entry("d", &[])),
+        ]);
+        let out = syncer.sync(&desired).expect("sync");
+        assert_eq!(out.report.upserted, 2);
+        assert_eq!(out.rejected_now, 2);
+        assert!(matches!(
+            syncer.rejected()[&fe(2, 80)],
+            RejectReason::BackendsFull { needed: 2, free: 1, capacity: 3 }
+        ));
+        assert!(matches!(syncer.rejected()[&fe(4, 80)], RejectReason::ServicesFull { capacity: 2 }));
+        assert!(syncer.dataplane().state.contains_key(&fe(1, 80)));
+        assert!(syncer.dataplane().state.contains_key(&fe(3, 80)));
+
+        // Room appears (a and c go): the rejected ones fit in the same sync.
+        let smaller = state(&[
+            (fe(2, 80), entry("b", &["10.0.0.3:80", "10.0.0.4:80"])),
+            (fe(4, 80), entry("d", &[])),
+        ]);
+        let out = syncer.sync(&smaller).expect("sync");
+        assert_eq!(out.rejected_now, 0);
+        assert_eq!(syncer.dataplane().state, smaller);
+    }
+}
