@@ -39,7 +39,8 @@ use apiserver::{
 };
 
 /// The selector kube-proxy (and the agent) watch Services with.
-const PROXY_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+const PROXY_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 const HEADLESS: (&str, &str) = ("service.kubernetes.io/headless", "");
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -54,7 +55,9 @@ async fn cluster() -> Cluster {
     let server = ApiServer::start().expect("start the test apiserver");
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("kubeconfig");
-    server.write_kubeconfig(&path).expect("write the kubeconfig");
+    server
+        .write_kubeconfig(&path)
+        .expect("write the kubeconfig");
     let client = client_from(&path).await;
     Cluster {
         server,
@@ -88,20 +91,25 @@ where
         let (store, writer) = reflector::store();
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&log);
-        let task = tokio::spawn(watcher::watcher(api, config).default_backoff().reflect(writer).for_each(
-            move |event| {
-                let line = match event {
-                    Ok(Event::Init) => "init".to_owned(),
-                    Ok(Event::InitApply(o) | Event::Apply(o)) => format!("apply {}", o.name_any()),
-                    Ok(Event::Delete(o)) => format!("delete {}", o.name_any()),
-                    Ok(Event::InitDone) => "init-done".to_owned(),
-                    Err(watcher::Error::WatchError(status)) => format!("error {}", status.code),
-                    Err(e) => format!("error {e}"),
-                };
-                sink.lock().expect("log lock").push(line);
-                ready(())
-            },
-        ));
+        let task = tokio::spawn(
+            watcher::watcher(api, config)
+                .default_backoff()
+                .reflect(writer)
+                .for_each(move |event| {
+                    let line = match event {
+                        Ok(Event::Init) => "init".to_owned(),
+                        Ok(Event::InitApply(o) | Event::Apply(o)) => {
+                            format!("apply {}", o.name_any())
+                        }
+                        Ok(Event::Delete(o)) => format!("delete {}", o.name_any()),
+                        Ok(Event::InitDone) => "init-done".to_owned(),
+                        Err(watcher::Error::WatchError(status)) => format!("error {}", status.code),
+                        Err(e) => format!("error {e}"),
+                    };
+                    sink.lock().expect("log lock").push(line);
+                    ready(())
+                }),
+        );
         tokio::time::timeout(WAIT, store.wait_until_ready())
             .await
             .expect("the reflector is ready in time")
@@ -123,7 +131,10 @@ where
 
     async fn wait_for_names(&self, names: &[&str]) {
         let want: BTreeSet<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        wait_until_async(&format!("the store holds exactly {want:?}"), WAIT, || self.names() == want).await;
+        wait_until_async(&format!("the store holds exactly {want:?}"), WAIT, || {
+            self.names() == want
+        })
+        .await;
     }
 }
 
@@ -143,7 +154,11 @@ fn web(name: &str) -> Service {
 
 /// The requests of one verb for `services`.
 fn service_requests(server: &ApiServer, verb: Verb) -> Vec<apiserver::RequestRecord> {
-    server.requests().into_iter().filter(|r| r.is(verb, "services")).collect()
+    server
+        .requests()
+        .into_iter()
+        .filter(|r| r.is(verb, "services"))
+        .collect()
 }
 
 #[tokio::test]
@@ -152,11 +167,16 @@ async fn initial_list_is_paged_and_selected_like_kube_proxy() {
     for name in ["a", "b", "c", "d", "e"] {
         server.apply(&web(name));
     }
-    server.apply(&labeled(web("mesh"), &[("service.kubernetes.io/service-proxy-name", "other")]));
+    server.apply(&labeled(
+        web("mesh"),
+        &[("service.kubernetes.io/service-proxy-name", "other")],
+    ));
     server.apply(&labeled(web("headless"), &[HEADLESS]));
     let list_rv = server.resource_version();
 
-    let config = watcher::Config::default().labels(PROXY_SELECTOR).page_size(2);
+    let config = watcher::Config::default()
+        .labels(PROXY_SELECTOR)
+        .page_size(2);
     let services = Reflector::start(Api::<Service>::all(client), config).await;
     assert_eq!(services.names(), set(&["a", "b", "c", "d", "e"]));
     wait_until_async("the watch follows the list", WAIT, || {
@@ -168,7 +188,11 @@ async fn initial_list_is_paged_and_selected_like_kube_proxy() {
         eprintln!("observed: {request}");
     }
     let lists = service_requests(&server, Verb::List);
-    assert_eq!(lists.len(), 3, "5 matching objects in pages of 2: {lists:#?}");
+    assert_eq!(
+        lists.len(),
+        3,
+        "5 matching objects in pages of 2: {lists:#?}"
+    );
     for (i, list) in lists.iter().enumerate() {
         assert_eq!(list.path, "/api/v1/services");
         assert_eq!(list.param("limit"), Some("2"));
@@ -176,7 +200,10 @@ async fn initial_list_is_paged_and_selected_like_kube_proxy() {
         assert_eq!(list.param("continue").is_some(), i > 0, "page {i}");
     }
     let watch = &service_requests(&server, Verb::Watch)[0];
-    assert_eq!(watch.param("resourceVersion"), Some(list_rv.to_string().as_str()));
+    assert_eq!(
+        watch.param("resourceVersion"),
+        Some(list_rv.to_string().as_str())
+    );
     assert_eq!(watch.param("labelSelector"), Some(PROXY_SELECTOR));
     assert_eq!(watch.param("allowWatchBookmarks"), Some("true"));
     assert_eq!(watch.param("timeoutSeconds"), Some("290"));
@@ -191,17 +218,30 @@ async fn watch_delivers_added_modified_deleted_and_selector_transitions() {
 
     let added = server.apply(&service("default", "b", "10.96.7.7", &[("http", 80, 8080)]));
     services.wait_for_names(&["a", "b"]).await;
-    let b = services.store.find(|s| s.name_any() == "b").expect("b is in the store");
+    let b = services
+        .store
+        .find(|s| s.name_any() == "b")
+        .expect("b is in the store");
     assert_eq!(b.metadata.resource_version, added.metadata.resource_version);
-    assert_eq!(b.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()), Some("10.96.7.7"));
+    assert_eq!(
+        b.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()),
+        Some("10.96.7.7")
+    );
     assert!(b.metadata.uid.is_some() && b.metadata.creation_timestamp.is_some());
 
     let modified = server.apply(&service("default", "b", "10.96.7.7", &[("http", 81, 8081)]));
     assert_eq!(modified.metadata.generation, Some(2));
     wait_until_async("b has its new port", WAIT, || {
-        services.store.find(|s| s.name_any() == "b").is_some_and(|s| {
-            s.spec.as_ref().and_then(|spec| spec.ports.as_ref()).map(|p| p[0].port) == Some(81)
-        })
+        services
+            .store
+            .find(|s| s.name_any() == "b")
+            .is_some_and(|s| {
+                s.spec
+                    .as_ref()
+                    .and_then(|spec| spec.ports.as_ref())
+                    .map(|p| p[0].port)
+                    == Some(81)
+            })
     })
     .await;
 
@@ -216,7 +256,16 @@ async fn watch_delivers_added_modified_deleted_and_selector_transitions() {
     services.wait_for_names(&["a"]).await;
     assert_eq!(
         services.log(),
-        ["init", "apply a", "init-done", "apply b", "apply b", "delete a", "apply a", "delete b"]
+        [
+            "init",
+            "apply a",
+            "init-done",
+            "apply b",
+            "apply b",
+            "delete a",
+            "apply a",
+            "delete b"
+        ]
     );
 }
 
@@ -227,8 +276,13 @@ async fn bookmarks_let_a_resumed_watch_survive_compaction() {
     server.apply(&web("a"));
     // Two watchers that differ only in bookmarks (and in page size, to tell
     // their lists apart).
-    let with = watcher::Config::default().labels(PROXY_SELECTOR).page_size(50);
-    let without = watcher::Config::default().labels(PROXY_SELECTOR).page_size(60).disable_bookmarks();
+    let with = watcher::Config::default()
+        .labels(PROXY_SELECTOR)
+        .page_size(50);
+    let without = watcher::Config::default()
+        .labels(PROXY_SELECTOR)
+        .page_size(60)
+        .disable_bookmarks();
     let bookmarked = Reflector::start(Api::<Service>::all(client.clone()), with).await;
     let plain = Reflector::start(Api::<Service>::all(client), without).await;
     let lists_with_limit = |limit: &str| {
@@ -242,11 +296,19 @@ async fn bookmarks_let_a_resumed_watch_survive_compaction() {
     for name in ["h1", "h2", "h3"] {
         server.apply(&labeled(web(name), &[HEADLESS]));
     }
-    server.apply(&endpoint_slice("default", "a-1", "a", &["10.0.0.1"], &[("http", 8080)]));
+    server.apply(&endpoint_slice(
+        "default",
+        "a-1",
+        "a",
+        &["10.0.0.1"],
+        &[("http", 8080)],
+    ));
     let rv = server.resource_version();
-    wait_until_async("a bookmark carries the latest resourceVersion", WAIT, || {
-        server.stats().last_bookmark_rv >= rv
-    })
+    wait_until_async(
+        "a bookmark carries the latest resourceVersion",
+        WAIT,
+        || server.stats().last_bookmark_rv >= rv,
+    )
     .await;
 
     server.compact();
@@ -262,18 +324,36 @@ async fn bookmarks_let_a_resumed_watch_survive_compaction() {
                 >= 2
         }
     };
-    wait_until_async("the bookmarked watcher resumes", WAIT, resumed(Some("true"))).await;
-    wait_until_async("the plain watcher relists", WAIT, || lists_with_limit("60") == 2).await;
+    wait_until_async(
+        "the bookmarked watcher resumes",
+        WAIT,
+        resumed(Some("true")),
+    )
+    .await;
+    wait_until_async("the plain watcher relists", WAIT, || {
+        lists_with_limit("60") == 2
+    })
+    .await;
 
     let rewatch = service_requests(&server, Verb::Watch)
         .into_iter()
         .filter(|r| r.param("allowWatchBookmarks") == Some("true"))
         .nth(1)
         .expect("a second bookmarked watch");
-    assert_eq!(rewatch.param("resourceVersion"), Some(rv.to_string().as_str()));
-    assert_eq!(lists_with_limit("50"), 1, "the bookmarked watcher did not relist");
+    assert_eq!(
+        rewatch.param("resourceVersion"),
+        Some(rv.to_string().as_str())
+    );
+    assert_eq!(
+        lists_with_limit("50"),
+        1,
+        "the bookmarked watcher did not relist"
+    );
     assert_eq!(bookmarked.count("init"), 1);
-    wait_until_async("the plain watcher saw 410", WAIT, || plain.count("error 410") == 1).await;
+    wait_until_async("the plain watcher saw 410", WAIT, || {
+        plain.count("error 410") == 1
+    })
+    .await;
     assert_eq!(plain.count("init"), 2);
     assert_eq!(server.stats().expired, 1);
     assert_eq!(bookmarked.names(), set(&["a"]));
@@ -285,7 +365,9 @@ async fn expired_watch_relists_and_sees_what_changed_meanwhile() {
     for name in ["a", "b", "c"] {
         server.apply(&web(name));
     }
-    let config = watcher::Config::default().labels(PROXY_SELECTOR).page_size(2);
+    let config = watcher::Config::default()
+        .labels(PROXY_SELECTOR)
+        .page_size(2);
     let services = Reflector::start(Api::<Service>::all(client), config).await;
     let lists_before = service_requests(&server, Verb::List).len();
 
@@ -300,12 +382,19 @@ async fn expired_watch_relists_and_sees_what_changed_meanwhile() {
     services.wait_for_names(&["a", "c", "d"]).await;
     assert!(services.count("error 410") >= 1, "{:?}", services.log());
     assert_eq!(services.count("init"), 2, "{:?}", services.log());
-    assert_eq!(service_requests(&server, Verb::List).len(), lists_before + 2, "a paged relist");
+    assert_eq!(
+        service_requests(&server, Verb::List).len(),
+        lists_before + 2,
+        "a paged relist"
+    );
     assert!(server.stats().expired >= 1);
 
     // The same through expire_watches, without a stop: what the real server
     // does to a watcher that fell behind.
-    wait_until_async("the watch is open again", WAIT, || server.stats().open_watches == 1).await;
+    wait_until_async("the watch is open again", WAIT, || {
+        server.stats().open_watches == 1
+    })
+    .await;
     server.expire_watches();
     wait_until_async("a third list", WAIT, || services.count("init") == 3).await;
     services.wait_for_names(&["a", "c", "d"]).await;
@@ -316,10 +405,16 @@ async fn closed_watches_resume_without_a_relist() {
     let Cluster { server, client, .. } = cluster().await;
     server.apply(&web("a"));
     let services = Reflector::start(Api::<Service>::all(client), watcher::Config::default()).await;
-    wait_until_async("the watch is open", WAIT, || server.stats().open_watches == 1).await;
+    wait_until_async("the watch is open", WAIT, || {
+        server.stats().open_watches == 1
+    })
+    .await;
 
     server.close_watches();
-    wait_until_async("the watcher watches again", WAIT, || server.stats().watches == 2).await;
+    wait_until_async("the watcher watches again", WAIT, || {
+        server.stats().watches == 2
+    })
+    .await;
     server.apply(&web("b"));
     services.wait_for_names(&["a", "b"]).await;
 
@@ -333,9 +428,16 @@ async fn closed_watches_resume_without_a_relist() {
     assert_eq!(services.count("init"), 1);
     let versions: Vec<u64> = service_requests(&server, Verb::Watch)
         .iter()
-        .map(|w| w.param("resourceVersion").and_then(|rv| rv.parse().ok()).expect("a numeric resourceVersion"))
+        .map(|w| {
+            w.param("resourceVersion")
+                .and_then(|rv| rv.parse().ok())
+                .expect("a numeric resourceVersion")
+        })
         .collect();
-    assert!(versions.is_sorted(), "resumed from ever newer versions: {versions:?}");
+    assert!(
+        versions.is_sorted(),
+        "resumed from ever newer versions: {versions:?}"
+    );
 }
 
 #[tokio::test]
@@ -365,7 +467,10 @@ async fn stopped_server_refuses_connections_and_the_watcher_catches_up() {
     server.apply(&web("a"));
     server.apply(&web("b"));
     let services = Reflector::start(Api::<Service>::all(client), watcher::Config::default()).await;
-    wait_until_async("the watch is open", WAIT, || server.stats().open_watches == 1).await;
+    wait_until_async("the watch is open", WAIT, || {
+        server.stats().open_watches == 1
+    })
+    .await;
 
     server.stop();
     let refused = TcpStream::connect(("127.0.0.1", server.port())).expect_err("nothing listens");
@@ -380,7 +485,11 @@ async fn stopped_server_refuses_connections_and_the_watcher_catches_up() {
     server.restart().expect("restart on the same port");
 
     services.wait_for_names(&["b", "c"]).await;
-    assert_eq!(server.stats().lists, 1, "caught up by watching, without a relist");
+    assert_eq!(
+        server.stats().lists,
+        1,
+        "caught up by watching, without a relist"
+    );
     assert_eq!(services.count("init"), 1);
 }
 
@@ -398,50 +507,109 @@ async fn node_watched_by_name() {
             .expect("the stream goes on")
             .expect("no watch error")
     };
-    let address = |node: &Node| node.status.as_ref().and_then(|s| s.addresses.as_ref()).map(|a| a[0].address.clone());
+    let address = |node: &Node| {
+        node.status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .map(|a| a[0].address.clone())
+    };
 
     let first = next().await.expect("node-a exists");
     assert_eq!(address(&first).as_deref(), Some("192.168.0.1"));
     server.apply(&node("node-b", &["192.168.0.22"]));
     server.apply(&node("node-a", &["192.168.0.11"]));
     let second = next().await.expect("node-a still exists");
-    assert_eq!(address(&second).as_deref(), Some("192.168.0.11"), "node-b's change was not sent");
+    assert_eq!(
+        address(&second).as_deref(),
+        Some("192.168.0.11"),
+        "node-b's change was not sent"
+    );
     server.delete::<Node>("", "node-a").expect("node-a existed");
     assert!(next().await.is_none());
 
-    let watches: Vec<_> = server.requests().into_iter().filter(|r| r.is(Verb::Watch, "nodes")).collect();
+    let watches: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.is(Verb::Watch, "nodes"))
+        .collect();
     assert_eq!(watches[0].path, "/api/v1/nodes");
-    assert_eq!(watches[0].param("fieldSelector"), Some("metadata.name=node-a"));
+    assert_eq!(
+        watches[0].param("fieldSelector"),
+        Some("metadata.name=node-a")
+    );
 
     let b = api.get("node-b").await.expect("get node-b");
     assert_eq!(address(&b).as_deref(), Some("192.168.0.22"));
-    match api.get("node-a").await {
-        Err(kube::Error::Api(status)) => assert_eq!((status.code, status.reason.as_str()), (404, "NotFound")),
-        other => panic!("expected 404 for a deleted node, got {other:?}"),
-    }
+    assert_eq!(
+        api_error(api.get("node-a").await),
+        (404, "NotFound".to_owned())
+    );
 }
 
 #[tokio::test]
 async fn endpoint_slices_by_namespace_and_service() {
     let Cluster { server, client, .. } = cluster().await;
-    server.apply(&endpoint_slice("default", "web-1", "web", &["10.0.0.1"], &[("http", 8080)]));
-    server.apply(&endpoint_slice("default", "db-1", "db", &["10.0.0.2"], &[("sql", 5432)]));
-    server.apply(&endpoint_slice("other", "web-1", "web", &["10.0.1.1"], &[("http", 8080)]));
+    server.apply(&endpoint_slice(
+        "default",
+        "web-1",
+        "web",
+        &["10.0.0.1"],
+        &[("http", 8080)],
+    ));
+    server.apply(&endpoint_slice(
+        "default",
+        "db-1",
+        "db",
+        &["10.0.0.2"],
+        &[("sql", 5432)],
+    ));
+    server.apply(&endpoint_slice(
+        "other",
+        "web-1",
+        "web",
+        &["10.0.1.1"],
+        &[("http", 8080)],
+    ));
     let api = Api::<EndpointSlice>::namespaced(client, "default");
     let config = watcher::Config::default().labels("kubernetes.io/service-name=web");
     let slices = Reflector::start(api, config).await;
     assert_eq!(slices.store.state().len(), 1);
-    assert_eq!(slices.store.state()[0].namespace().as_deref(), Some("default"));
+    assert_eq!(
+        slices.store.state()[0].namespace().as_deref(),
+        Some("default")
+    );
 
-    server.apply(&endpoint_slice("default", "web-2", "web", &["fd00::1"], &[("http", 8080)]));
-    server.apply(&endpoint_slice("other", "web-2", "web", &["10.0.1.2"], &[("http", 8080)]));
+    server.apply(&endpoint_slice(
+        "default",
+        "web-2",
+        "web",
+        &["fd00::1"],
+        &[("http", 8080)],
+    ));
+    server.apply(&endpoint_slice(
+        "other",
+        "web-2",
+        "web",
+        &["10.0.1.2"],
+        &[("http", 8080)],
+    ));
     slices.wait_for_names(&["web-1", "web-2"]).await;
-    let v6 = slices.store.find(|s| s.name_any() == "web-2").expect("web-2");
+    let v6 = slices
+        .store
+        .find(|s| s.name_any() == "web-2")
+        .expect("web-2");
     assert_eq!(v6.address_type, "IPv6");
     assert_eq!(v6.namespace().as_deref(), Some("default"));
 
-    let lists: Vec<_> = server.requests().into_iter().filter(|r| r.is(Verb::List, "endpointslices")).collect();
-    assert_eq!(lists[0].path, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices");
+    let lists: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.is(Verb::List, "endpointslices"))
+        .collect();
+    assert_eq!(
+        lists[0].path,
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+    );
 }
 
 #[tokio::test]
@@ -451,11 +619,18 @@ async fn list_pages_are_one_snapshot_and_the_watch_after_misses_nothing() {
         server.apply(&web(name));
     }
     let api = Api::<Service>::namespaced(client, "default");
-    let first = api.list(&ListParams::default().limit(2)).await.expect("first page");
+    let first = api
+        .list(&ListParams::default().limit(2))
+        .await
+        .expect("first page");
     assert_eq!(names(&first.items), ["a", "b"]);
     assert_eq!(first.metadata.remaining_item_count, Some(2));
     let token = first.metadata.continue_.clone().expect("a continue token");
-    let rv = first.metadata.resource_version.clone().expect("a list resourceVersion");
+    let rv = first
+        .metadata
+        .resource_version
+        .clone()
+        .expect("a list resourceVersion");
 
     server.delete::<Service>("default", "c").expect("c existed");
     server.apply(&web("bb"));
@@ -464,9 +639,16 @@ async fn list_pages_are_one_snapshot_and_the_watch_after_misses_nothing() {
         .list(&ListParams::default().limit(2).continue_token(&token))
         .await
         .expect("second page");
-    assert_eq!(names(&second.items), ["c", "d"], "the first page's snapshot");
+    assert_eq!(
+        names(&second.items),
+        ["c", "d"],
+        "the first page's snapshot"
+    );
     assert!(second.items[1].labels().get("changed").is_none());
-    assert_eq!(second.metadata.resource_version.as_deref(), Some(rv.as_str()));
+    assert_eq!(
+        second.metadata.resource_version.as_deref(),
+        Some(rv.as_str())
+    );
     assert!(second.metadata.continue_.is_none());
 
     let events: Vec<String> = api
@@ -486,14 +668,24 @@ async fn list_pages_are_one_snapshot_and_the_watch_after_misses_nothing() {
     assert_eq!(events, ["DELETED c", "ADDED bb", "MODIFIED d"]);
 
     server.compact();
-    match api.list(&ListParams::default().limit(2).continue_token(&token)).await {
-        Err(kube::Error::Api(status)) => assert_eq!((status.code, status.reason.as_str()), (410, "Expired")),
-        other => panic!("expected 410 for a compacted continue token, got {other:?}"),
-    }
-    let exact = ListParams::default().at(&rv).matching(kube::api::VersionMatch::Exact);
-    match api.list(&exact).await {
-        Err(kube::Error::Api(status)) => assert_eq!(status.code, 410),
-        other => panic!("expected 410 for an exact compacted version, got {other:?}"),
+    assert_eq!(
+        api_error(
+            api.list(&ListParams::default().limit(2).continue_token(&token))
+                .await
+        ),
+        (410, "Expired".to_owned())
+    );
+    let exact = ListParams::default()
+        .at(&rv)
+        .matching(kube::api::VersionMatch::Exact);
+    assert_eq!(api_error(api.list(&exact).await).0, 410);
+}
+
+/// The code and reason of the API error `result` must be.
+fn api_error<T: Debug>(result: kube::Result<T>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.reason),
+        other => panic!("expected an API error, got {other:?}"),
     }
 }
 
@@ -513,45 +705,77 @@ async fn reset_drops_the_data_and_watchers_relist() {
     services.wait_for_names(&[]).await;
     let fresh = server.apply(&web("z"));
     services.wait_for_names(&["z"]).await;
-    assert!(fresh.metadata.resource_version.and_then(|v| v.parse::<u64>().ok()) > Some(rv));
+    assert!(
+        fresh
+            .metadata
+            .resource_version
+            .and_then(|v| v.parse::<u64>().ok())
+            > Some(rv)
+    );
     assert_eq!(services.count("init"), 2);
 }
 
 #[tokio::test]
 async fn errors_and_knobs_clients_see() {
-    let Cluster { server, client, dir } = cluster().await;
+    let Cluster {
+        server,
+        client,
+        dir,
+    } = cluster().await;
     server.apply(&web("a"));
     let api = Api::<Service>::all(client.clone());
 
     server.set_response_delay(Duration::from_millis(300));
     let started = tokio::time::Instant::now();
-    api.list(&ListParams::default()).await.expect("a delayed list");
+    api.list(&ListParams::default())
+        .await
+        .expect("a delayed list");
     assert!(started.elapsed() >= Duration::from_millis(300));
     server.set_response_delay(Duration::ZERO);
 
-    match api.list(&ListParams::default().fields("spec.clusterIP=10.0.0.1")).await {
-        Err(kube::Error::Api(status)) => assert_eq!((status.code, status.reason.as_str()), (400, "BadRequest")),
-        other => panic!("expected 400 for an unsupported field, got {other:?}"),
-    }
-    match api.list(&ListParams::default().labels("a in (b")).await {
-        Err(kube::Error::Api(status)) => assert_eq!(status.code, 400),
-        other => panic!("expected 400 for a bad label selector, got {other:?}"),
-    }
+    assert_eq!(
+        api_error(
+            api.list(&ListParams::default().fields("spec.clusterIP=10.0.0.1"))
+                .await
+        ),
+        (400, "BadRequest".to_owned())
+    );
+    assert_eq!(
+        api_error(api.list(&ListParams::default().labels("a in (b")).await).0,
+        400
+    );
 
     let wrong = dir.path().join("wrong-token");
-    std::fs::write(&wrong, server.kubeconfig().replace(apiserver::TOKEN, "not-the-token")).expect("write");
+    std::fs::write(
+        &wrong,
+        server
+            .kubeconfig()
+            .replace(apiserver::TOKEN, "not-the-token"),
+    )
+    .expect("write");
     let intruder = Api::<Service>::all(client_from(&wrong).await);
-    match intruder.list(&ListParams::default()).await {
-        Err(kube::Error::Api(status)) => assert_eq!(status.code, 401),
-        other => panic!("expected 401 for a wrong token, got {other:?}"),
-    }
+    assert_eq!(
+        api_error(intruder.list(&ListParams::default()).await).0,
+        401
+    );
     assert_eq!(server.stats().unauthorized, 1);
 
     let version = client.apiserver_version().await.expect("/version");
-    assert_eq!((version.major.as_str(), version.minor.as_str()), ("1", "33"));
+    assert_eq!(
+        (version.major.as_str(), version.minor.as_str()),
+        ("1", "33")
+    );
     let core = client.list_core_api_resources("v1").await.expect("/api/v1");
-    assert!(core.resources.iter().any(|r| r.name == "services" && r.namespaced));
-    assert!(core.resources.iter().any(|r| r.name == "nodes" && !r.namespaced));
+    assert!(
+        core.resources
+            .iter()
+            .any(|r| r.name == "services" && r.namespaced)
+    );
+    assert!(
+        core.resources
+            .iter()
+            .any(|r| r.name == "nodes" && !r.namespaced)
+    );
     let groups = client.list_api_groups().await.expect("/apis");
     assert!(groups.groups.iter().any(|g| g.name == "discovery.k8s.io"));
     let discovery = client
@@ -576,8 +800,14 @@ fn label_selectors_parse_and_match_as_kubernetes_does() {
     };
     assert!(matches("", &[]));
     assert!(matches(PROXY_SELECTOR, &[("app", "web")]));
-    assert!(!matches(PROXY_SELECTOR, &[("service.kubernetes.io/headless", "")]));
-    assert!(!matches(PROXY_SELECTOR, &[("service.kubernetes.io/service-proxy-name", "x")]));
+    assert!(!matches(
+        PROXY_SELECTOR,
+        &[("service.kubernetes.io/headless", "")]
+    ));
+    assert!(!matches(
+        PROXY_SELECTOR,
+        &[("service.kubernetes.io/service-proxy-name", "x")]
+    ));
     assert!(matches("app", &[("app", "")]));
     assert!(!matches("app", &[]));
     assert!(matches("app=web", &[("app", "web")]));
@@ -585,11 +815,17 @@ fn label_selectors_parse_and_match_as_kubernetes_does() {
     assert!(!matches("app=web", &[("app", "db")]));
     assert!(matches("app!=web", &[]), "!= matches a missing label");
     assert!(!matches("app != web", &[("app", "web")]));
-    assert!(matches("tier in (a, b),app", &[("tier", "b"), ("app", "x")]));
+    assert!(matches(
+        "tier in (a, b),app",
+        &[("tier", "b"), ("app", "x")]
+    ));
     assert!(!matches("tier in (a,b)", &[]));
     assert!(matches("tier notin (a,b)", &[]));
     assert!(!matches("tier notin (a,b)", &[("tier", "a")]));
     for bad in ["a in (b", "=x", "a=b=c d", "!", "a,,b"] {
-        assert!(LabelSelector::parse(bad).is_err(), "{bad:?} should not parse");
+        assert!(
+            LabelSelector::parse(bad).is_err(),
+            "{bad:?} should not parse"
+        );
     }
 }

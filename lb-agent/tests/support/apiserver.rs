@@ -37,7 +37,10 @@
 // Each including binary uses a different part of this module. (clippy's
 // `allow_attributes` only looks at outer attributes: this inner one is the
 // module-wide switch.)
-#![allow(dead_code, reason = "included by several test binaries, each using a part of it")]
+#![allow(
+    dead_code,
+    reason = "included by several test binaries, each using a part of it"
+)]
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -91,7 +94,7 @@ pub const TOKEN: &str = "lb-agent-test-token";
 pub const DEFAULT_HISTORY: usize = 10_000;
 
 /// What a watch lasts when the client gives no `timeoutSeconds`.
-const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_mins(30);
 
 /// The resources every server serves.
 fn default_types() -> Vec<ResourceType> {
@@ -278,7 +281,9 @@ impl ApiServer {
 
     /// Serves another k8s-openapi type besides the default three.
     pub fn serve<K: Served>(&self) {
-        self.shared.store().type_index_or_add(ResourceType::of::<K>());
+        self.shared
+            .store()
+            .type_index_or_add(ResourceType::of::<K>());
     }
 
     /// Creates or replaces an object, as a server-side apply that owns every
@@ -322,14 +327,19 @@ impl ApiServer {
         let store = self.shared.store();
         let ty = store.type_index_of::<K>();
         let key = store.key(ty, namespace, name);
-        store.objects[ty].get(&key).map(|object| from_stored::<K>(object))
+        store.objects[ty]
+            .get(&key)
+            .map(|object| from_stored::<K>(object))
     }
 
     /// Every stored object of a type, in key order.
     pub fn list<K: Served>(&self) -> Vec<K> {
         let store = self.shared.store();
         let ty = store.type_index_of::<K>();
-        store.objects[ty].values().map(|object| from_stored::<K>(object)).collect()
+        store.objects[ty]
+            .values()
+            .map(|object| from_stored::<K>(object))
+            .collect()
     }
 
     /// The current (latest) resourceVersion.
@@ -358,25 +368,33 @@ impl ApiServer {
     /// Ends every open watch cleanly (as at `timeoutSeconds`): clients resume
     /// from their last resourceVersion.
     pub fn close_watches(&self) {
-        self.shared.control.send_modify(|control| control.close_epoch += 1);
+        self.shared
+            .control
+            .send_modify(|control| control.close_epoch += 1);
     }
 
     /// Sends every open watch an `ERROR` event with `410 Expired` and ends
     /// it, as the real server does to a watcher that fell too far behind:
     /// kube-rs's watcher relists.
     pub fn expire_watches(&self) {
-        self.shared.control.send_modify(|control| control.expire_epoch += 1);
+        self.shared
+            .control
+            .send_modify(|control| control.expire_epoch += 1);
     }
 
     /// Ends every watch once it has been open for `every` (`None`: never).
     /// Applies to open watches too.
     pub fn set_watch_close_every(&self, every: Option<Duration>) {
-        self.shared.control.send_modify(|control| control.close_every = every);
+        self.shared
+            .control
+            .send_modify(|control| control.close_every = every);
     }
 
     /// Delays every response (and the start of every watch) by `delay`.
     pub fn set_response_delay(&self, delay: Duration) {
-        self.shared.control.send_modify(|control| control.delay = delay);
+        self.shared
+            .control
+            .send_modify(|control| control.delay = delay);
     }
 
     pub fn set_bookmark_interval(&self, interval: Duration) {
@@ -469,7 +487,12 @@ pub async fn wait_until_async(what: &str, timeout: Duration, mut condition: impl
 
 /// A `ClusterIP` Service with TCP ports `(name, port, targetPort)`; an empty
 /// `cluster_ip` lets the server allocate one, `"None"` makes it headless.
-pub fn service(namespace: &str, name: &str, cluster_ip: &str, ports: &[(&str, i32, i32)]) -> Service {
+pub fn service(
+    namespace: &str,
+    name: &str,
+    cluster_ip: &str,
+    ports: &[(&str, i32, i32)],
+) -> Service {
     Service {
         metadata: meta(Some(namespace), name),
         spec: Some(ServiceSpec {
@@ -493,8 +516,8 @@ pub fn service(namespace: &str, name: &str, cluster_ip: &str, ports: &[(&str, i3
     }
 }
 
-/// An EndpointSlice of `service` with ready endpoints at `addresses` and TCP
-/// ports `(name, port)`, labelled as the EndpointSlice controller does.
+/// An `EndpointSlice` of `service` with ready endpoints at `addresses` and TCP
+/// ports `(name, port)`, labelled as the `EndpointSlice` controller does.
 pub fn endpoint_slice(
     namespace: &str,
     name: &str,
@@ -502,7 +525,11 @@ pub fn endpoint_slice(
     addresses: &[&str],
     ports: &[(&str, i32)],
 ) -> EndpointSlice {
-    let address_type = if addresses.iter().any(|a| a.contains(':')) { "IPv6" } else { "IPv4" };
+    let address_type = if addresses.iter().any(|a| a.contains(':')) {
+        "IPv6"
+    } else {
+        "IPv4"
+    };
     let mut metadata = meta(Some(namespace), name);
     metadata.labels = Some(BTreeMap::from([
         ("kubernetes.io/service-name".to_owned(), service.to_owned()),
@@ -561,8 +588,14 @@ pub fn node(name: &str, internal_ips: &[&str]) -> Node {
 }
 
 /// `object` with `labels` added (replacing same-named ones).
-pub fn labeled<K: k8s_openapi::Metadata<Ty = ObjectMeta>>(mut object: K, labels: &[(&str, &str)]) -> K {
-    let all = object.metadata_mut().labels.get_or_insert_with(BTreeMap::new);
+pub fn labeled<K: k8s_openapi::Metadata<Ty = ObjectMeta>>(
+    mut object: K,
+    labels: &[(&str, &str)],
+) -> K {
+    let all = object
+        .metadata_mut()
+        .labels
+        .get_or_insert_with(BTreeMap::new);
     for &(key, value) in labels {
         all.insert(key.to_owned(), value.to_owned());
     }
@@ -687,7 +720,8 @@ impl ResourceType {
             kind: K::KIND,
             list_kind: K::LIST_KIND,
             plural: K::URL_PATH_SEGMENT,
-            namespaced: std::any::TypeId::of::<K::Scope>() == std::any::TypeId::of::<NamespaceResourceScope>(),
+            namespaced: std::any::TypeId::of::<K::Scope>()
+                == std::any::TypeId::of::<NamespaceResourceScope>(),
         }
     }
 }
@@ -782,7 +816,11 @@ impl Store {
     }
 
     fn key(&self, ty: usize, namespace: &str, name: &str) -> Key {
-        let namespace = if self.types[ty].namespaced { namespace } else { "" };
+        let namespace = if self.types[ty].namespaced {
+            namespace
+        } else {
+            ""
+        };
         (namespace.to_owned(), name.to_owned())
     }
 
@@ -811,7 +849,14 @@ impl Store {
             meta.remove("namespace");
             String::new()
         };
-        for owned in ["resourceVersion", "uid", "creationTimestamp", "generation", "managedFields", "selfLink"] {
+        for owned in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "managedFields",
+            "selfLink",
+        ] {
             meta.remove(owned);
         }
         let key = (namespace, name);
@@ -825,7 +870,11 @@ impl Store {
         let kind = if let Some(old) = &existing {
             let old_meta = &old["metadata"];
             let generation = old_meta["generation"].as_i64().unwrap_or(1);
-            let generation = if same_content(&object, old) { generation } else { generation + 1 };
+            let generation = if same_content(&object, old) {
+                generation
+            } else {
+                generation + 1
+            };
             let meta = metadata_mut(&mut object);
             for field in ["uid", "creationTimestamp", "resourceVersion"] {
                 meta.insert(field.to_owned(), old_meta[field].clone());
@@ -904,7 +953,10 @@ impl Store {
     /// The objects of a type as they were at `rv`, rebuilt from the history.
     fn objects_at(&self, ty: usize, rv: u64) -> Result<BTreeMap<Key, Object>, Unservable> {
         if rv > self.rv {
-            return Err(Unservable::TooLarge { rv, current: self.rv });
+            return Err(Unservable::TooLarge {
+                rv,
+                current: self.rv,
+            });
         }
         if rv < self.compacted {
             return Err(Unservable::Expired {
@@ -929,12 +981,23 @@ impl Store {
         self.uids += 1;
         let bits = u128::from(self.uid_seed) << 64 | u128::from(self.uids);
         let hex = format!("{bits:032x}");
-        format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        )
     }
 
     /// The real server's Service defaulting, and a `clusterIP` allocator
     /// (keeping the old one on update, as the real server does).
-    fn default_service(&mut self, object: &mut Map<String, Value>, existing: Option<&Map<String, Value>>) {
+    fn default_service(
+        &mut self,
+        object: &mut Map<String, Value>,
+        existing: Option<&Map<String, Value>>,
+    ) {
         let old_spec = existing.and_then(|old| old.get("spec"));
         let spec = object
             .entry("spec")
@@ -947,23 +1010,34 @@ impl Store {
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        spec.entry("sessionAffinity").or_insert_with(|| "None".into());
+        spec.entry("sessionAffinity")
+            .or_insert_with(|| "None".into());
         if service_type != "ExternalName" {
             let cluster_ip = match spec.get("clusterIP").and_then(Value::as_str) {
                 Some(ip) if !ip.is_empty() => ip.to_owned(),
-                _ => match old_spec.and_then(|s| s.get("clusterIP")).and_then(Value::as_str) {
+                _ => match old_spec
+                    .and_then(|s| s.get("clusterIP"))
+                    .and_then(Value::as_str)
+                {
                     Some(ip) if !ip.is_empty() => ip.to_owned(),
                     _ => self.allocate_cluster_ip(),
                 },
             };
             spec.insert("clusterIP".to_owned(), cluster_ip.clone().into());
-            spec.entry("clusterIPs").or_insert_with(|| json!([cluster_ip]));
+            spec.entry("clusterIPs")
+                .or_insert_with(|| json!([cluster_ip]));
             if cluster_ip != "None" {
-                let family = if cluster_ip.contains(':') { "IPv6" } else { "IPv4" };
+                let family = if cluster_ip.contains(':') {
+                    "IPv6"
+                } else {
+                    "IPv4"
+                };
                 spec.entry("ipFamilies").or_insert_with(|| json!([family]));
             }
-            spec.entry("ipFamilyPolicy").or_insert_with(|| "SingleStack".into());
-            spec.entry("internalTrafficPolicy").or_insert_with(|| "Cluster".into());
+            spec.entry("ipFamilyPolicy")
+                .or_insert_with(|| "SingleStack".into());
+            spec.entry("internalTrafficPolicy")
+                .or_insert_with(|| "Cluster".into());
         }
         if let Some(Value::Array(ports)) = spec.get_mut("ports") {
             for port in ports.iter_mut().filter_map(Value::as_object_mut) {
@@ -1072,7 +1146,8 @@ struct WatchEvent<T: Serialize> {
 }
 
 fn event_line(kind: &'static str, object: impl Serialize) -> Vec<u8> {
-    let mut line = serde_json::to_vec(&WatchEvent { kind, object }).expect("watch events serialize");
+    let mut line =
+        serde_json::to_vec(&WatchEvent { kind, object }).expect("watch events serialize");
     line.push(b'\n');
     line
 }
@@ -1120,7 +1195,9 @@ impl LabelSelector {
                 LabelRequirement::Equals(key, value) => get(key) == Some(value),
                 LabelRequirement::NotEquals(key, value) => get(key) != Some(value),
                 LabelRequirement::In(key, values) => get(key).is_some_and(|v| values.contains(v)),
-                LabelRequirement::NotIn(key, values) => get(key).is_none_or(|v| !values.contains(v)),
+                LabelRequirement::NotIn(key, values) => {
+                    get(key).is_none_or(|v| !values.contains(v))
+                }
             }
         })
     }
@@ -1151,9 +1228,9 @@ fn split_top_level(selector: &str) -> Result<Vec<&str>, String> {
         match c {
             '(' => depth += 1,
             ')' => {
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| format!("unable to parse requirement: unbalanced ')' in {selector:?}"))?;
+                depth = depth.checked_sub(1).ok_or_else(|| {
+                    format!("unable to parse requirement: unbalanced ')' in {selector:?}")
+                })?;
             }
             ',' if depth == 0 => {
                 terms.push(&selector[start..i]);
@@ -1163,7 +1240,9 @@ fn split_top_level(selector: &str) -> Result<Vec<&str>, String> {
         }
     }
     if depth != 0 {
-        return Err(format!("unable to parse requirement: unbalanced '(' in {selector:?}"));
+        return Err(format!(
+            "unable to parse requirement: unbalanced '(' in {selector:?}"
+        ));
     }
     terms.push(&selector[start..]);
     Ok(terms)
@@ -1239,10 +1318,14 @@ impl FieldSelector {
         for term in selector.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let (field, value, equal) = if let Some((field, value)) = term.split_once("!=") {
                 (field, value, false)
-            } else if let Some((field, value)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            } else if let Some((field, value)) =
+                term.split_once("==").or_else(|| term.split_once('='))
+            {
                 (field, value, true)
             } else {
-                return Err(format!("invalid selector: '{term}'; can't understand '{term}'"));
+                return Err(format!(
+                    "invalid selector: '{term}'; can't understand '{term}'"
+                ));
             };
             let path = match field.trim() {
                 "metadata.name" => FieldPath::Name,
@@ -1287,9 +1370,14 @@ impl Filter {
         let now = self.matches(&change.key, &change.object);
         match change.kind {
             ChangeKind::Added => now.then(|| event_line("ADDED", Typed::new(ty, &change.object))),
-            ChangeKind::Deleted => now.then(|| event_line("DELETED", Typed::new(ty, &change.object))),
+            ChangeKind::Deleted => {
+                now.then(|| event_line("DELETED", Typed::new(ty, &change.object)))
+            }
             ChangeKind::Modified => {
-                let before = change.prev.as_ref().is_some_and(|prev| self.matches(&change.key, prev));
+                let before = change
+                    .prev
+                    .as_ref()
+                    .is_some_and(|prev| self.matches(&change.key, prev));
                 match (before, now) {
                     (true, true) => Some(event_line("MODIFIED", Typed::new(ty, &change.object))),
                     (false, true) => Some(event_line("ADDED", Typed::new(ty, &change.object))),
@@ -1322,7 +1410,10 @@ impl Running {
         let thread = thread::Builder::new()
             .name(format!("apiserver:{port}"))
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(runtime) => runtime,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -1387,7 +1478,11 @@ async fn bind(port: u16) -> io::Result<TcpListener> {
             socket.listen(1024)
         })();
         match attempt {
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && port != 0 && Instant::now() < deadline => {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && port != 0
+                    && Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             result => return result,
@@ -1401,7 +1496,10 @@ enum Route {
     Health,
     ApiVersions,
     ApiGroups,
-    ResourceList { group: String, version: String },
+    ResourceList {
+        group: String,
+        version: String,
+    },
     Resource {
         ty: usize,
         namespace: Option<String>,
@@ -1428,7 +1526,9 @@ fn route(store: &Store, path: &str) -> Route {
                 version: version.to_owned(),
             };
         }
-        ["namespaces", namespace, plural, name @ ..] if name.len() <= 1 => (Some(*namespace), *plural, name.first()),
+        ["namespaces", namespace, plural, name @ ..] if name.len() <= 1 => {
+            (Some(*namespace), *plural, name.first())
+        }
         [plural, name @ ..] if name.len() <= 1 => (None, *plural, name.first()),
         _ => return Route::NotFound,
     };
@@ -1445,7 +1545,10 @@ fn route(store: &Store, path: &str) -> Route {
 type Params = Vec<(String, String)>;
 
 fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
-    params.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    params
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
 }
 
 fn parse_query(query: &str) -> Params {
@@ -1466,7 +1569,10 @@ fn percent_decode(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' => match text.get(i + 1..i + 3).and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+            b'%' => match text
+                .get(i + 1..i + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            {
                 Some(byte) => {
                     out.push(byte);
                     i += 2;
@@ -1520,7 +1626,12 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
 
     if !authorized(&shared, request.headers()) {
         bump(&shared.counters.unauthorized);
-        return status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized", None);
+        return status_response(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized",
+            None,
+        );
     }
     if method != Method::GET {
         return status_response(
@@ -1550,10 +1661,16 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         })),
         Route::ApiGroups => json_response(&api_groups(&shared.store())),
         Route::ResourceList { group, version } => resource_list(&shared.store(), &group, &version),
-        Route::Resource { ty, namespace, name } => {
+        Route::Resource {
+            ty,
+            namespace,
+            name,
+        } => {
             let filter = match filter(namespace, &params) {
                 Ok(filter) => filter,
-                Err(message) => return status_response(StatusCode::BAD_REQUEST, "BadRequest", &message, None),
+                Err(message) => {
+                    return status_response(StatusCode::BAD_REQUEST, "BadRequest", &message, None);
+                }
             };
             match (name, watching) {
                 (_, true) => watch(&shared, ty, filter, &params),
@@ -1591,7 +1708,12 @@ fn filter(namespace: Option<String>, params: &Params) -> Result<Filter, String> 
 
 fn json_response(body: &impl Serialize) -> Response {
     let body = serde_json::to_vec(body).expect("responses serialize");
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 fn status_object(code: StatusCode, reason: &str, message: &str, details: Option<Value>) -> Value {
@@ -1610,8 +1732,14 @@ fn status_object(code: StatusCode, reason: &str, message: &str, details: Option<
     status
 }
 
-fn status_response(code: StatusCode, reason: &str, message: &str, details: Option<Value>) -> Response {
-    let body = serde_json::to_vec(&status_object(code, reason, message, details)).expect("a Status serializes");
+fn status_response(
+    code: StatusCode,
+    reason: &str,
+    message: &str,
+    details: Option<Value>,
+) -> Response {
+    let body = serde_json::to_vec(&status_object(code, reason, message, details))
+        .expect("a Status serializes");
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -1676,7 +1804,11 @@ fn resource_list(store: &Store, group: &str, version: &str) -> Response {
             None,
         );
     }
-    let group_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
+    let group_version = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
     json_response(&json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
@@ -1732,10 +1864,10 @@ struct ListOut<'a> {
 
 fn list(shared: &Shared, ty: usize, filter: &Filter, params: &Params) -> Response {
     bump(&shared.counters.lists);
-    let bad_request = |message: String| status_response(StatusCode::BAD_REQUEST, "BadRequest", &message, None);
+    let bad_request =
+        |message: String| status_response(StatusCode::BAD_REQUEST, "BadRequest", &message, None);
     let limit = match param(params, "limit").map(str::parse::<usize>) {
-        None => None,
-        Some(Ok(0)) => None,
+        None | Some(Ok(0)) => None,
         Some(Ok(limit)) => Some(limit),
         Some(Err(e)) => return bad_request(format!("invalid limit: {e}")),
     };
@@ -1744,7 +1876,11 @@ fn list(shared: &Shared, ty: usize, filter: &Filter, params: &Params) -> Respons
         None => None,
         Some(token) => match parse_continue(token) {
             Some(continued) => Some(continued),
-            None => return bad_request("continue key is not valid: incorrect encoded start resourceVersion".into()),
+            None => {
+                return bad_request(
+                    "continue key is not valid: incorrect encoded start resourceVersion".into(),
+                );
+            }
         },
     };
     let requested = match param(params, "resourceVersion").filter(|rv| !rv.is_empty()) {
@@ -1760,20 +1896,28 @@ fn list(shared: &Shared, ty: usize, filter: &Filter, params: &Params) -> Respons
     let (rv, objects) = match (&continued, requested) {
         (Some((rv, _)), _) => (*rv, store.objects_at(ty, *rv)),
         (None, Some(rv)) if exact && rv != 0 => (rv, store.objects_at(ty, rv)),
-        (None, Some(rv)) if rv > store.rv => (rv, Err(Unservable::TooLarge { rv, current: store.rv })),
+        (None, Some(rv)) if rv > store.rv => (
+            rv,
+            Err(Unservable::TooLarge {
+                rv,
+                current: store.rv,
+            }),
+        ),
         (None, _) => (store.rv, Ok(store.objects[ty].clone())),
     };
     let objects = match objects {
         Ok(objects) => objects,
         Err(unservable) => {
-            let (code, reason, mut message, details) = expired_message(&unservable);
+            let (code, reason, message, details) = expired_message(&unservable);
+            let message = if code == StatusCode::GONE && continued.is_some() {
+                "The provided continue parameter is too old to display a consistent list result. \
+                 You can start a new list without the continue parameter."
+                    .to_owned()
+            } else {
+                message
+            };
             if code == StatusCode::GONE {
                 bump(&shared.counters.expired);
-                if continued.is_some() {
-                    message = "The provided continue parameter is too old to display a consistent list result. \
-                               You can start a new list without the continue parameter."
-                        .to_owned();
-                }
             }
             return status_response(code, reason, &message, details);
         }
@@ -1783,7 +1927,10 @@ fn list(shared: &Shared, ty: usize, filter: &Filter, params: &Params) -> Respons
     let mut matching = objects
         .range((start, Bound::Unbounded))
         .filter(|(key, object)| filter.matches(key, object));
-    let page: Vec<(&Key, &Object)> = matching.by_ref().take(limit.unwrap_or(usize::MAX)).collect();
+    let page: Vec<(&Key, &Object)> = matching
+        .by_ref()
+        .take(limit.unwrap_or(usize::MAX))
+        .collect();
     let remaining = matching.count();
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     if remaining > 0
@@ -1809,7 +1956,12 @@ fn watch(shared: &Arc<Shared>, ty: usize, filter: Filter, params: &Params) -> Re
         None | Some(Ok(0)) => DEFAULT_WATCH_TIMEOUT,
         Some(Ok(seconds)) => Duration::from_secs(seconds),
         Some(Err(e)) => {
-            return status_response(StatusCode::BAD_REQUEST, "BadRequest", &format!("invalid timeoutSeconds: {e}"), None);
+            return status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("invalid timeoutSeconds: {e}"),
+                None,
+            );
         }
     };
     let bookmarks = param(params, "allowWatchBookmarks") == Some("true");
@@ -1819,50 +1971,19 @@ fn watch(shared: &Arc<Shared>, ty: usize, filter: Filter, params: &Params) -> Re
         None => None,
         Some(Ok(rv)) => Some(rv),
         Some(Err(_)) => {
-            return status_response(StatusCode::BAD_REQUEST, "BadRequest", "invalid resource version", None);
+            return status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "invalid resource version",
+                None,
+            );
         }
     };
 
     let control = shared.control.subscribe();
     let changed = shared.changed.subscribe();
-    let store = shared.store();
-    let rt = &store.types[ty];
-    let mut first = Vec::new();
-    let mut done = false;
-    let cursor = match requested {
-        Some(rv) if rv < store.compacted || rv > store.rv => {
-            let unservable = if rv < store.compacted {
-                bump(&shared.counters.expired);
-                Unservable::Expired {
-                    rv,
-                    oldest: store.compacted,
-                }
-            } else {
-                Unservable::TooLarge { rv, current: store.rv }
-            };
-            let (code, reason, message, details) = expired_message(&unservable);
-            first = event_line("ERROR", status_object(code, reason, &message, details));
-            done = true;
-            rv
-        }
-        Some(rv) if !initial_events => rv,
-        // No (or "0") resourceVersion, or a streaming list: the current
-        // state as synthetic ADDED events first.
-        _ => {
-            for (key, object) in &store.objects[ty] {
-                if filter.matches(key, object) {
-                    first.extend(event_line("ADDED", Typed::new(rt, object)));
-                }
-            }
-            if initial_events {
-                first.extend(bookmark_line(rt, store.rv, true));
-                bump(&shared.counters.bookmarks);
-            }
-            store.rv
-        }
-    };
-    let rt = rt.clone();
-    drop(store);
+    let (first, cursor, done) = watch_start(shared, ty, &filter, requested, initial_events);
+    let rt = shared.store().types[ty].clone();
 
     let (close_epoch, expire_epoch) = {
         let control = control.borrow();
@@ -1898,6 +2019,52 @@ fn watch(shared: &Arc<Shared>, ty: usize, filter: Filter, params: &Params) -> Re
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// What a new watch sends first, the resourceVersion it goes on from, and
+/// whether it ends after that (with an `ERROR` event).
+fn watch_start(
+    shared: &Shared,
+    ty: usize,
+    filter: &Filter,
+    requested: Option<u64>,
+    initial_events: bool,
+) -> (Vec<u8>, u64, bool) {
+    let store = shared.store();
+    let rt = &store.types[ty];
+    match requested {
+        Some(rv) if rv < store.compacted => {
+            bump(&shared.counters.expired);
+            let oldest = store.compacted;
+            let (code, reason, message, details) =
+                expired_message(&Unservable::Expired { rv, oldest });
+            let error = event_line("ERROR", status_object(code, reason, &message, details));
+            (error, rv, true)
+        }
+        Some(rv) if rv > store.rv => {
+            let current = store.rv;
+            let (code, reason, message, details) =
+                expired_message(&Unservable::TooLarge { rv, current });
+            let error = event_line("ERROR", status_object(code, reason, &message, details));
+            (error, rv, true)
+        }
+        Some(rv) if !initial_events => (Vec::new(), rv, false),
+        // No (or "0") resourceVersion, or a streaming list: the current
+        // state as synthetic ADDED events first.
+        _ => {
+            let mut first = Vec::new();
+            for (key, object) in &store.objects[ty] {
+                if filter.matches(key, object) {
+                    first.extend(event_line("ADDED", Typed::new(rt, object)));
+                }
+            }
+            if initial_events {
+                first.extend(bookmark_line(rt, store.rv, true));
+                bump(&shared.counters.bookmarks);
+            }
+            (first, store.rv, false)
+        }
+    }
 }
 
 fn bookmark_line(rt: &ResourceType, rv: u64, initial_events_end: bool) -> Vec<u8> {
@@ -1957,14 +2124,17 @@ impl WatchStream {
                 let status = status_object(
                     StatusCode::GONE,
                     "Expired",
-                    &format!("too old resource version: {} (expired by the test)", self.cursor),
+                    &format!(
+                        "too old resource version: {} (expired by the test)",
+                        self.cursor
+                    ),
                     None,
                 );
                 return Some(event_line("ERROR", status).into());
             }
-            let deadline = control
-                .close_every
-                .map_or(self.deadline, |every| self.deadline.min(self.started + every));
+            let deadline = control.close_every.map_or(self.deadline, |every| {
+                self.deadline.min(self.started + every)
+            });
             if control.close_epoch != self.close_epoch || Instant::now() >= deadline {
                 return None;
             }
@@ -1982,7 +2152,9 @@ impl WatchStream {
                         rv: self.cursor,
                         oldest: store.compacted,
                     });
-                    return Some(event_line("ERROR", status_object(code, reason, &message, details)).into());
+                    return Some(
+                        event_line("ERROR", status_object(code, reason, &message, details)).into(),
+                    );
                 }
                 for change in store.changes_after(self.cursor).filter(|c| c.ty == self.ty) {
                     if let Some(line) = self.filter.event(&self.rt, change) {
@@ -2005,7 +2177,11 @@ impl WatchStream {
                 return Some(chunk.into());
             }
 
-            let bookmark_wait = if self.bookmarks { next_bookmark } else { deadline };
+            let bookmark_wait = if self.bookmarks {
+                next_bookmark
+            } else {
+                deadline
+            };
             tokio::select! {
                 _ = self.changed.changed() => {}
                 _ = self.control.changed() => {}
