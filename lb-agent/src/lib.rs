@@ -13,6 +13,8 @@ pub mod list;
 pub mod metrics;
 pub mod model;
 pub mod objects;
+pub mod run;
+pub mod source;
 pub mod sync;
 pub mod system;
 pub mod translate;

@@ -1,1 +1,165 @@
-fn main() {}
+//! `lb-agent`: parses the command line and dispatches; the work is in the
+//! library.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_agent::{
+    bpf::loader::{self, Capacity},
+    list,
+    model::Algorithm,
+    run::{self, RunConfig},
+};
+use tracing_subscriber::EnvFilter;
+
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf/lb";
+
+#[derive(Parser)]
+#[command(
+    name = "lb-agent",
+    version,
+    about = "Socket-level load balancing for Kubernetes ClusterIP services (eBPF)",
+    long_about = "Translates connections to Kubernetes ClusterIP services to their endpoints at the socket, \
+                  with eBPF programs on the cgroup connect/sendmsg/recvmsg/getpeername hooks. \
+                  `run` loads and feeds the data path, `list` shows what it holds, `cleanup` removes it."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the data path and keep it programmed from a source.
+    Run(RunArgs),
+    /// Show what the data path holds, read from the pinned maps.
+    List(ListArgs),
+    /// Detach the programs and remove every pin.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Read Services and EndpointSlices from this file (YAML or JSON, as
+    /// `kubectl get services,endpointslices -A -o yaml` prints them) and
+    /// follow its changes.
+    #[arg(long, value_name = "PATH")]
+    services_file: Option<PathBuf>,
+    /// cgroup2 directory to attach to [default: the root of the cgroup2 mount].
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// bpffs directory for the pinned maps and links.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Default backend choice; a service overrides it with the annotation
+    /// `lb-agent.io/algorithm`.
+    #[arg(long, value_enum, default_value_t = Algorithm::Random)]
+    algorithm: Algorithm,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    metrics_addr: SocketAddr,
+    /// This node's name, for `internalTrafficPolicy: Local` and topology hints.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
+    /// Serve only services labelled `service.kubernetes.io/service-proxy-name=NAME`.
+    #[arg(long, value_name = "NAME")]
+    service_proxy_name: Option<String>,
+    /// Service ports the maps hold.
+    #[arg(long, value_name = "N", default_value_t = Capacity::default().services, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    max_services: u32,
+    /// Backends the maps hold, summed over all services.
+    #[arg(long, value_name = "N", default_value_t = Capacity::default().backends, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    max_backends: u32,
+    /// Socket/backend pairs remembered for recvmsg and getpeername (LRU).
+    #[arg(long, value_name = "N", default_value_t = Capacity::default().revnat, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    max_sockets: u32,
+    /// Client/service pairs remembered for session affinity (LRU).
+    #[arg(long, value_name = "N", default_value_t = Capacity::default().affinity, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    max_affinity: u32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ListArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+    /// bpffs directory the agent pinned to.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct CleanupArgs {
+    /// bpffs directory the agent pinned to.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run(a) => {
+            let cfg = RunConfig {
+                services_file: a.services_file,
+                cgroup: a.cgroup,
+                bpffs: a.bpffs,
+                algorithm: a.algorithm,
+                metrics_addr: a.metrics_addr,
+                capacity: Capacity {
+                    services: a.max_services,
+                    backends: a.max_backends,
+                    revnat: a.max_sockets,
+                    affinity: a.max_affinity,
+                },
+                node_name: a.node_name,
+                service_proxy_name: a.service_proxy_name,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(run::run(cfg))
+        }
+        Command::List(a) => {
+            let listing = list::read(&a.bpffs).map_err(|e| {
+                anyhow::anyhow!("{e} (is `lb-agent run` pinning to {}? see --bpffs)", a.bpffs.display())
+            })?;
+            match a.output {
+                Output::Table => print!("{}", list::render_table(&listing)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&listing)?),
+            }
+            Ok(())
+        }
+        Command::Cleanup(a) => {
+            let cleaned = loader::cleanup(&a.bpffs)?;
+            eprintln!(
+                "lb-agent: removed {} link(s) (programs detached) and {} map pin(s) from {}",
+                cleaned.links.len(),
+                cleaned.maps.len(),
+                a.bpffs.display()
+            );
+            Ok(())
+        }
+    }
+}

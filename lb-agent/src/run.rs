@@ -1,0 +1,180 @@
+//! `lb-agent run`: load and attach the data path, adopt what an earlier run
+//! programmed, then keep the maps equal to what the source says.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+
+use crate::{
+    bpf::{
+        dataplane::BpfDataplane,
+        loader::{self, Capacity, PinLayout},
+    },
+    dataplane::Dataplane as _,
+    metrics::{self, Metrics},
+    model::Algorithm,
+    source::{Update, file::FileSource},
+    sync::Syncer,
+    system,
+    translate::{NodeContext, Options},
+};
+
+/// Everything `run` needs, from the command line.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub services_file: Option<PathBuf>,
+    pub cgroup: Option<PathBuf>,
+    pub bpffs: PathBuf,
+    pub algorithm: Algorithm,
+    pub metrics_addr: SocketAddr,
+    pub capacity: Capacity,
+    pub node_name: Option<String>,
+    pub service_proxy_name: Option<String>,
+}
+
+/// Runs until SIGTERM or SIGINT. The data path stays attached afterwards.
+///
+/// # Errors
+/// When the data path cannot be loaded or the metrics address bound.
+pub async fn run(cfg: RunConfig) -> Result<()> {
+    let cgroup = match &cfg.cgroup {
+        Some(p) => p.clone(),
+        None => system::cgroup2_root()?,
+    };
+    let loaded = loader::load(&loader::Config {
+        bpffs: cfg.bpffs.clone(),
+        cgroup: cgroup.clone(),
+        capacity: cfg.capacity,
+        default_algorithm: cfg.algorithm,
+    })?;
+    let (active, adopted_pins, ebpf) = (loaded.active, loaded.adopted, loaded.ebpf);
+    let (dataplane, adopted) = BpfDataplane::adopt(loaded.maps, loaded.barrier)?;
+    tracing::info!(
+        cgroup = %cgroup.display(),
+        bpffs = %cfg.bpffs.display(),
+        adopted_services = adopted.services,
+        adopted_backends = adopted.backends,
+        "data path attached{}",
+        if adopted_pins { " (adopted pinned maps from an earlier run)" } else { "" }
+    );
+    for why in &adopted.discarded {
+        tracing::warn!("discarded pinned entry: {why}; the next sync rewrites it");
+    }
+
+    let mut metrics = Metrics::new();
+    metrics.set_features(active);
+    let stats_pin = PinLayout::new(&cfg.bpffs).map(lb_common::map_names::GLOBAL_STATS);
+    metrics
+        .add_datapath(stats_pin.clone())
+        .with_context(|| format!("failed to open {}", stats_pin.display()))?;
+    let metrics = Arc::new(metrics);
+    let usage = dataplane.usage();
+    metrics.services_capacity.set(i64::from(usage.services_capacity));
+    metrics.backends_capacity.set(i64::from(usage.backends_capacity));
+    metrics.services.set(i64::from(usage.services));
+    metrics.backends.set(i64::from(usage.backends));
+    let _server = metrics::serve(cfg.metrics_addr, Arc::clone(&metrics))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot serve metrics on {}; pass another --metrics-addr",
+                cfg.metrics_addr
+            )
+        })?;
+
+    let (tx, mut rx) = watch::channel::<Option<Arc<Update>>>(None);
+    let options = Options {
+        default_algorithm: cfg.algorithm,
+        service_proxy_name: cfg.service_proxy_name.clone(),
+    };
+    let node = NodeContext {
+        node_name: cfg.node_name.clone(),
+        zone: None,
+    };
+    let source = match &cfg.services_file {
+        Some(path) => {
+            let source = FileSource {
+                path: path.clone(),
+                node,
+                options,
+            };
+            let m = Arc::clone(&metrics);
+            tokio::spawn(async move { source.run(tx, m).await })
+        }
+        None => anyhow::bail!(
+            "no source: pass --services-file PATH (the Kubernetes API source is not available in this build)"
+        ),
+    };
+
+    let mut syncer = Syncer::new(dataplane);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let Some(update) = rx.borrow_and_update().clone() else { continue };
+                sync_once(&mut syncer, &update, &metrics);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+        if source.is_finished() {
+            break;
+        }
+    }
+    if source.is_finished() {
+        match source.await {
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => return Err(e.into()),
+            Ok(Ok(())) => {}
+        }
+    }
+    tracing::info!(
+        "exiting; the data path stays attached and keeps translating (`lb-agent cleanup` removes it)"
+    );
+    drop(ebpf);
+    Ok(())
+}
+
+fn sync_once(syncer: &mut Syncer<BpfDataplane>, update: &Update, metrics: &Metrics) {
+    let result = tokio::task::block_in_place(|| syncer.sync(&update.state));
+    match result {
+        Ok(outcome) => {
+            metrics.syncs.inc();
+            metrics.sync_duration.observe(outcome.duration.as_secs_f64());
+            if outcome.changes > 0 {
+                metrics.update_latency.observe(update.noticed.elapsed().as_secs_f64());
+            }
+            let rejected_new = outcome.report.rejected.len() as u64;
+            metrics.rejections.inc_by(rejected_new);
+            metrics.rejected.set(i64::try_from(outcome.rejected_now).unwrap_or(i64::MAX));
+            let usage = syncer.dataplane().usage();
+            metrics.services.set(i64::from(usage.services));
+            metrics.backends.set(i64::from(usage.backends));
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            metrics.last_sync.set(now.as_secs_f64());
+            if let Err(e) = syncer.dataplane_mut().record_sync(now) {
+                tracing::warn!(error = %e, "failed to record the sync in lb_meta");
+            }
+            if !metrics.ready.swap(true, Ordering::Relaxed) {
+                tracing::info!("first full state programmed: ready");
+            }
+        }
+        Err(e) => {
+            metrics.sync_errors.inc();
+            tracing::error!(error = %e, "sync failed; will retry on the next change");
+        }
+    }
+}
