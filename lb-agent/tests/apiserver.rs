@@ -441,6 +441,49 @@ async fn closed_watches_resume_without_a_relist() {
 }
 
 #[tokio::test]
+async fn streaming_list_watcher_gets_initial_events_then_changes() {
+    let Cluster { server, client, .. } = cluster().await;
+    server.apply(&web("a"));
+    server.apply(&labeled(web("h"), &[HEADLESS]));
+    let config = watcher::Config::default()
+        .labels(PROXY_SELECTOR)
+        .streaming_lists();
+    let services = Reflector::start(Api::<Service>::all(client), config).await;
+    assert_eq!(services.names(), set(&["a"]));
+    server.apply(&web("b"));
+    services.wait_for_names(&["a", "b"]).await;
+
+    assert_eq!(server.stats().lists, 0);
+    let watch = &service_requests(&server, Verb::Watch)[0];
+    eprintln!("observed: {watch}");
+    assert_eq!(watch.param("sendInitialEvents"), Some("true"));
+    assert_eq!(watch.param("resourceVersionMatch"), Some("NotOlderThan"));
+    assert_eq!(watch.param("resourceVersion"), Some("0"));
+}
+
+#[tokio::test]
+async fn single_object_watch_path() {
+    let Cluster { server, client, .. } = cluster().await;
+    server.apply(&web("a"));
+    server.apply(&web("b"));
+    let request = axum::http::Request::get(
+        "/api/v1/namespaces/default/services/b?watch=true&timeoutSeconds=1&resourceVersion=0",
+    )
+    .body(Vec::new())
+    .expect("a request");
+    let events: Vec<WatchEvent<Service>> = client
+        .request_events::<Service>(request)
+        .await
+        .expect("watch starts")
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("no stream error");
+    assert!(matches!(events.as_slice(), [WatchEvent::Added(s)] if s.name_any() == "b"));
+}
+
+#[tokio::test]
 async fn watch_ends_at_timeout_seconds() {
     let Cluster { server, client, .. } = cluster().await;
     server.apply(&web("a"));

@@ -43,6 +43,7 @@
 )]
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, BTreeSet, VecDeque},
     convert::Infallible,
     fmt,
@@ -764,6 +765,8 @@ struct Store {
     uid_seed: u64,
     uids: u64,
     next_cluster_ip: u32,
+    /// Every `clusterIP` a Service has had: never allocated again.
+    cluster_ips_seen: BTreeSet<String>,
 }
 
 /// Why a list at a resourceVersion cannot be served.
@@ -785,6 +788,7 @@ impl Store {
             uid_seed: RandomState::new().hash_one("lb-agent apiserver"),
             uids: 0,
             next_cluster_ip: u32::from(Ipv4Addr::new(10, 96, 0, 10)),
+            cluster_ips_seen: BTreeSet::new(),
         }
     }
 
@@ -945,13 +949,13 @@ impl Store {
     }
 
     /// Changes after `rv` (which must not be compacted), oldest first.
-    fn changes_after(&self, rv: u64) -> impl Iterator<Item = &Change> {
+    fn changes_after(&self, rv: u64) -> impl DoubleEndedIterator<Item = &Change> {
         let start = self.history.partition_point(|change| change.rv <= rv);
         self.history.range(start..)
     }
 
     /// The objects of a type as they were at `rv`, rebuilt from the history.
-    fn objects_at(&self, ty: usize, rv: u64) -> Result<BTreeMap<Key, Object>, Unservable> {
+    fn objects_at(&self, ty: usize, rv: u64) -> Result<Cow<'_, BTreeMap<Key, Object>>, Unservable> {
         if rv > self.rv {
             return Err(Unservable::TooLarge {
                 rv,
@@ -964,8 +968,11 @@ impl Store {
                 oldest: self.compacted,
             });
         }
+        if rv == self.rv {
+            return Ok(Cow::Borrowed(&self.objects[ty]));
+        }
         let mut objects = self.objects[ty].clone();
-        for change in self.changes_after(rv).collect::<Vec<_>>().into_iter().rev() {
+        for change in self.changes_after(rv).rev() {
             if change.ty != ty {
                 continue;
             }
@@ -974,7 +981,7 @@ impl Store {
                 None => objects.remove(&change.key),
             };
         }
-        Ok(objects)
+        Ok(Cow::Owned(objects))
     }
 
     fn new_uid(&mut self) -> String {
@@ -1023,6 +1030,7 @@ impl Store {
                     _ => self.allocate_cluster_ip(),
                 },
             };
+            self.cluster_ips_seen.insert(cluster_ip.clone());
             spec.insert("clusterIP".to_owned(), cluster_ip.clone().into());
             spec.entry("clusterIPs")
                 .or_insert_with(|| json!([cluster_ip]));
@@ -1050,18 +1058,10 @@ impl Store {
     }
 
     fn allocate_cluster_ip(&mut self) -> String {
-        let in_use: BTreeSet<String> = self
-            .types
-            .iter()
-            .position(|t| t.kind == Service::KIND)
-            .into_iter()
-            .flat_map(|ty| self.objects[ty].values())
-            .filter_map(|service| service["spec"]["clusterIP"].as_str().map(str::to_owned))
-            .collect();
         loop {
             let ip = Ipv4Addr::from(self.next_cluster_ip).to_string();
             self.next_cluster_ip += 1;
-            if !in_use.contains(&ip) {
+            if !self.cluster_ips_seen.contains(&ip) {
                 return ip;
             }
         }
@@ -1459,7 +1459,9 @@ impl Running {
     fn stop(self) {
         let Self { stop, thread } = self;
         let _ = stop.send(());
-        if let Err(panic) = thread.join() {
+        if let Err(panic) = thread.join()
+            && !thread::panicking()
+        {
             std::panic::resume_unwind(panic);
         }
     }
@@ -1665,25 +1667,40 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             ty,
             namespace,
             name,
-        } => {
-            let filter = match filter(namespace, &params) {
-                Ok(filter) => filter,
-                Err(message) => {
-                    return status_response(StatusCode::BAD_REQUEST, "BadRequest", &message, None);
-                }
-            };
-            match (name, watching) {
-                (_, true) => watch(&shared, ty, filter, &params),
-                (Some(name), false) => get(&shared, ty, filter.namespace.as_deref(), &name),
-                (None, false) => list(&shared, ty, &filter, &params),
-            }
-        }
+        } => serve_resource(&shared, ty, namespace, name, watching, &params),
         Route::NotFound => status_response(
             StatusCode::NOT_FOUND,
             "NotFound",
             "the server could not find the requested resource",
             None,
         ),
+    }
+}
+
+/// A list, watch or get of a served resource.
+fn serve_resource(
+    shared: &Arc<Shared>,
+    ty: usize,
+    namespace: Option<String>,
+    name: Option<String>,
+    watching: bool,
+    params: &Params,
+) -> Response {
+    let mut filter = match filter(namespace, params) {
+        Ok(filter) => filter,
+        Err(message) => {
+            return status_response(StatusCode::BAD_REQUEST, "BadRequest", &message, None);
+        }
+    };
+    match (name, watching) {
+        (Some(name), true) => {
+            // The old single-object watch path: a field selector on the name.
+            filter.fields.0.push((FieldPath::Name, name, true));
+            watch(shared, ty, filter, params)
+        }
+        (None, true) => watch(shared, ty, filter, params),
+        (Some(name), false) => get(shared, ty, filter.namespace.as_deref(), &name),
+        (None, false) => list(shared, ty, &filter, params),
     }
 }
 
@@ -1903,7 +1920,7 @@ fn list(shared: &Shared, ty: usize, filter: &Filter, params: &Params) -> Respons
                 current: store.rv,
             }),
         ),
-        (None, _) => (store.rv, Ok(store.objects[ty].clone())),
+        (None, _) => (store.rv, Ok(Cow::Borrowed(&store.objects[ty]))),
     };
     let objects = match objects {
         Ok(objects) => objects,
