@@ -1062,7 +1062,7 @@ fn json_message(error: &serde_json::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{fmt::Write as _, time::Instant};
 
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -1653,5 +1653,61 @@ spec:
             assert!(parse(&broken, Path::new("bench")).is_err());
             println!("  yaml with a syntax error at the end: {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
         }
+    }
+}
+
+#[cfg(test)]
+mod yaml_speed {
+    use std::time::Instant;
+
+    use serde::de::IgnoredAny;
+
+    use super::*;
+
+    fn time(label: &str, f: impl Fn()) {
+        let mut best = f64::MAX;
+        for _ in 0..2 {
+            let start = Instant::now();
+            f();
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        println!("{label}: {:.1} ms", best * 1e3);
+    }
+
+    #[test]
+    #[ignore = "experiment"]
+    fn yaml_variants() {
+        let yaml = tests::generate_yaml(10_000, 10);
+        time("granit events only", || {
+            let mut p = granit_parser::Parser::new_from_str(&yaml);
+            let mut n = 0usize;
+            while let Some(Ok(_)) = p.next_event() {
+                n += 1;
+            }
+            assert!(n > 0);
+        });
+        time("ignored any, yaml_options", || {
+            let _: Vec<IgnoredAny> = serde_saphyr::from_multiple_with_options(&yaml, yaml_options()).expect("x");
+        });
+        let mut o = yaml_options();
+        // o.emit_comments = false;
+        time("ignored any, no comments", || {
+            let _: Vec<IgnoredAny> = serde_saphyr::from_multiple_with_options(&yaml, o.clone()).expect("x");
+        });
+        o.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
+        time("ignored any, no comments, passthrough keys", || {
+            let _: Vec<IgnoredAny> = serde_saphyr::from_multiple_with_options(&yaml, o.clone()).expect("x");
+        });
+        time("RawObject, no comments, passthrough keys", || {
+            let _: Vec<RawObject> = serde_saphyr::from_multiple_with_options(&yaml, o.clone()).expect("x");
+        });
+        let mut o2 = o.clone();
+        o2.budget = None;
+        time("RawObject, no budget", || {
+            let _: Vec<RawObject> = serde_saphyr::from_multiple_with_options(&yaml, o2.clone()).expect("x");
+        });
+        time("RawObject, yaml_options", || {
+            let _: Vec<RawObject> = serde_saphyr::from_multiple_with_options(&yaml, yaml_options()).expect("x");
+        });
     }
 }

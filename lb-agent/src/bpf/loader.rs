@@ -329,6 +329,13 @@ fn swap_links(layout: &PinLayout, new_links: Vec<(&'static str, FdLink)>) -> Res
 
 /// Removes every pinned link: each is detached once no one holds it.
 fn remove_link_pins(layout: &PinLayout) -> Result<Vec<PathBuf>> {
+    remove_links(layout, false)
+}
+
+/// Removes every pinned link; with `detach`, detaches each first so that
+/// no program runs once this returns (otherwise the kernel detaches it
+/// when it releases the link, shortly after).
+fn remove_links(layout: &PinLayout, detach: bool) -> Result<Vec<PathBuf>> {
     let dir = layout.links_dir();
     let mut removed = Vec::new();
     let entries = match fs::read_dir(&dir) {
@@ -338,6 +345,15 @@ fn remove_link_pins(layout: &PinLayout) -> Result<Vec<PathBuf>> {
     };
     for entry in entries {
         let path = entry.map_err(|source| Error::Io { path: dir.clone(), source })?.path();
+        if detach {
+            match super::sys::obj_get(&path).and_then(|fd| super::sys::link_detach(&fd)) {
+                Ok(()) => {}
+                // Before Linux 5.9 there is no BPF_LINK_DETACH: the unpin
+                // below still detaches, asynchronously.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {}
+                Err(source) => return Err(Error::Io { path, source }),
+            }
+        }
         fs::remove_file(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         removed.push(path);
     }
@@ -359,7 +375,7 @@ pub struct Cleaned {
 /// When a pin exists but cannot be removed.
 pub fn cleanup(bpffs: &Path) -> Result<Cleaned> {
     let layout = PinLayout::new(bpffs);
-    let mut cleaned = Cleaned { links: remove_link_pins(&layout)?, maps: Vec::new() };
+    let mut cleaned = Cleaned { links: remove_links(&layout, true)?, maps: Vec::new() };
     let maps_dir = layout.maps_dir();
     if let Ok(entries) = fs::read_dir(&maps_dir) {
         for entry in entries {

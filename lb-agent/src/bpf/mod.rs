@@ -7,6 +7,7 @@ pub mod features;
 pub mod loader;
 pub mod maps;
 pub mod object;
+mod sys;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,210 @@
+//! The real `lb-agent` binary, run as a child process.
+
+use std::{
+    fs::{self, File},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use super::{client::http_get, unique, wait_for};
+
+/// The agent binary: `LB_AGENT_BIN` (VM runs), else the one cargo built.
+pub fn bin() -> PathBuf {
+    std::env::var_os("LB_AGENT_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lb-agent")), PathBuf::from)
+}
+
+/// Runs `lb-agent ARGS` to completion.
+pub fn run_cli(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("run lb-agent")
+}
+
+/// A running agent with its own pin directory, cleaned up on drop.
+pub struct Agent {
+    child: Option<Child>,
+    pub bpffs: PathBuf,
+    pub metrics: SocketAddr,
+    pub log: PathBuf,
+    args: Vec<String>,
+    starts: u32,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts `lb-agent run ARGS --cgroup CGROUP --bpffs <unique>` and waits
+    /// until `/readyz` says ready.
+    pub fn start(cgroup: &Path, args: &[&str]) -> Self {
+        let mut agent = Self::spawn(cgroup, args);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts the agent without waiting for readiness.
+    pub fn spawn(cgroup: &Path, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("lb-test-"));
+        let metrics: SocketAddr = "127.0.0.1:9464".parse().expect("addr");
+        let mut all: Vec<String> = args.iter().map(ToString::to_string).collect();
+        all.extend([
+            "--cgroup".into(),
+            cgroup.display().to_string(),
+            "--bpffs".into(),
+            bpffs.display().to_string(),
+            "--metrics-addr".into(),
+            metrics.to_string(),
+        ]);
+        let mut agent = Self {
+            child: None,
+            bpffs,
+            metrics,
+            log: dir.path().join("agent.log"),
+            args: all,
+            starts: 0,
+            _dir: dir,
+        };
+        agent.launch();
+        agent
+    }
+
+    fn launch(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open agent log");
+        let child = Command::new(bin())
+            .arg("run")
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn lb-agent");
+        self.child = Some(child);
+        self.starts += 1;
+    }
+
+    /// Waits for `/readyz` to answer 200.
+    pub fn wait_ready(&mut self) {
+        let metrics = self.metrics;
+        let mut exited = None;
+        wait_for("the agent to be ready", Duration::from_secs(30), || {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                exited = Some(status);
+                return true;
+            }
+            matches!(http_get(metrics, "/readyz"), Ok((200, _)))
+        });
+        if let Some(status) = exited {
+            panic!("lb-agent exited ({status}) before it was ready:\n{}", self.log());
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `/metrics` text.
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics, "/metrics").expect("GET /metrics").1
+    }
+
+    /// The value of an unlabelled metric line `NAME VALUE`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// `lb-agent list -o json` for this agent's pins.
+    pub fn list(&self) -> serde_json::Value {
+        let out = run_cli(&["list", "-o", "json", "--bpffs", &self.bpffs.display().to_string()]);
+        assert!(out.status.success(), "lb-agent list failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("list json")
+    }
+
+    pub fn pid(&self) -> Option<Pid> {
+        self.child
+            .as_ref()
+            .map(|c| Pid::from_raw(i32::try_from(c.id()).expect("pid")))
+    }
+
+    /// Sends a signal (SIGHUP reloads the file).
+    pub fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.pid() {
+            kill(pid, signal).expect("kill");
+        }
+    }
+
+    /// SIGKILL, as a crash: nothing runs on the agent's side.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            self.signal_child(&child, Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+
+    fn signal_child(&self, child: &Child, signal: Signal) {
+        let _ = kill(Pid::from_raw(i32::try_from(child.id()).expect("pid")), signal);
+    }
+
+    /// Starts the same agent again (after `kill` or `stop`), without waiting.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "agent still running");
+        self.launch();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Waits for the process to exit on its own and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_for("lb-agent to exit", timeout, || {
+            status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            status.is_some()
+        });
+        self.child = None;
+        status.expect("exited")
+    }
+
+    /// Removes the data path (`lb-agent cleanup`).
+    pub fn cleanup(&self) -> Output {
+        run_cli(&["cleanup", "--bpffs", &self.bpffs.display().to_string()])
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- lb-agent log (last lines) ----");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        self.stop();
+        let _ = self.cleanup();
+        let _ = fs::remove_dir_all(&self.bpffs);
+    }
+}

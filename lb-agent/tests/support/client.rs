@@ -1,0 +1,87 @@
+//! Clients as applications use them: plain sockets, with what they see.
+
+use std::{
+    io::{self, Read as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a TCP client saw.
+#[derive(Debug)]
+pub struct Reply {
+    /// The server's answer (a pod name).
+    pub body: String,
+    /// `getpeername()` on the client socket.
+    pub peer: SocketAddr,
+}
+
+/// Connects, reads the reply to EOF.
+pub fn tcp(addr: SocketAddr) -> io::Result<Reply> {
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    let peer = s.peer_addr()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(Reply { body: body.trim().to_owned(), peer })
+}
+
+/// Connected UDP: `connect()`, `send()`, `recv_from()`.
+/// Returns the reply, `getpeername()`, and the reply's source.
+pub fn udp_connected(addr: SocketAddr) -> io::Result<(Reply, SocketAddr)> {
+    let s = UdpSocket::bind(unspecified(addr))?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.connect(addr)?;
+    s.send(b"hello")?;
+    let mut buf = [0u8; 256];
+    let (n, from) = s.recv_from(&mut buf)?;
+    let peer = s.peer_addr()?;
+    Ok((Reply { body: String::from_utf8_lossy(&buf[..n]).trim().to_owned(), peer }, from))
+}
+
+/// Unconnected UDP: `sendto()` the service, `recvfrom()` the answer.
+/// Returns the reply and its source as the application sees it.
+pub fn udp_unconnected(addr: SocketAddr) -> io::Result<(String, SocketAddr)> {
+    let s = UdpSocket::bind(unspecified(addr))?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.send_to(b"hello", addr)?;
+    let mut buf = [0u8; 256];
+    let (n, from) = s.recv_from(&mut buf)?;
+    Ok((String::from_utf8_lossy(&buf[..n]).trim().to_owned(), from))
+}
+
+fn unspecified(addr: SocketAddr) -> SocketAddr {
+    if addr.is_ipv4() {
+        "0.0.0.0:0".parse().expect("addr")
+    } else {
+        "[::]:0".parse().expect("addr")
+    }
+}
+
+/// Counts replies per pod over `n` TCP requests.
+pub fn tally(addr: SocketAddr, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for i in 0..n {
+        let r = tcp(addr).unwrap_or_else(|e| panic!("request {i} to {addr} failed: {e}"));
+        *counts.entry(r.body).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Minimal HTTP GET (for /metrics and /readyz): status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    use std::io::Write as _;
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("bad HTTP response: {text:.200}")))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    Ok((status, body))
+}

@@ -1,0 +1,153 @@
+//! A one-node "cluster" in network namespaces: a node namespace with a
+//! bridge, and pods (each its own namespace, joined to the bridge by a veth
+//! pair) running servers that answer with the pod's name.
+//!
+//! Addresses: node bridge 10.200.0.1/24 and fd00:200::1/64; pod `i` (from 1)
+//! 10.200.0.(10+i) and fd00:200::(10+i).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use super::net::{Netns, spawn_in};
+
+/// Ports every pod serves, TCP and UDP.
+pub const POD_PORTS: [u16; 2] = [8080, 9090];
+
+pub struct Pod {
+    pub name: String,
+    pub ip4: Ipv4Addr,
+    pub ip6: Ipv6Addr,
+    pub netns: Netns,
+    /// Requests served (TCP connections + UDP datagrams), all ports.
+    pub served: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pod {
+    pub fn addr4(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.ip4), port)
+    }
+
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V6(self.ip6), port)
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+pub struct Cluster {
+    pub node: Netns,
+    pub pods: Vec<Pod>,
+}
+
+impl Cluster {
+    /// A node with `pods` pods named `pod-1` ... `pod-N`.
+    pub fn new(pods: usize) -> Self {
+        let node = Netns::new("node");
+        node.ip(&["link", "add", "br0", "type", "bridge"]);
+        node.ip(&["addr", "add", "10.200.0.1/24", "dev", "br0"]);
+        node.ip(&["addr", "add", "fd00:200::1/64", "dev", "br0", "nodad"]);
+        node.ip(&["link", "set", "br0", "up"]);
+        let mut cluster = Self { node, pods: Vec::new() };
+        for i in 1..=pods {
+            cluster.add_pod(&format!("pod-{i}"));
+        }
+        cluster
+    }
+
+    /// Adds a pod with the next address.
+    pub fn add_pod(&mut self, name: &str) -> &Pod {
+        let index = u8::try_from(self.pods.len() + 1).expect("at most 200 pods");
+        let netns = Netns::new("pod");
+        let host_if = format!("v{index}");
+        self.node.ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns.name]);
+        self.node.ip(&["link", "set", &host_if, "master", "br0", "up"]);
+        let ip4 = Ipv4Addr::new(10, 200, 0, 10 + index);
+        let ip6: Ipv6Addr = format!("fd00:200::{}", 10 + u16::from(index)).parse().expect("ipv6");
+        netns.ip(&["addr", "add", &format!("{ip4}/24"), "dev", "eth0"]);
+        netns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
+        netns.ip(&["link", "set", "eth0", "up"]);
+        netns.ip(&["route", "add", "default", "via", "10.200.0.1"]);
+        netns.ip(&["-6", "route", "add", "default", "via", "fd00:200::1"]);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for port in POD_PORTS {
+            let (reply, s, c) = (name.to_owned(), Arc::clone(&stop), Arc::clone(&served));
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            threads.push(spawn_in(&netns.path(), move || serve_tcp(port, &reply, &s, &c, &ready_tx)));
+            ready_rx.recv().expect("tcp server started");
+            let (reply, s, c) = (name.to_owned(), Arc::clone(&stop), Arc::clone(&served));
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            threads.push(spawn_in(&netns.path(), move || serve_udp(port, &reply, &s, &c, &ready_tx)));
+            ready_rx.recv().expect("udp server started");
+        }
+        self.pods.push(Pod { name: name.to_owned(), ip4, ip6, netns, served, stop, threads });
+        self.pods.last().expect("just pushed")
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
+    }
+}
+
+/// Waits up to 50 ms for `fd` to be readable; false on timeout.
+fn readable(fd: &impl std::os::fd::AsFd) -> bool {
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::from(50u16)), Ok(n) if n > 0)
+}
+
+fn serve_tcp(port: u16, reply: &str, stop: &AtomicBool, served: &AtomicU64, ready: &std::sync::mpsc::Sender<()>) {
+    // `[::]` with the default bindv6only=0 serves IPv4 too.
+    let listener = TcpListener::bind(("::", port)).expect("bind tcp");
+    let _ = ready.send(());
+    while !stop.load(Ordering::Relaxed) {
+        if !readable(&listener) {
+            continue;
+        }
+        if let Ok((mut stream, _)) = listener.accept() {
+            served.fetch_add(1, Ordering::Relaxed);
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+            let _ = stream.write_all(format!("{reply}\n").as_bytes());
+            // Drain whatever the client sent, then close.
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let mut sink = [0u8; 64];
+            let _ = stream.read(&mut sink);
+        }
+    }
+}
+
+fn serve_udp(port: u16, reply: &str, stop: &AtomicBool, served: &AtomicU64, ready: &std::sync::mpsc::Sender<()>) {
+    let socket = UdpSocket::bind(("::", port)).expect("bind udp");
+    let _ = ready.send(());
+    let mut buf = [0u8; 1500];
+    while !stop.load(Ordering::Relaxed) {
+        if !readable(&socket) {
+            continue;
+        }
+        if let Ok((_, from)) = socket.recv_from(&mut buf) {
+            served.fetch_add(1, Ordering::Relaxed);
+            let _ = socket.send_to(reply.as_bytes(), from);
+        }
+    }
+}

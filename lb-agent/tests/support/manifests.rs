@@ -1,0 +1,103 @@
+//! Kubernetes objects for the agent's services file, built as JSON values
+//! (a `v1 List`, as `kubectl get ... -o json` prints).
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+/// A service port: name, port, targetPort (number or name), protocol.
+#[derive(Clone, Debug)]
+pub struct Port {
+    pub name: &'static str,
+    pub port: u16,
+    pub target: Value,
+    pub protocol: &'static str,
+}
+
+pub fn tcp(name: &'static str, port: u16, target: u16) -> Port {
+    Port { name, port, target: json!(target), protocol: "TCP" }
+}
+
+pub fn udp(name: &'static str, port: u16, target: u16) -> Port {
+    Port { name, port, target: json!(target), protocol: "UDP" }
+}
+
+/// A ClusterIP service in `default`.
+pub fn service(name: &str, cluster_ips: &[&str], ports: &[Port]) -> Value {
+    let families: Vec<&str> = cluster_ips
+        .iter()
+        .map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": name, "namespace": "default", "annotations": {} },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": cluster_ips[0],
+            "clusterIPs": cluster_ips,
+            "ipFamilies": families,
+            "ports": ports.iter().map(|p| json!({
+                "name": p.name, "port": p.port, "targetPort": p.target, "protocol": p.protocol,
+            })).collect::<Vec<_>>(),
+        }
+    })
+}
+
+/// Sets an annotation on a service built by [`service`].
+pub fn annotate(mut svc: Value, key: &str, value: &str) -> Value {
+    svc["metadata"]["annotations"][key] = json!(value);
+    svc
+}
+
+/// An endpoint: address and conditions.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub ip: String,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+pub fn ready(ip: impl ToString) -> Endpoint {
+    Endpoint { ip: ip.to_string(), ready: true, serving: true, terminating: false }
+}
+
+pub fn terminating(ip: impl ToString) -> Endpoint {
+    Endpoint { ip: ip.to_string(), ready: false, serving: true, terminating: true }
+}
+
+/// An EndpointSlice for `service` with `ports` = (name, port, protocol).
+pub fn slice(service: &str, name: &str, endpoints: &[Endpoint], ports: &[(&str, u16, &str)]) -> Value {
+    let family = if endpoints.first().is_some_and(|e| e.ip.contains(':')) { "IPv6" } else { "IPv4" };
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": { "kubernetes.io/service-name": service },
+        },
+        "addressType": family,
+        "endpoints": endpoints.iter().map(|e| json!({
+            "addresses": [e.ip],
+            "conditions": { "ready": e.ready, "serving": e.serving, "terminating": e.terminating },
+            "nodeName": "node-1",
+        })).collect::<Vec<_>>(),
+        "ports": ports.iter().map(|(n, p, proto)| json!({ "name": n, "port": p, "protocol": proto })).collect::<Vec<_>>(),
+    })
+}
+
+/// Writes `items` as a `v1 List` to `path` atomically (write + rename, as
+/// editors and config management do).
+pub fn write(path: &Path, items: &[Value]) {
+    let list = json!({ "apiVersion": "v1", "kind": "List", "items": items });
+    write_raw(path, &serde_json::to_string_pretty(&list).expect("json"));
+}
+
+/// Writes `text` to `path` atomically.
+pub fn write_raw(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write services file");
+    std::fs::rename(&tmp, path).expect("rename services file");
+}

@@ -1,0 +1,66 @@
+//! End-to-end test support: real network namespaces joined by veth, a child
+//! cgroup the test process joins, pod servers, the real agent binary, and
+//! clients. Every resource is an RAII guard that cleans up on drop (also
+//! when the test panics), so a run leaves no namespace, cgroup, pin or
+//! process behind.
+//!
+//! Tests using this need root and run one at a time (`--test-threads=1`):
+//! the test process itself moves into the test's cgroup.
+
+#![allow(dead_code, reason = "each test binary uses a different part of the support code")]
+
+pub mod agent;
+pub mod client;
+pub mod cluster;
+pub mod manifests;
+pub mod net;
+
+use std::{
+    fs::OpenOptions,
+    io::Write as _,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// A name unique to this process and call, for namespaces, cgroups, pins.
+pub fn unique(prefix: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}-{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Records that the current test is skipped because the kernel lacks
+/// something, and says so. `cargo xtask test`/`vm` read the report file
+/// (`LB_TEST_REPORT`) and show the test as skipped, not passed.
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Some(path) = std::env::var_os("LB_TEST_REPORT") {
+        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "SKIP\t{test}\t{reason}");
+        }
+    }
+}
+
+/// Polls `condition` until it holds; panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,133 @@
+//! Network namespaces, veth, and the child cgroup.
+
+use std::{
+    fs::{self, File},
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use nix::sched::{CloneFlags, setns};
+
+use super::{sh, unique};
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(role: &str) -> Self {
+        let name = unique(&format!("lbt-{role}-"));
+        sh("ip", &["netns", "add", &name]);
+        sh("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        Self { name }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Runs `ip ARGS` inside this namespace.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    /// Moves the calling thread into this namespace until the guard drops.
+    /// Threads and processes started by it meanwhile inherit the namespace.
+    pub fn enter(&self) -> Entered {
+        let original = File::open("/proc/thread-self/ns/net").expect("open own netns");
+        let target = File::open(self.path()).expect("open netns");
+        setns(target.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+        Entered { original }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// The calling thread is in another namespace until this drops.
+pub struct Entered {
+    original: File,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let _ = setns(self.original.as_fd(), CloneFlags::CLONE_NEWNET);
+    }
+}
+
+/// Runs `f` on a thread inside `netns` (for servers that must live there).
+pub fn spawn_in<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let netns = netns.to_path_buf();
+    std::thread::spawn(move || {
+        let target = File::open(&netns).expect("open netns");
+        setns(target.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// A child of the cgroup2 root that the test process joins; moved back and
+/// removed on drop. Programs are attached here, never to the root.
+pub struct Cgroup {
+    pub path: PathBuf,
+    original: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new() -> Self {
+        let root = cgroup2_root();
+        let path = root.join(unique("lb-test-"));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        let own = fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+        let rel = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("/")
+            .trim_start_matches('/');
+        Self { path, original: root.join(rel) }
+    }
+
+    /// Moves the whole test process into this cgroup.
+    pub fn join(&self) {
+        fs::write(self.path.join("cgroup.procs"), std::process::id().to_string())
+            .unwrap_or_else(|e| panic!("join {}: {e}", self.path.display()));
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let pid = std::process::id().to_string();
+        if fs::write(self.original.join("cgroup.procs"), &pid).is_err() {
+            let _ = fs::write(cgroup2_root().join("cgroup.procs"), &pid);
+        }
+        // Children (agents) may take a moment to exit.
+        for _ in 0..100 {
+            if fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove cgroup {}", self.path.display());
+    }
+}
+
+/// The cgroup2 mount point, from `/proc/self/mountinfo`.
+pub fn cgroup2_root() -> PathBuf {
+    let mi = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    mi.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mut fields = pre.split_whitespace();
+            let (root, mount_point) = (fields.nth(3)?, fields.next()?);
+            (post.split_whitespace().next()? == "cgroup2" && root == "/").then(|| PathBuf::from(mount_point))
+        })
+        .expect("no cgroup2 mount")
+}
