@@ -21,10 +21,18 @@
 //! - bearer-token authentication (`401` otherwise) and the discovery
 //!   documents (`/version`, `/api`, `/apis`, `/api/v1`, `/apis/{group}/{version}`).
 //!
-//! Knowingly different: writes only through the in-process [`ApiServer`]
-//! handle (the HTTP side is read-only), no optimistic concurrency on writes,
-//! no waiting for a too-large resourceVersion (answered at once), `limit`
-//! honoured even for `resourceVersion=0`.
+//! Knowingly different from a real kube-apiserver:
+//! - writes only through the in-process [`ApiServer`] handle (HTTP is
+//!   read-only: `GET`); [`ApiServer::apply`] replaces the whole object, with
+//!   no optimistic concurrency, admission or validation beyond defaulting;
+//! - bookmarks every second by default (the real server: about a minute);
+//! - a too-large resourceVersion is answered at once (the real server waits
+//!   up to 3 s for its cache first); `limit` is honoured for
+//!   `resourceVersion=0` too (older real servers ignore it there);
+//! - field selectors: `metadata.name` and `metadata.namespace` only;
+//!   Namespace objects are not served (namespaces exist implicitly);
+//! - discovery answers in the legacy formats whatever `Accept` asks for (no
+//!   aggregated discovery), no `OpenAPI` documents, no protobuf, no gzip.
 //!
 //! Chaos knobs: [`ApiServer::close_watches`], [`ApiServer::expire_watches`],
 //! [`ApiServer::set_watch_close_every`], [`ApiServer::set_response_delay`],
@@ -148,7 +156,8 @@ pub struct Stats {
     pub watches: u64,
     /// Single-object `GET`s answered.
     pub gets: u64,
-    /// Watches open right now.
+    /// Watches open right now (a watch whose client went away is closed,
+    /// and no longer counted, as soon as the server notices).
     pub open_watches: u64,
     /// `410 Expired` answers (watch `ERROR` events and HTTP responses).
     pub expired: u64,
@@ -190,7 +199,7 @@ impl RequestRecord {
             .map(|(_, value)| value.as_str())
     }
 
-    /// Whether this is a list or watch of `resource` (plural, `services`).
+    /// Whether this is a `verb` request on `resource` (plural: `services`).
     pub fn is(&self, verb: Verb, resource: &str) -> bool {
         self.verb == verb && self.resource.as_deref() == Some(resource)
     }
