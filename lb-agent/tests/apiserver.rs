@@ -442,7 +442,7 @@ async fn closed_watches_resume_without_a_relist() {
     // A client going away closes its watch at once (not at the next
     // bookmark or event).
     server.set_watch_close_every(None);
-    server.set_bookmark_interval(Duration::from_secs(3600));
+    server.set_bookmark_interval(Duration::from_hours(1));
     wait_until_async("one watch open", WAIT, || server.stats().open_watches == 1).await;
     drop(services);
     wait_until_async("no watch open", WAIT, || server.stats().open_watches == 0).await;
