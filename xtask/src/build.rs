@@ -30,8 +30,18 @@ pub fn run(args: &Args) -> Result<Built> {
         cmd.arg("--release");
     }
     run_cmd(&mut cmd)?;
-    let profile = if args.release { "release" } else { "debug" };
     Ok(Built {
-        agent: root.join("target").join(profile).join("lb-agent"),
+        agent: agent_path(args.release)?,
     })
+}
+
+/// Where `cargo build` puts the agent.
+///
+/// # Errors
+/// When it has not been built.
+pub fn agent_path(release: bool) -> Result<PathBuf> {
+    let profile = if release { "release" } else { "debug" };
+    let path = workspace_root().join("target").join(profile).join("lb-agent");
+    anyhow::ensure!(path.exists(), "{} is not built; run `cargo xtask build`", path.display());
+    Ok(path)
 }

@@ -8,11 +8,14 @@
 //! - `bench`: latency, throughput and programming time against kube-proxy's modes.
 
 mod build;
+mod demo;
 mod setup;
+mod test;
 mod util;
 mod vm;
 
-use anyhow::Result;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -28,14 +31,31 @@ enum Task {
     Setup(setup::Args),
     /// Build lb-agent with its eBPF programs.
     Build(build::Args),
+    /// Three pods, a ClusterIP, nine requests: see it work (needs root).
+    Demo(demo::Args),
+    /// Unit, protocol and end-to-end tests, on this kernel and in a VM (needs root).
+    Test(test::Args),
     /// Run the end-to-end suite in qemu VMs on other kernels.
     Vm(vm::Args),
+    /// Helpers the demo runs inside its namespaces.
+    #[command(subcommand, hide = true)]
+    DemoHelper(demo::Helper),
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().task {
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
         Task::Setup(args) => setup::run(&args),
         Task::Build(args) => build::run(&args).map(drop),
+        Task::Demo(args) => demo::run(&args),
+        Task::Test(args) => test::run(&args),
         Task::Vm(args) => vm::run(&args),
+        Task::DemoHelper(helper) => demo::helper(&helper),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
