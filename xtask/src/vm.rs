@@ -1,10 +1,390 @@
-//! `cargo xtask vm`: the end-to-end suite in qemu VMs (to be written).
+//! `cargo xtask vm`: the end-to-end suite in qemu VMs on the kernels users run
+//! (Debian's 5.10, 6.1 and 6.12 cloud kernels), because the agent's hooks
+//! and helpers arrived in different releases.
+//!
+//! Per kernel: fetch the newest Debian kernel of its suite (cached,
+//! [`kernel`]), build an initramfs with busybox, `ip`/`tc`/`bpftool`, the
+//! needed modules, the agent and the test binaries with their libraries
+//! ([`initramfs`]), boot it under TCG ([`qemu`]) and follow the results
+//! channel ([`guest`], [`report`]).
+//!
+//! The library entry for other tasks is [`run_suite`] (one kernel) or
+//! [`run_suites`] (several, built once), then [`print_reports`].
 
-use anyhow::{Result, bail};
+mod guest;
+mod initramfs;
+mod kernel;
+mod qemu;
+mod report;
+mod suite;
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, ensure};
+
+use self::{guest::Marker, initramfs::Initramfs, suite::Built};
+pub use self::{
+    kernel::{Kernel, Mirrors},
+    report::{SuiteReport, print_reports},
+    suite::{Suite, Targets, TestSource},
+};
+use crate::{setup, util::workspace_root};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Kernel line(s) to run on; repeat or use `all` (the default).
+    #[arg(long = "kernel", value_enum)]
+    kernels: Vec<KernelChoice>,
+    /// Time limit for each VM, in seconds (TCG is slow).
+    #[arg(long, default_value_t = 1200, value_name = "SECS")]
+    timeout: u64,
+    /// Time limit for each test inside the VM, in seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    test_timeout: u64,
+    /// Integration-test targets of lb-agent to run (repeatable; default: those named `e2e*`).
+    #[arg(long = "test-target", value_name = "NAME")]
+    test_targets: Vec<String>,
+    /// Re-read the Debian package lists even if they are less than a day old.
+    #[arg(long)]
+    refresh: bool,
+    /// Print both serial consoles as the VMs run.
+    #[arg(long)]
+    show_console: bool,
+    /// Keep each VM's initramfs next to its console log.
+    #[arg(long)]
+    keep_initramfs: bool,
+    /// Run these prebuilt libtest binaries instead of building lb-agent's (for
+    /// trying the runner itself).
+    #[arg(long = "test-binary", value_name = "PATH", hide = true)]
+    test_binaries: Vec<PathBuf>,
+    /// The agent binary to put at /bin/lb-agent with `--test-binary`.
+    #[arg(long, value_name = "PATH", hide = true)]
+    agent_binary: Option<PathBuf>,
+    /// Build the tests of the package in another workspace.
+    #[arg(long, value_name = "PATH", hide = true)]
+    manifest_path: Option<PathBuf>,
+    /// Which tests to run, as after `cargo test --` (names, `--exact`, `--skip NAME`).
+    #[arg(last = true, value_name = "TEST FILTER")]
+    filter: Vec<String>,
+}
 
-pub fn run(_args: &Args) -> Result<()> {
-    bail!("cargo xtask vm is not written yet")
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KernelChoice {
+    #[value(name = "5.10")]
+    V5_10,
+    #[value(name = "6.1")]
+    V6_1,
+    #[value(name = "6.12")]
+    V6_12,
+    All,
+}
+
+/// Infrastructure settings (as opposed to what the suite is).
+pub struct Options {
+    /// Kernels, package lists, console logs: `target/vm-cache` by default.
+    pub cache_dir: PathBuf,
+    pub mirrors: Mirrors,
+    /// Re-read the package lists now.
+    pub refresh: bool,
+    /// Print the consoles as they come.
+    pub show_console: bool,
+    pub keep_initramfs: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let target = env::var_os("CARGO_TARGET_DIR").map_or_else(
+            || workspace_root().join("target"),
+            |t| workspace_root().join(t),
+        );
+        Self {
+            cache_dir: target.join("vm-cache"),
+            mirrors: Mirrors::default(),
+            refresh: false,
+            show_console: false,
+            keep_initramfs: false,
+        }
+    }
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let Args {
+        kernels,
+        timeout,
+        test_timeout,
+        test_targets,
+        refresh,
+        show_console,
+        keep_initramfs,
+        test_binaries,
+        agent_binary,
+        manifest_path,
+        filter,
+    } = args;
+    setup::ensure_all()?;
+    let kernels: Vec<Kernel> = if kernels.is_empty() || kernels.contains(&KernelChoice::All) {
+        Kernel::ALL.to_vec()
+    } else {
+        let mut k: Vec<Kernel> = kernels
+            .iter()
+            .filter_map(|c| match c {
+                KernelChoice::V5_10 => Some(Kernel::V5_10),
+                KernelChoice::V6_1 => Some(Kernel::V6_1),
+                KernelChoice::V6_12 => Some(Kernel::V6_12),
+                KernelChoice::All => None,
+            })
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    let mut suite = Suite::lb_agent();
+    suite.vm_timeout = Duration::from_secs(*timeout);
+    suite.test_timeout = Duration::from_secs(*test_timeout);
+    if test_binaries.is_empty() {
+        if let TestSource::Cargo {
+            targets,
+            manifest_path: m,
+            ..
+        } = &mut suite.tests
+        {
+            if !test_targets.is_empty() {
+                *targets = Targets::Names(test_targets.clone());
+            }
+            m.clone_from(manifest_path);
+        }
+    } else {
+        suite.tests = TestSource::Binaries {
+            tests: test_binaries.clone(),
+            agent: agent_binary.clone(),
+        };
+    }
+    let options = Options {
+        refresh: *refresh,
+        show_console: *show_console,
+        keep_initramfs: *keep_initramfs,
+        ..Options::default()
+    };
+    let reports = run_suites(&kernels, &suite, filter, &options)?;
+    let totals = print_reports(&reports);
+    ensure!(
+        totals.failed == 0,
+        "{} failure(s) in the end-to-end suite on {}",
+        totals.failed,
+        kernels
+            .iter()
+            .map(|k| k.label())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+/// Runs `suite` on one kernel with the default [`Options`]; `filter` is what
+/// would follow `cargo test --`. Infrastructure errors (no network and no
+/// cached kernel, a build failure) are errors; anything that goes wrong in
+/// the VM (a failed test, a panic, the time limit) is in the report.
+///
+/// `cargo xtask test` calls `run_suite(Kernel::V6_1, &Suite::lb_agent(), &[])`,
+/// then [`print_reports`] and fails if `!report.success()`.
+#[expect(
+    dead_code,
+    reason = "the entry `cargo xtask test` calls; that task is being written"
+)]
+pub fn run_suite(kernel: Kernel, suite: &Suite, filter: &[String]) -> Result<SuiteReport> {
+    let mut reports = run_suites(&[kernel], suite, filter, &Options::default())?;
+    reports.pop().context("no report")
+}
+
+/// Builds the suite once and runs it on each kernel in turn.
+pub fn run_suites(
+    kernels: &[Kernel],
+    suite: &Suite,
+    filter: &[String],
+    options: &Options,
+) -> Result<Vec<SuiteReport>> {
+    let built = suite::build(suite, filter)?;
+    ensure!(
+        built.test_count() > 0,
+        "no end-to-end test matches the filter {filter:?} in {:?}",
+        built.binaries.iter().map(|b| &b.name).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "vm: {} test(s) in {} binar{}",
+        built.test_count(),
+        built.binaries.len(),
+        if built.binaries.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        }
+    );
+    let base = base_initramfs(suite, &built)?;
+    let runs = options.cache_dir.join("runs");
+    fs::create_dir_all(&runs).with_context(|| format!("failed to create {}", runs.display()))?;
+    let mut reports = Vec::new();
+    for &kernel in kernels {
+        let image = kernel::fetch(
+            kernel,
+            &options.cache_dir,
+            &options.mirrors,
+            options.refresh,
+        )
+        .with_context(|| format!("failed to get a {kernel} kernel"))?;
+        let how = image.downloaded.map_or_else(
+            || "cached".to_owned(),
+            |t| {
+                format!(
+                    "downloaded in {:.1} s, unpacked in {:.1} s",
+                    t.download.as_secs_f64(),
+                    t.unpack.as_secs_f64()
+                )
+            },
+        );
+        eprintln!(
+            "vm {kernel}: kernel {} {} ({how})",
+            image.package, image.version
+        );
+        reports.push(run_one(
+            &image,
+            suite,
+            &built,
+            base.clone(),
+            &runs,
+            options,
+        )?);
+    }
+    prune_runs(&runs, 20);
+    Ok(reports)
+}
+
+/// The kernel-independent part of the initramfs.
+fn base_initramfs(suite: &Suite, built: &Built) -> Result<Initramfs> {
+    let mut ir = Initramfs::new();
+    for binary in &built.binaries {
+        ir.executable(
+            &format!("{}/{}", guest::TESTS_DIR, binary.name),
+            &binary.path,
+        )?;
+    }
+    if let Some(agent) = &built.agent {
+        ir.executable(guest::AGENT_PATH, agent)?;
+    }
+    for tool in &suite.tools {
+        let host = which::which(tool)
+            .with_context(|| format!("{tool} is needed in the VM but is not in PATH"))?;
+        let host = fs::canonicalize(&host)
+            .with_context(|| format!("failed to resolve {}", host.display()))?;
+        ir.executable(&format!("/usr/sbin/{tool}"), &host)?;
+    }
+    let busybox = which::which("busybox")
+        .context("busybox (Debian package busybox-static) is the VM's shell")?;
+    ir.busybox(&busybox)?;
+    ir.bytes(
+        "etc/hosts",
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
+        0o644,
+    );
+    ir.bytes("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644);
+    ir.bytes("etc/group", "root:x:0:\n", 0o644);
+    ir.bytes(
+        "etc/nsswitch.conf",
+        "passwd: files\ngroup: files\nhosts: files\n",
+        0o644,
+    );
+    Ok(ir)
+}
+
+fn run_one(
+    image: &kernel::KernelImage,
+    suite: &Suite,
+    built: &Built,
+    mut ir: Initramfs,
+    runs: &Path,
+    options: &Options,
+) -> Result<SuiteReport> {
+    let kernel = image.kernel;
+    let stamp = UNIX_EPOCH.elapsed().unwrap_or_default().as_secs();
+    let dir = runs.join(format!("{stamp}-{}-{kernel}", std::process::id()));
+    fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+
+    let started = Instant::now();
+    let scratch = options.cache_dir.join("modules");
+    let modules = ir.modules(image, &suite.modules, &scratch)?;
+    let marker = Marker::random();
+    ir.bytes(
+        "init",
+        guest::init_script(&marker, built, &modules, suite.test_timeout),
+        0o755,
+    );
+    let initramfs_path = dir.join("initramfs.cpio");
+    let initramfs_bytes = ir.write(&initramfs_path)?;
+    let initramfs_time = started.elapsed();
+
+    // The archive and its unpacked copy both live in guest memory.
+    let memory_mib = (1024 + 2 * initramfs_bytes.div_ceil(1 << 20)).max(2048);
+    let log = dir.join("console.log");
+    let cmdline = "console=ttyS0 panic=-1 oops=panic mitigations=off rdinit=/init";
+    let mut collector = report::Collector::new(marker, kernel, built, suite.test_timeout);
+    eprintln!(
+        "vm {kernel}: booting {} under TCG (console log {})",
+        image.release,
+        log.display()
+    );
+    let vm_started = Instant::now();
+    let end = qemu::run(
+        &qemu::VmConfig {
+            vmlinuz: &image.vmlinuz,
+            initramfs: &initramfs_path,
+            memory_mib,
+            cmdline,
+            timeout: suite.vm_timeout,
+            log: &log,
+            echo: options.show_console,
+            label: kernel.label(),
+        },
+        |at, stream, line| collector.feed(at, stream, line),
+    )?;
+    let vm_time = vm_started.elapsed();
+    if !options.keep_initramfs {
+        let _ = fs::remove_file(&initramfs_path);
+    }
+    let run = collector.finish(&end, vm_time, suite.vm_timeout);
+    Ok(SuiteReport {
+        kernel,
+        package: image.package.clone(),
+        version: image.version.clone(),
+        facts: run.facts,
+        tests: run.tests,
+        problems: run.problems,
+        notes: run.notes,
+        boot_time: run.boot_time,
+        guest_uptime_at_init: run.guest_uptime_at_init,
+        vm_time,
+        fetch: image.downloaded,
+        initramfs_bytes,
+        initramfs_time,
+        log,
+        console_tail: run.console_tail,
+    })
+}
+
+/// Keeps the newest `keep` run directories (console logs).
+fn prune_runs(runs: &Path, keep: usize) {
+    let Ok(entries) = fs::read_dir(runs) else {
+        return;
+    };
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    dirs.sort();
+    let excess = dirs.len().saturating_sub(keep);
+    for (_, dir) in dirs.into_iter().take(excess) {
+        let _ = fs::remove_dir_all(dir);
+    }
 }

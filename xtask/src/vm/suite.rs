@@ -1,0 +1,277 @@
+//! What runs in the VM: the end-to-end test binaries (built with cargo, or
+//! given directly), the agent, and the tests each binary holds.
+
+use std::{
+    collections::BTreeSet,
+    env,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde::Deserialize;
+
+use crate::util::{cmd_output, workspace_root};
+
+/// An end-to-end suite: which tests, and what the VM must hold for them.
+#[derive(Clone, Debug)]
+pub struct Suite {
+    pub tests: TestSource,
+    /// Kernel modules to load at boot when the kernel has them as modules
+    /// (with their dependencies); built-in ones are only reported.
+    pub modules: Vec<String>,
+    /// Host programs copied in with their shared libraries (looked up in `PATH`).
+    pub tools: Vec<String>,
+    /// Time limit for one VM, boot to power-off.
+    pub vm_timeout: Duration,
+    /// Time limit for one test inside the VM.
+    pub test_timeout: Duration,
+}
+
+/// Where the test binaries come from.
+#[derive(Clone, Debug)]
+pub enum TestSource {
+    /// `cargo test -p <package> --no-run`, the integration-test targets that
+    /// `targets` selects, and the package's binary `agent` (if any). The
+    /// workspace is this one unless `manifest_path` names another.
+    Cargo {
+        package: String,
+        targets: Targets,
+        agent: Option<String>,
+        manifest_path: Option<PathBuf>,
+    },
+    /// Prebuilt libtest binaries (for trying the runner itself).
+    Binaries {
+        tests: Vec<PathBuf>,
+        agent: Option<PathBuf>,
+    },
+}
+
+/// Which integration-test targets are end-to-end tests.
+#[derive(Clone, Debug)]
+pub enum Targets {
+    /// Targets whose names start with this.
+    Prefix(String),
+    /// Exactly these targets.
+    Names(Vec<String>),
+}
+
+impl Suite {
+    /// lb-agent's end-to-end suite: its `e2e*` integration tests.
+    pub fn lb_agent() -> Self {
+        Self {
+            tests: TestSource::Cargo {
+                package: "lb-agent".to_owned(),
+                targets: Targets::Prefix("e2e".to_owned()),
+                agent: Some("lb-agent".to_owned()),
+                manifest_path: None,
+            },
+            modules: ["veth", "cls_bpf", "sch_ingress", "ipv6"]
+                .map(str::to_owned)
+                .to_vec(),
+            tools: ["ip", "tc", "bpftool"].map(str::to_owned).to_vec(),
+            vm_timeout: Duration::from_secs(20 * 60),
+            test_timeout: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// A test binary with the tests the filter selected.
+pub struct TestBinary {
+    /// The cargo target name (file name without the hash for prebuilt ones).
+    pub name: String,
+    pub path: PathBuf,
+    pub tests: Vec<TestCase>,
+}
+
+pub struct TestCase {
+    pub name: String,
+    /// `#[ignore]`d and not asked for with `--ignored`/`--include-ignored`.
+    pub ignored: bool,
+}
+
+/// The built suite, ready to go into an initramfs.
+pub struct Built {
+    pub binaries: Vec<TestBinary>,
+    pub agent: Option<PathBuf>,
+    /// Run ignored tests too (the filter had `--ignored` or `--include-ignored`).
+    pub include_ignored: bool,
+}
+
+impl Built {
+    pub fn test_count(&self) -> usize {
+        self.binaries.iter().map(|b| b.tests.len()).sum()
+    }
+}
+
+/// Builds (or takes) the binaries and lists their tests on the host with
+/// libtest's own filter semantics: `filter` is what would follow `cargo test --`.
+pub fn build(suite: &Suite, filter: &[String]) -> Result<Built> {
+    let (executables, agent) = match &suite.tests {
+        TestSource::Cargo {
+            package,
+            targets,
+            agent,
+            manifest_path,
+        } => cargo_build(package, targets, agent.as_deref(), manifest_path.as_deref())?,
+        TestSource::Binaries { tests, agent } => {
+            let named = tests
+                .iter()
+                .map(|p| {
+                    let file = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    // cargo's deps/ names carry "-<16 hex digits>".
+                    let name = match file.rsplit_once('-') {
+                        Some((stem, hash))
+                            if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                        {
+                            stem.to_owned()
+                        }
+                        _ => file,
+                    };
+                    (name, p.clone())
+                })
+                .collect();
+            (named, agent.clone())
+        }
+    };
+    let include_ignored = filter
+        .iter()
+        .any(|a| a == "--ignored" || a == "--include-ignored");
+    let mut binaries = Vec::new();
+    for (name, path) in executables {
+        let all = list_tests(&path, filter, false)?;
+        let ignored: BTreeSet<String> = if include_ignored {
+            BTreeSet::new()
+        } else {
+            list_tests(&path, filter, true)?.into_iter().collect()
+        };
+        let tests = all
+            .into_iter()
+            .map(|name| TestCase {
+                ignored: ignored.contains(&name),
+                name,
+            })
+            .collect();
+        binaries.push(TestBinary { name, path, tests });
+    }
+    ensure!(
+        binaries
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect::<BTreeSet<_>>()
+            .len()
+            == binaries.len(),
+        "two test binaries share a name: {:?}",
+        binaries.iter().map(|b| &b.name).collect::<Vec<_>>()
+    );
+    Ok(Built {
+        binaries,
+        agent,
+        include_ignored,
+    })
+}
+
+#[derive(Deserialize)]
+struct CargoMessage {
+    reason: String,
+    target: Option<CargoTarget>,
+    profile: Option<CargoProfile>,
+    executable: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct CargoProfile {
+    test: bool,
+}
+
+#[derive(Deserialize)]
+struct CargoTarget {
+    name: String,
+    kind: Vec<String>,
+}
+
+/// `cargo test --no-run --message-format=json`: (target name, executable) of
+/// the selected test targets, and the agent binary (cargo builds a package's
+/// binaries for its integration tests).
+fn cargo_build(
+    package: &str,
+    targets: &Targets,
+    agent: Option<&str>,
+    manifest_path: Option<&Path>,
+) -> Result<(Vec<(String, PathBuf)>, Option<PathBuf>)> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root())
+        .args([
+            "test",
+            "--package",
+            package,
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit());
+    match targets {
+        Targets::Prefix(prefix) => cmd.arg("--test").arg(format!("{prefix}*")),
+        Targets::Names(names) => names.iter().fold(&mut cmd, |c, n| c.arg("--test").arg(n)),
+    };
+    if let Some(manifest) = manifest_path {
+        cmd.arg("--manifest-path").arg(manifest);
+    }
+    let stdout = cmd_output(&mut cmd)
+        .with_context(|| format!("failed to build the end-to-end tests of {package}"))?;
+    let mut tests = Vec::new();
+    let mut agent_path = None;
+    for line in stdout.lines().filter(|l| l.starts_with('{')) {
+        let msg: CargoMessage = serde_json::from_str(line)
+            .with_context(|| format!("unexpected cargo message: {line}"))?;
+        let (Some(target), Some(exe)) = (msg.target, msg.executable) else {
+            continue;
+        };
+        if msg.reason != "compiler-artifact" {
+            continue;
+        }
+        let test_profile = msg.profile.is_some_and(|p| p.test);
+        let selected = match targets {
+            Targets::Prefix(prefix) => target.name.starts_with(prefix.as_str()),
+            Targets::Names(names) => names.contains(&target.name),
+        };
+        if target.kind.iter().any(|k| k == "test") && selected {
+            tests.push((target.name, exe));
+        } else if !test_profile
+            && target.kind.iter().any(|k| k == "bin")
+            && agent == Some(target.name.as_str())
+        {
+            agent_path = Some(exe);
+        }
+    }
+    if tests.is_empty() {
+        bail!("{package} has no end-to-end test targets ({targets:?})");
+    }
+    if let Some(agent) = agent {
+        ensure!(
+            agent_path.is_some(),
+            "cargo built no binary {agent:?} for {package}"
+        );
+    }
+    tests.sort();
+    Ok((tests, agent_path))
+}
+
+/// The tests a libtest binary holds, as `--list` with the filter prints them.
+fn list_tests(binary: &Path, filter: &[String], ignored_only: bool) -> Result<Vec<String>> {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--list").args(filter);
+    if ignored_only {
+        cmd.arg("--ignored");
+    }
+    let out = cmd_output(&mut cmd)?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_owned)
+        .collect())
+}
