@@ -38,7 +38,7 @@ use serde::{
 };
 use serde_saphyr::{MessageFormatter as _, granit_parser};
 
-/// The Services and EndpointSlices of a file, in file order.
+/// The Services and `EndpointSlices` of a file, in file order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Objects {
     pub services: Vec<Service>,
@@ -46,6 +46,9 @@ pub struct Objects {
 }
 
 pub type Result<T, E = ParseError> = std::result::Result<T, E>;
+
+/// The slow path's results: errors are boxed inside the module.
+type Boxed<T> = std::result::Result<T, Box<ParseError>>;
 
 /// Why a file of objects could not be read. Every variant displays as one
 /// line naming the file, the document (1-based, counting empty ones), the
@@ -106,7 +109,15 @@ struct Place<'a> {
 
 impl fmt::Display for Place<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self { file, document, line, column, item, object, field } = self;
+        let Self {
+            file,
+            document,
+            line,
+            column,
+            item,
+            object,
+            field,
+        } = self;
         write!(f, "{}: document {document}", file.display())?;
         if let Some(line) = line {
             write!(f, ", line {line}")?;
@@ -128,13 +139,16 @@ impl fmt::Display for Place<'_> {
     }
 }
 
-const EXPECTED_KINDS: &str = "expected Service (apiVersion v1) or EndpointSlice (apiVersion discovery.k8s.io/v1)";
+const EXPECTED_KINDS: &str =
+    "expected Service (apiVersion v1) or EndpointSlice (apiVersion discovery.k8s.io/v1)";
 
 fn unsupported_message(kind: Option<&str>, api_version: Option<&str>, in_list: bool) -> String {
     let what = match (kind, api_version) {
         (None, _) => "no kind".to_owned(),
         (Some(kind), None) => format!("kind {kind:?} without apiVersion"),
-        (Some(kind), Some(api_version)) => format!("unsupported kind {kind:?} with apiVersion {api_version:?}"),
+        (Some(kind), Some(api_version)) => {
+            format!("unsupported kind {kind:?} with apiVersion {api_version:?}")
+        }
     };
     if in_list {
         format!("{what}: {EXPECTED_KINDS} in a list")
@@ -150,14 +164,27 @@ fn unsupported_message(kind: Option<&str>, api_version: Option<&str>, in_list: b
 ///
 /// [`ParseError`] when the text is not well-formed, holds objects of another
 /// kind or apiVersion, or a field has the wrong type. Never panics.
+#[expect(
+    clippy::result_large_err,
+    reason = "one error per file, at most: its plain named fields matter more than its size"
+)]
 pub fn parse(text: &str, origin: &Path) -> Result<Objects> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let json = text.trim_start().starts_with('{');
-    let fast = if json { fast_json(text) } else { fast_yaml(text) };
+    let fast = if json {
+        fast_json(text)
+    } else {
+        fast_yaml(text)
+    };
     if let Some(objects) = fast {
         return Ok(objects);
     }
-    if json { slow_json(text, origin) } else { slow_yaml(text, origin) }
+    let slow = if json {
+        slow_json(text, origin)
+    } else {
+        slow_yaml(text, origin)
+    };
+    slow.map_err(|error| *error)
 }
 
 // ---------------------------------------------------------------------------
@@ -193,17 +220,26 @@ fn classify(api_version: Option<&str>, kind: Option<&str>) -> Class {
         (Some("discovery.k8s.io/v1"), Some("EndpointSlice")) => Class::Object(Kind::EndpointSlice),
         (Some("v1"), Some("List")) => Class::List(None),
         (Some("v1"), Some("ServiceList")) => Class::List(Some(Kind::Service)),
-        (Some("discovery.k8s.io/v1"), Some("EndpointSliceList")) => Class::List(Some(Kind::EndpointSlice)),
+        (Some("discovery.k8s.io/v1"), Some("EndpointSliceList")) => {
+            Class::List(Some(Kind::EndpointSlice))
+        }
         _ => Class::Unsupported,
     }
 }
 
 /// The kind of a list item, given the list's default kind. Items of typed
 /// lists may omit `apiVersion` and `kind`; when present they must agree.
-fn classify_item(api_version: Option<&str>, kind: Option<&str>, default: Option<Kind>) -> Option<Kind> {
+fn classify_item(
+    api_version: Option<&str>,
+    kind: Option<&str>,
+    default: Option<Kind>,
+) -> Option<Kind> {
     let (api_version, kind) = match default {
         Some(Kind::Service) => (api_version.or(Some("v1")), kind.or(Some("Service"))),
-        Some(Kind::EndpointSlice) => (api_version.or(Some("discovery.k8s.io/v1")), kind.or(Some("EndpointSlice"))),
+        Some(Kind::EndpointSlice) => (
+            api_version.or(Some("discovery.k8s.io/v1")),
+            kind.or(Some("EndpointSlice")),
+        ),
         None => (api_version, kind),
     };
     match classify(api_version, kind) {
@@ -246,7 +282,7 @@ fn default_namespace(metadata: &mut ObjectMeta) {
 // pass without buffering (kubectl sorts keys, so `kind` comes after `items`
 // and after an EndpointSlice's `endpoints`: we cannot dispatch on it first).
 
-/// The union of the fields of a Service, an EndpointSlice and a list.
+/// The union of the fields of a Service, an `EndpointSlice` and a list.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawObject {
@@ -261,17 +297,31 @@ struct RawObject {
     endpoints: Option<Vec<Endpoint>>,
     ports: Option<Vec<EndpointPort>>,
     // List
-    items: Option<Vec<RawObject>>,
+    items: Option<Vec<Self>>,
 }
 
 impl RawObject {
     /// The object this is, if it is one of `kind` (fields of the other kind
     /// are ignored, as k8s-openapi ignores unknown fields).
     fn into_object(self, kind: Kind) -> Object {
-        let Self { api_version: _, kind: _, metadata, spec, status, address_type, endpoints, ports, items: _ } = self;
+        let Self {
+            api_version: _,
+            kind: _,
+            metadata,
+            spec,
+            status,
+            address_type,
+            endpoints,
+            ports,
+            items: _,
+        } = self;
         let metadata = metadata.unwrap_or_default();
         match kind {
-            Kind::Service => Object::Service(Box::new(Service { metadata, spec, status })),
+            Kind::Service => Object::Service(Box::new(Service {
+                metadata,
+                spec,
+                status,
+            })),
             Kind::EndpointSlice => Object::EndpointSlice(Box::new(EndpointSlice {
                 address_type: address_type.unwrap_or_default(),
                 endpoints: endpoints.unwrap_or_default(),
@@ -291,7 +341,8 @@ fn assemble(documents: Vec<RawObject>) -> Option<Objects> {
             Class::Object(kind) => objects.push(document.into_object(kind)),
             Class::List(default) => {
                 for item in document.items.unwrap_or_default() {
-                    let kind = classify_item(item.api_version.as_deref(), item.kind.as_deref(), default)?;
+                    let kind =
+                        classify_item(item.api_version.as_deref(), item.kind.as_deref(), default)?;
                     objects.push(item.into_object(kind));
                 }
             }
@@ -302,7 +353,8 @@ fn assemble(documents: Vec<RawObject>) -> Option<Objects> {
 }
 
 fn fast_yaml(text: &str) -> Option<Objects> {
-    let documents = serde_saphyr::from_multiple_with_options::<RawObject>(text, yaml_options()).ok()?;
+    let documents =
+        serde_saphyr::from_multiple_with_options::<RawObject>(text, yaml_options()).ok()?;
     assemble(documents)
 }
 
@@ -350,7 +402,7 @@ struct Header {
     kind: Option<String>,
     name: Option<String>,
     namespace: Option<String>,
-    items: Option<Vec<Header>>,
+    items: Option<Vec<Self>>,
 }
 
 impl Header {
@@ -552,10 +604,15 @@ impl<'de> Deserialize<'de> for Header {
                 f.write_str("anything")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut header = Header { shape: Shape::Mapping, ..Header::default() };
+                let mut header = Header {
+                    shape: Shape::Mapping,
+                    ..Header::default()
+                };
                 while let Some(LenientString(key)) = map.next_key()? {
                     match key.as_deref() {
-                        Some("apiVersion") => header.api_version = map.next_value::<LenientString>()?.0,
+                        Some("apiVersion") => {
+                            header.api_version = map.next_value::<LenientString>()?.0;
+                        }
                         Some("kind") => header.kind = map.next_value::<LenientString>()?.0,
                         Some("metadata") => {
                             let LenientMeta { name, namespace } = map.next_value()?;
@@ -602,7 +659,10 @@ impl<'de> Deserialize<'de> for Header {
             }
         }
         fn other(what: &'static str) -> Header {
-            Header { shape: Shape::Other(what), ..Header::default() }
+            Header {
+                shape: Shape::Other(what),
+                ..Header::default()
+            }
         }
         deserializer.deserialize_any(V)
     }
@@ -625,8 +685,14 @@ enum Plan {
 /// Why a document cannot be planned: a [`ParseError`] without the file and
 /// document number.
 enum PlanError {
-    NotAnObject { item: Option<usize>, found: &'static str },
-    Unsupported { item: Option<usize>, header: Header },
+    NotAnObject {
+        item: Option<usize>,
+        found: &'static str,
+    },
+    Unsupported {
+        item: Option<usize>,
+        header: Box<Header>,
+    },
 }
 
 fn plan(mut header: Header) -> Result<(Plan, Header), PlanError> {
@@ -643,19 +709,41 @@ fn plan(mut header: Header) -> Result<(Plan, Header), PlanError> {
             for (index, item) in items.iter().enumerate() {
                 match item.shape {
                     Shape::Mapping => {}
-                    Shape::Null => return Err(PlanError::NotAnObject { item: Some(index), found: "null" }),
-                    Shape::Other(found) => return Err(PlanError::NotAnObject { item: Some(index), found }),
+                    Shape::Null => {
+                        return Err(PlanError::NotAnObject {
+                            item: Some(index),
+                            found: "null",
+                        });
+                    }
+                    Shape::Other(found) => {
+                        return Err(PlanError::NotAnObject {
+                            item: Some(index),
+                            found,
+                        });
+                    }
                 }
-                if let Some(kind) = classify_item(item.api_version.as_deref(), item.kind.as_deref(), default) {
+                if let Some(kind) =
+                    classify_item(item.api_version.as_deref(), item.kind.as_deref(), default)
+                {
                     kinds.push(kind);
                 } else {
-                    let item = header.items.as_mut().and_then(|items| items.get_mut(index)).map(std::mem::take);
-                    return Err(PlanError::Unsupported { item: Some(index), header: item.unwrap_or_default() });
+                    let item = header
+                        .items
+                        .as_mut()
+                        .and_then(|items| items.get_mut(index))
+                        .map(std::mem::take);
+                    return Err(PlanError::Unsupported {
+                        item: Some(index),
+                        header: Box::new(item.unwrap_or_default()),
+                    });
                 }
             }
             Ok((Plan::List(kinds), header))
         }
-        Class::Unsupported => Err(PlanError::Unsupported { item: None, header }),
+        Class::Unsupported => Err(PlanError::Unsupported {
+            item: None,
+            header: Box::new(header),
+        }),
     }
 }
 
@@ -667,7 +755,9 @@ impl<'de> DeserializeSeed<'de> for ObjectSeed {
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Object, D::Error> {
         Ok(match self.0 {
             Kind::Service => Object::Service(Box::new(Service::deserialize(deserializer)?)),
-            Kind::EndpointSlice => Object::EndpointSlice(Box::new(EndpointSlice::deserialize(deserializer)?)),
+            Kind::EndpointSlice => {
+                Object::EndpointSlice(Box::new(EndpointSlice::deserialize(deserializer)?))
+            }
         })
     }
 }
@@ -756,7 +846,9 @@ fn typed<'de, D: Deserializer<'de>>(
     let wrapped = serde_path_to_error::Deserializer::new(deserializer, &mut track);
     let result = match plan {
         Plan::Nothing => IgnoredAny::deserialize(wrapped).map(|_| Vec::new()),
-        Plan::Single(kind) => ObjectSeed(*kind).deserialize(wrapped).map(|object| vec![object]),
+        Plan::Single(kind) => ObjectSeed(*kind)
+            .deserialize(wrapped)
+            .map(|object| vec![object]),
         Plan::List(kinds) => ListSeed(kinds).deserialize(wrapped),
     };
     (result, track.path())
@@ -788,7 +880,10 @@ fn split_path(path: &serde_path_to_error::Path, list: bool) -> (Option<usize>, S
     (item, out)
 }
 
-fn push_segments<'a>(out: &mut String, segments: impl Iterator<Item = &'a serde_path_to_error::Segment>) {
+fn push_segments<'a>(
+    out: &mut String,
+    segments: impl Iterator<Item = &'a serde_path_to_error::Segment>,
+) {
     use std::fmt::Write as _;
 
     use serde_path_to_error::Segment;
@@ -830,8 +925,24 @@ struct DocumentError {
 
 impl DocumentError {
     fn into_parse_error(self, file: &Path, document: usize) -> ParseError {
-        let Self { line, column, item, object, field, message } = self;
-        ParseError::Invalid { file: file.to_owned(), document, line, column, item, object, field, message }
+        let Self {
+            line,
+            column,
+            item,
+            object,
+            field,
+            message,
+        } = self;
+        ParseError::Invalid {
+            file: file.to_owned(),
+            document,
+            line,
+            column,
+            item,
+            object,
+            field,
+            message,
+        }
     }
 }
 
@@ -847,15 +958,21 @@ fn plan_error(error: PlanError, file: &Path, document: usize) -> ParseError {
             field: None,
             message: format!("expected a Kubernetes object (a mapping), found {found}"),
         },
-        PlanError::Unsupported { item, header } => ParseError::Unsupported {
-            file: file.to_owned(),
-            document,
-            item,
-            object: header.describe(None),
-            in_list: item.is_some(),
-            kind: header.kind,
-            api_version: header.api_version,
-        },
+        PlanError::Unsupported { item, header } => {
+            let object = header.describe(None);
+            let Header {
+                kind, api_version, ..
+            } = *header;
+            ParseError::Unsupported {
+                file: file.to_owned(),
+                document,
+                item,
+                object,
+                kind,
+                api_version,
+                in_list: item.is_some(),
+            }
+        }
     }
 }
 
@@ -883,7 +1000,7 @@ struct YamlDocument<'a> {
 
 /// Splits a YAML stream into its documents with the event parser, or says
 /// where it is not well-formed.
-fn split_yaml<'a>(text: &'a str, file: &Path) -> Result<Vec<YamlDocument<'a>>> {
+fn split_yaml<'a>(text: &'a str, file: &Path) -> Boxed<Vec<YamlDocument<'a>>> {
     use granit_parser::{Event, Parser};
 
     let mut documents = Vec::new();
@@ -894,7 +1011,10 @@ fn split_yaml<'a>(text: &'a str, file: &Path) -> Result<Vec<YamlDocument<'a>>> {
             Ok((Event::DocumentStart(..), span)) => {
                 let offset = byte_offset(text, span.start.byte_offset(), span.start.index());
                 // From the start of the line: indentation is significant.
-                let line_start = text.get(..offset).and_then(|before| before.rfind('\n')).map_or(0, |nl| nl + 1);
+                let line_start = text
+                    .get(..offset)
+                    .and_then(|before| before.rfind('\n'))
+                    .map_or(0, |nl| nl + 1);
                 start = Some((line_start, to_u64(span.start.line()).saturating_sub(1)));
             }
             Ok((Event::DocumentEnd, span)) => {
@@ -906,13 +1026,13 @@ fn split_yaml<'a>(text: &'a str, file: &Path) -> Result<Vec<YamlDocument<'a>>> {
             }
             Ok(_) => {}
             Err(error) => {
-                return Err(ParseError::Syntax {
+                return Err(Box::new(ParseError::Syntax {
                     file: file.to_owned(),
                     document: documents.len() + 1,
                     line: Some(to_u64(error.marker().line())),
                     column: Some(to_u64(error.marker().col()) + 1),
                     message: clean(&error.info()),
-                });
+                }));
             }
         }
     }
@@ -924,7 +1044,11 @@ fn split_yaml<'a>(text: &'a str, file: &Path) -> Result<Vec<YamlDocument<'a>>> {
 fn byte_offset(text: &str, bytes: Option<usize>, chars: usize) -> usize {
     bytes
         .filter(|&b| text.is_char_boundary(b))
-        .unwrap_or_else(|| text.char_indices().nth(chars).map_or(text.len(), |(b, _)| b))
+        .unwrap_or_else(|| {
+            text.char_indices()
+                .nth(chars)
+                .map_or(text.len(), |(b, _)| b)
+        })
 }
 
 fn to_u64(n: usize) -> u64 {
@@ -933,32 +1057,43 @@ fn to_u64(n: usize) -> u64 {
 
 /// Error text on one line.
 fn clean(message: &str) -> String {
-    message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
-fn slow_yaml(text: &str, file: &Path) -> Result<Objects> {
+fn slow_yaml(text: &str, file: &Path) -> Boxed<Objects> {
     let mut objects = Vec::new();
     for (index, document) in split_yaml(text, file)?.into_iter().enumerate() {
         let number = index + 1;
         let header = serde_saphyr::from_str_with_options::<Header>(document.text, yaml_options())
-            .map_err(|error| yaml_error(&error, &document, None, None, None).into_parse_error(file, number))?;
+            .map_err(|error| {
+            yaml_error(&error, &document, None, None, None).into_parse_error(file, number)
+        })?;
         let (plan, header) = plan(header).map_err(|error| plan_error(error, file, number))?;
         let mut path = None;
-        let result = serde_saphyr::with_deserializer_from_str_with_options(document.text, yaml_options(), |de| {
-            let (result, failed_at) = typed(de, &plan);
-            path = Some(failed_at);
-            result
-        });
+        let result = serde_saphyr::with_deserializer_from_str_with_options(
+            document.text,
+            yaml_options(),
+            |de| {
+                let (result, failed_at) = typed(de, &plan);
+                path = Some(failed_at);
+                result
+            },
+        );
         match result {
             Ok(found) => objects.extend(found),
             Err(error) => {
-                let (item, field) =
-                    path.as_ref().map_or((None, None), |path| {
-                        let (item, field) = split_path(path, matches!(plan, Plan::List(_)));
-                        (item, Some(field))
-                    });
+                let (item, field) = path.as_ref().map_or((None, None), |path| {
+                    let (item, field) = split_path(path, matches!(plan, Plan::List(_)));
+                    (item, Some(field))
+                });
                 let object = object_of(&header, &plan, item);
-                return Err(yaml_error(&error, &document, item, object, field).into_parse_error(file, number));
+                return Err(Box::new(
+                    yaml_error(&error, &document, item, object, field)
+                        .into_parse_error(file, number),
+                ));
             }
         }
     }
@@ -1000,7 +1135,8 @@ fn yaml_error(
 /// The error inside snippet and alias wrappers.
 fn innermost(error: &serde_saphyr::Error) -> &serde_saphyr::Error {
     match error {
-        serde_saphyr::Error::WithSnippet { error, .. } | serde_saphyr::Error::AliasError { error, .. } => innermost(error),
+        serde_saphyr::Error::WithSnippet { error, .. }
+        | serde_saphyr::Error::AliasError { error, .. } => innermost(error),
         other => other,
     }
 }
@@ -1009,7 +1145,7 @@ fn innermost(error: &serde_saphyr::Error) -> &serde_saphyr::Error {
 // Slow path for JSON: each value once as a `serde_json::Value` (exact for
 // JSON, whose values carry their types), then typed from it.
 
-fn slow_json(text: &str, file: &Path) -> Result<Objects> {
+fn slow_json(text: &str, file: &Path) -> Boxed<Objects> {
     let mut objects = Vec::new();
     let stream = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
     for (index, value) in stream.enumerate() {
@@ -1037,7 +1173,7 @@ fn slow_json(text: &str, file: &Path) -> Result<Objects> {
             Ok(found) => objects.extend(found),
             Err(error) => {
                 let (item, field) = split_path(&path, matches!(plan, Plan::List(_)));
-                return Err(ParseError::Invalid {
+                return Err(Box::new(ParseError::Invalid {
                     file: file.to_owned(),
                     document: number,
                     line: None,
@@ -1046,7 +1182,7 @@ fn slow_json(text: &str, file: &Path) -> Result<Objects> {
                     item,
                     field: Some(field),
                     message: json_message(&error),
-                });
+                }));
             }
         }
     }
@@ -1084,10 +1220,20 @@ pub(crate) mod tests {
     }
 
     fn names(objects: &Objects) -> (Vec<String>, Vec<String>) {
-        let name = |m: &ObjectMeta| format!("{}/{}", m.namespace.as_deref().unwrap_or("?"), m.name.as_deref().unwrap_or("?"));
+        let name = |m: &ObjectMeta| {
+            format!(
+                "{}/{}",
+                m.namespace.as_deref().unwrap_or("?"),
+                m.name.as_deref().unwrap_or("?")
+            )
+        };
         (
             objects.services.iter().map(|s| name(&s.metadata)).collect(),
-            objects.endpoint_slices.iter().map(|s| name(&s.metadata)).collect(),
+            objects
+                .endpoint_slices
+                .iter()
+                .map(|s| name(&s.metadata))
+                .collect(),
         )
     }
 
@@ -1170,11 +1316,23 @@ metadata:
     #[test]
     fn kubectl_v1_list() {
         let objects = parse_ok(KUBECTL_LIST);
-        assert_eq!(names(&objects), (vec!["default/web".to_owned()], vec!["default/web-x7k2p".to_owned()]));
+        assert_eq!(
+            names(&objects),
+            (
+                vec!["default/web".to_owned()],
+                vec!["default/web-x7k2p".to_owned()]
+            )
+        );
         let spec = objects.services[0].spec.as_ref().expect("spec");
-        assert_eq!(spec.cluster_ips.as_deref(), Some(&["10.96.0.10".to_owned()][..]));
+        assert_eq!(
+            spec.cluster_ips.as_deref(),
+            Some(&["10.96.0.10".to_owned()][..])
+        );
         let port = &spec.ports.as_ref().expect("ports")[0];
-        assert_eq!((port.port, port.target_port.as_ref()), (80, Some(&IntOrString::String("http".to_owned()))));
+        assert_eq!(
+            (port.port, port.target_port.as_ref()),
+            (80, Some(&IntOrString::String("http".to_owned())))
+        );
         let slice = &objects.endpoint_slices[0];
         assert_eq!(slice.address_type, "IPv4");
         assert_eq!(slice.endpoints[0].addresses, ["10.244.1.5"]);
@@ -1234,7 +1392,15 @@ endpoints: null
 
     #[test]
     fn empty_inputs_are_empty() {
-        for text in ["", "\n", "# nothing\n", "---\n", "---\n---\n", "~\n", "null\n"] {
+        for text in [
+            "",
+            "\n",
+            "# nothing\n",
+            "---\n",
+            "---\n---\n",
+            "~\n",
+            "null\n",
+        ] {
             assert_eq!(parse_ok(text), Objects::default(), "{text:?}");
         }
     }
@@ -1259,13 +1425,31 @@ items:
   endpoints: [{addresses: [10.1.0.1]}]
 ";
         let objects = parse_ok(text);
-        assert_eq!(names(&objects), (vec!["x/a".to_owned(), "x/b".to_owned()], vec!["x/a-1".to_owned()]));
+        assert_eq!(
+            names(&objects),
+            (
+                vec!["x/a".to_owned(), "x/b".to_owned()],
+                vec!["x/a-1".to_owned()]
+            )
+        );
     }
 
     #[test]
     fn typed_list_with_other_kind_is_an_error() {
-        let error = parse_err("apiVersion: v1\nkind: ServiceList\nitems:\n- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {name: s, namespace: x}\n");
-        assert!(matches!(error, ParseError::Unsupported { document: 1, item: Some(0), .. }), "{error:?}");
+        let error = parse_err(
+            "apiVersion: v1\nkind: ServiceList\nitems:\n- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {name: s, namespace: x}\n",
+        );
+        assert!(
+            matches!(
+                error,
+                ParseError::Unsupported {
+                    document: 1,
+                    item: Some(0),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
         assert_eq!(
             error.to_string(),
             "services.yaml: document 1: items[0]: EndpointSlice x/s: unsupported kind \"EndpointSlice\" with apiVersion \
@@ -1278,13 +1462,19 @@ items:
         let text = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"}}
 {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"a-1"},"addressType":"IPv4","endpoints":[]}"#;
         let objects = parse_ok(text);
-        assert_eq!(names(&objects), (vec!["default/a".to_owned()], vec!["default/a-1".to_owned()]));
+        assert_eq!(
+            names(&objects),
+            (vec!["default/a".to_owned()], vec!["default/a-1".to_owned()])
+        );
     }
 
     #[test]
     fn missing_namespace_is_default() {
         let objects = parse_ok("apiVersion: v1\nkind: Service\nmetadata:\n  name: a\n");
-        assert_eq!(objects.services[0].metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(
+            objects.services[0].metadata.namespace.as_deref(),
+            Some("default")
+        );
     }
 
     #[test]
@@ -1326,10 +1516,26 @@ items:
     #[test]
     fn wrong_api_version_is_an_error() {
         for (text, kind, api_version) in [
-            ("apiVersion: apps/v1\nkind: Service\nmetadata: {name: a}\n", "Service", "apps/v1"),
-            ("apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: a}\n", "EndpointSlice", "discovery.k8s.io/v1beta1"),
-            ("apiVersion: v1\nkind: EndpointSlice\nmetadata: {name: a}\n", "EndpointSlice", "v1"),
-            ("apiVersion: discovery.k8s.io/v1\nkind: List\nitems: []\n", "List", "discovery.k8s.io/v1"),
+            (
+                "apiVersion: apps/v1\nkind: Service\nmetadata: {name: a}\n",
+                "Service",
+                "apps/v1",
+            ),
+            (
+                "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: a}\n",
+                "EndpointSlice",
+                "discovery.k8s.io/v1beta1",
+            ),
+            (
+                "apiVersion: v1\nkind: EndpointSlice\nmetadata: {name: a}\n",
+                "EndpointSlice",
+                "v1",
+            ),
+            (
+                "apiVersion: discovery.k8s.io/v1\nkind: List\nitems: []\n",
+                "List",
+                "discovery.k8s.io/v1",
+            ),
         ] {
             let error = parse_err(text);
             assert!(
@@ -1346,29 +1552,61 @@ items:
         let error = parse_err("kind: Service\nmetadata: {name: a}\n");
         assert_eq!(
             error.to_string().split(": expected").next(),
-            Some("services.yaml: document 1: Service default/a: kind \"Service\" without apiVersion")
+            Some(
+                "services.yaml: document 1: Service default/a: kind \"Service\" without apiVersion"
+            )
         );
         let error = parse_err("apiVersion: v1\nkind: List\nitems:\n- metadata: {name: a}\n");
-        assert!(matches!(error, ParseError::Unsupported { item: Some(0), kind: None, .. }), "{error:?}");
+        assert!(
+            matches!(
+                error,
+                ParseError::Unsupported {
+                    item: Some(0),
+                    kind: None,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
     }
 
     #[test]
     fn nested_lists_are_an_error() {
-        let error = parse_err("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: List\n  items: []\n");
-        assert!(matches!(error, ParseError::Unsupported { item: Some(0), in_list: true, .. }), "{error:?}");
+        let error = parse_err(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: List\n  items: []\n",
+        );
+        assert!(
+            matches!(
+                error,
+                ParseError::Unsupported {
+                    item: Some(0),
+                    in_list: true,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
     }
 
     #[test]
     fn non_object_documents_are_an_error() {
-        let error = parse_err("apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\n- just\n- a list\n");
+        let error = parse_err(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\n- just\n- a list\n",
+        );
         assert_eq!(
             error.to_string(),
             "services.yaml: document 2: expected a Kubernetes object (a mapping), found a sequence"
         );
         let error = parse_err("hello\n");
-        assert!(matches!(error, ParseError::Invalid { document: 1, .. }), "{error:?}");
+        assert!(
+            matches!(error, ParseError::Invalid { document: 1, .. }),
+            "{error:?}"
+        );
         let error = parse_err("apiVersion: v1\nkind: List\nitems:\n- 42\n");
-        assert_eq!(error.to_string(), "services.yaml: document 1: items[0]: expected a Kubernetes object (a mapping), found a number");
+        assert_eq!(
+            error.to_string(),
+            "services.yaml: document 1: items[0]: expected a Kubernetes object (a mapping), found a number"
+        );
     }
 
     #[test]
@@ -1409,7 +1647,11 @@ spec:
                 if o == "EndpointSlice default/web-x7k2p" && f == "endpoints[0].conditions.ready"),
             "{error:?}"
         );
-        let line = text.lines().position(|l| l.contains("ready: [yes]")).expect("line") + 1;
+        let line = text
+            .lines()
+            .position(|l| l.contains("ready: [yes]"))
+            .expect("line")
+            + 1;
         assert!(
             error.to_string().starts_with(&format!(
                 "services.yaml: document 1, line {line}, column 14: items[1]: EndpointSlice default/web-x7k2p: endpoints[0].conditions.ready: "
@@ -1444,10 +1686,23 @@ spec:
     fn truncated_yaml_is_a_syntax_error_with_document_and_line() {
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: \"b\n";
         let error = parse_err(text);
-        assert!(matches!(error, ParseError::Syntax { document: 2, line: Some(7), .. }), "{error:?}");
+        assert!(
+            matches!(
+                error,
+                ParseError::Syntax {
+                    document: 2,
+                    line: Some(7),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
         let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a\n";
         let error = parse_err(text);
-        assert!(matches!(error, ParseError::Syntax { document: 1, .. }), "{error:?}");
+        assert!(
+            matches!(error, ParseError::Syntax { document: 1, .. }),
+            "{error:?}"
+        );
         assert!(!error.to_string().contains('\n'), "{error}");
     }
 
@@ -1455,14 +1710,36 @@ spec:
     fn truncated_json_is_a_syntax_error_with_line() {
         let text = "{\"apiVersion\": \"v1\",\n \"kind\": \"List\",\n \"items\": [\n  {\"apiVersion\": \"v1\", \"kind\": ";
         let error = parse_err(text);
-        assert!(matches!(error, ParseError::Syntax { document: 1, line: Some(4), .. }), "{error:?}");
+        assert!(
+            matches!(
+                error,
+                ParseError::Syntax {
+                    document: 1,
+                    line: Some(4),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
         assert!(!error.to_string().contains(" at line "), "{error}");
     }
 
     #[test]
     fn duplicate_keys_are_an_error() {
-        let error = parse_err("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  clusterIP: 10.0.0.1\n  clusterIP: 10.0.0.2\n");
-        assert!(matches!(error, ParseError::Invalid { document: 1, line: Some(6), .. }), "{error:?}");
+        let error = parse_err(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  clusterIP: 10.0.0.1\n  clusterIP: 10.0.0.2\n",
+        );
+        assert!(
+            matches!(
+                error,
+                ParseError::Invalid {
+                    document: 1,
+                    line: Some(6),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -1476,19 +1753,39 @@ spec:
 
     #[test]
     fn byte_order_mark_is_skipped() {
-        assert_eq!(parse_ok("\u{feff}apiVersion: v1\nkind: Service\nmetadata: {name: a}\n").services.len(), 1);
-        assert_eq!(parse_ok("\u{feff}{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": []}").services.len(), 0);
+        assert_eq!(
+            parse_ok("\u{feff}apiVersion: v1\nkind: Service\nmetadata: {name: a}\n")
+                .services
+                .len(),
+            1
+        );
+        assert_eq!(
+            parse_ok("\u{feff}{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": []}")
+                .services
+                .len(),
+            0
+        );
     }
 
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
         for text in [
-            format!("apiVersion: v1\nkind: Service\nmetadata:\n  annotations: {}\n", "[".repeat(100_000)),
-            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\nspec: {}{}\n", "[".repeat(500), "]".repeat(500)),
-            (0..200).fold(String::from("apiVersion: v1\nkind: Service\nx:\n"), |mut s, depth| {
-                let _ = writeln!(s, "{}- ", "  ".repeat(depth + 1));
-                s
-            }),
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  annotations: {}\n",
+                "[".repeat(100_000)
+            ),
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\nspec: {}{}\n",
+                "[".repeat(500),
+                "]".repeat(500)
+            ),
+            (0..200).fold(
+                String::from("apiVersion: v1\nkind: Service\nx:\n"),
+                |mut s, depth| {
+                    let _ = writeln!(s, "{}- ", "  ".repeat(depth + 1));
+                    s
+                },
+            ),
             format!(
                 "{{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {{\"labels\": {}{}}}}}",
                 "[".repeat(10_000),
@@ -1499,8 +1796,15 @@ spec:
         }
         // Unknown fields are skipped without recursion (serde_json) or within
         // the depth budget (YAML): deep nesting there is fine or an error, never a crash.
-        let json = format!("{{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"x\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
-        assert_eq!(parse(&json, Path::new("deep")).map(|o| o.services.len()), Ok(1));
+        let json = format!(
+            "{{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"x\": {}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(
+            parse(&json, Path::new("deep")).map(|o| o.services.len()),
+            Ok(1)
+        );
     }
 
     #[test]
@@ -1530,7 +1834,7 @@ spec:
         }
     }
 
-    /// `n` services with one EndpointSlice each of `endpoints` endpoints, as
+    /// `n` services with one `EndpointSlice` each of `endpoints` endpoints, as
     /// kubectl prints them (a `v1` List, without managedFields).
     pub(crate) fn generate_yaml(n: usize, endpoints: usize) -> String {
         let mut s = String::with_capacity(n * (900 + endpoints * 330));
@@ -1622,11 +1926,14 @@ spec:
     #[test]
     fn generated_file_parses() {
         let objects = parse_ok(&generate_yaml(3, 2));
-        assert_eq!((objects.services.len(), objects.endpoint_slices.len()), (3, 3));
+        assert_eq!(
+            (objects.services.len(), objects.endpoint_slices.len()),
+            (3, 3)
+        );
         assert_eq!(objects.endpoint_slices[2].endpoints.len(), 2);
     }
 
-    /// Parse time for 10,000 services and their 10,000 EndpointSlices of 10
+    /// Parse time for 10,000 services and their 10,000 `EndpointSlices` of 10
     /// endpoints each, in YAML and in JSON. Run with
     /// `cargo test -p lb-agent --lib --release -- --ignored --nocapture bench_parse`.
     #[test]
@@ -1634,7 +1941,8 @@ spec:
     fn bench_parse() {
         for n in [10_000, 100_000] {
             let yaml = generate_yaml(n, 10);
-            let value: serde_json::Value = serde_saphyr::from_str_with_options(&yaml, yaml_options()).expect("yaml");
+            let value: serde_json::Value =
+                serde_saphyr::from_str_with_options(&yaml, yaml_options()).expect("yaml");
             let json = serde_json::to_string(&value).expect("json");
             drop(value);
             for (format, text) in [("yaml", &yaml), ("json", &json)] {
@@ -1645,69 +1953,20 @@ spec:
                     best = best.min(start.elapsed().as_secs_f64());
                     assert_eq!(objects.services.len(), n);
                 }
-                println!("parse {n} services + {n} slices x 10 endpoints, {format} ({} MB): {:.1} ms", text.len() / 1_000_000, best * 1e3);
+                println!(
+                    "parse {n} services + {n} slices x 10 endpoints, {format} ({} MB): {:.1} ms",
+                    text.len() / 1_000_000,
+                    best * 1e3
+                );
             }
             // The slow path, for comparison (the cost of an error at the very end).
             let broken = format!("{yaml}---\n[\n");
             let start = Instant::now();
             assert!(parse(&broken, Path::new("bench")).is_err());
-            println!("  yaml with a syntax error at the end: {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
+            println!(
+                "  yaml with a syntax error at the end: {:.1} ms",
+                start.elapsed().as_secs_f64() * 1e3
+            );
         }
-    }
-}
-
-#[cfg(test)]
-mod yaml_speed {
-    use std::time::Instant;
-
-    use serde::de::IgnoredAny;
-
-    use super::*;
-
-    fn time(label: &str, f: impl Fn()) {
-        let mut best = f64::MAX;
-        for _ in 0..2 {
-            let start = Instant::now();
-            f();
-            best = best.min(start.elapsed().as_secs_f64());
-        }
-        println!("{label}: {:.1} ms", best * 1e3);
-    }
-
-    #[test]
-    #[ignore = "experiment"]
-    fn yaml_variants() {
-        let yaml = tests::generate_yaml(10_000, 10);
-        time("granit events only", || {
-            let mut p = granit_parser::Parser::new_from_str(&yaml);
-            let mut n = 0usize;
-            while let Some(Ok(_)) = p.next_event() {
-                n += 1;
-            }
-            assert!(n > 0);
-        });
-        time("ignored any, yaml_options", || {
-            let _: Vec<IgnoredAny> = serde_saphyr::from_multiple_with_options(&yaml, yaml_options()).expect("x");
-        });
-        let mut o = yaml_options();
-        // o.emit_comments = false;
-        time("ignored any, no comments", || {
-            let _: Vec<IgnoredAny> = serde_saphyr::from_multiple_with_options(&yaml, o.clone()).expect("x");
-        });
-        o.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
-        time("ignored any, no comments, passthrough keys", || {
-            let _: Vec<IgnoredAny> = serde_saphyr::from_multiple_with_options(&yaml, o.clone()).expect("x");
-        });
-        time("RawObject, no comments, passthrough keys", || {
-            let _: Vec<RawObject> = serde_saphyr::from_multiple_with_options(&yaml, o.clone()).expect("x");
-        });
-        let mut o2 = o.clone();
-        o2.budget = None;
-        time("RawObject, no budget", || {
-            let _: Vec<RawObject> = serde_saphyr::from_multiple_with_options(&yaml, o2.clone()).expect("x");
-        });
-        time("RawObject, yaml_options", || {
-            let _: Vec<RawObject> = serde_saphyr::from_multiple_with_options(&yaml, yaml_options()).expect("x");
-        });
     }
 }

@@ -3,14 +3,14 @@
 //! The reference is kube-proxy v1.33 (`pkg/proxy` in kubernetes/kubernetes):
 //! which Services are proxied (`servicechangetracker.go`, `util.ShouldSkipService`,
 //! and the label selector of kube-proxy's informers in
-//! `cmd/kube-proxy/app/server.go`), how EndpointSlices are joined to service
+//! `cmd/kube-proxy/app/server.go`), how `EndpointSlices` are joined to service
 //! ports and deduplicated (`endpointslicecache.go`), which endpoints are
 //! usable (`topology.go`, `CategorizeEndpoints`) and the endpoint conditions
 //! (`endpoint.go`). Comments below say where behaviour follows it and where
 //! it deliberately does not.
 //!
-//! Only ClusterIP traffic is translated: NodePort and LoadBalancer Services
-//! get their ClusterIP frontends, nothing else.
+//! Only `ClusterIP` traffic is translated: `NodePort` and `LoadBalancer` Services
+//! get their `ClusterIP` frontends, nothing else.
 //!
 //! A [`Problem`] means that an object, or one port or endpoint of it, was
 //! skipped; everything else is still translated. The file source rejects a
@@ -32,7 +32,7 @@ use k8s_openapi::{
 
 use crate::model::{Algorithm, DesiredState, Frontend, Protocol, ServiceEntry, ServicePortName};
 
-/// Label joining an EndpointSlice to its Service (same namespace).
+/// Label joining an `EndpointSlice` to its Service (same namespace).
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Label of Services (and their slices) that no proxy should serve.
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
@@ -97,7 +97,11 @@ impl ObjectRef {
 
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self { kind, namespace, name } = self;
+        let Self {
+            kind,
+            namespace,
+            name,
+        } = self;
         write!(f, "{kind} {namespace}/{name}")
     }
 }
@@ -114,7 +118,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self { object, field, message } = self;
+        let Self {
+            object,
+            field,
+            message,
+        } = self;
         if field.is_empty() {
             write!(f, "{object}: {message}")
         } else {
@@ -123,18 +131,39 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Translates Services and EndpointSlices into the frontends this node
+/// Translates Services and `EndpointSlices` into the frontends this node
 /// serves. Pure and linear in the size of the objects.
+///
+/// Takes references so that callers holding `Arc`s (reflector stores) need
+/// not clone objects: pass `&vec` or `store.iter().map(AsRef::as_ref)`.
 #[must_use]
-pub fn translate(services: &[Service], slices: &[EndpointSlice], node: &NodeContext, opts: &Options) -> Translation {
+pub fn translate<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &NodeContext,
+    opts: &Options,
+) -> Translation {
+    let slices: Vec<&'a EndpointSlice> = slices.into_iter().collect();
+    let services = services.into_iter();
     let mut problems = Problems::default();
-    let mut index = SliceIndex::new(slices, opts, &mut problems);
+    let mut index = SliceIndex::new(&slices, opts, &mut problems);
     let mut state = State::default();
-    let mut seen = HashSet::with_capacity(services.len());
+    let mut seen = HashSet::with_capacity(services.size_hint().0);
     for service in services {
-        translate_service(service, &mut index, node, opts, &mut seen, &mut state, &mut problems);
+        translate_service(
+            service,
+            &mut index,
+            node,
+            opts,
+            &mut seen,
+            &mut state,
+            &mut problems,
+        );
     }
-    Translation { state: state.entries, problems: problems.0 }
+    Translation {
+        state: state.entries,
+        problems: problems.0,
+    }
 }
 
 #[derive(Default)]
@@ -142,7 +171,11 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn push(&mut self, object: &ObjectRef, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem { object: object.clone(), field: field.into(), message: message.into() });
+        self.0.push(Problem {
+            object: object.clone(),
+            field: field.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -177,7 +210,9 @@ fn parse_protocol(protocol: Option<&str>) -> Result<Protocol, String> {
         None | Some("TCP") => Ok(Protocol::Tcp),
         Some("UDP") => Ok(Protocol::Udp),
         Some("SCTP") => Ok(Protocol::Sctp),
-        Some(other) => Err(format!("unsupported protocol {other:?}: expected TCP, UDP or SCTP")),
+        Some(other) => Err(format!(
+            "unsupported protocol {other:?}: expected TCP, UDP or SCTP"
+        )),
     }
 }
 
@@ -192,7 +227,9 @@ fn parse_port(port: i32) -> Result<u16, String> {
 /// lower-case letters, digits and non-adjacent inner hyphens, with a letter.
 fn is_valid_port_name(name: &str) -> bool {
     (1..=15).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && name.bytes().any(|b| b.is_ascii_lowercase())
         && !name.starts_with('-')
         && !name.ends_with('-')
@@ -204,14 +241,17 @@ fn label<'a>(metadata: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 }
 
 /// Whether this proxy serves objects with these labels. kube-proxy watches
-/// Services and EndpointSlices with the selector
+/// Services and `EndpointSlices` with the selector
 /// `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`;
 /// an agent with a proxy name serves exactly the Services labelled with it.
 fn wanted(metadata: &ObjectMeta, opts: &Options) -> bool {
     if label(metadata, LABEL_HEADLESS).is_some() {
         return false;
     }
-    match (label(metadata, LABEL_SERVICE_PROXY_NAME), opts.service_proxy_name.as_deref()) {
+    match (
+        label(metadata, LABEL_SERVICE_PROXY_NAME),
+        opts.service_proxy_name.as_deref(),
+    ) {
         (None, None) => true,
         (Some(have), Some(want)) => have == want,
         (Some(_), None) | (None, Some(_)) => false,
@@ -255,16 +295,17 @@ enum SliceState<'a> {
     Prepared(PreparedSlice<'a>),
 }
 
-/// The EndpointSlices by Service, each validated once, when first needed.
+/// The `EndpointSlices` by Service, each validated once, when first needed.
 struct SliceIndex<'a> {
-    slices: &'a [EndpointSlice],
+    slices: &'a [&'a EndpointSlice],
     states: Vec<Option<SliceState<'a>>>,
     by_service: HashMap<(&'a str, &'a str), Vec<usize>>,
 }
 
 impl<'a> SliceIndex<'a> {
-    fn new(slices: &'a [EndpointSlice], opts: &Options, problems: &mut Problems) -> Self {
-        let mut by_service: HashMap<(&str, &str), Vec<usize>> = HashMap::with_capacity(slices.len());
+    fn new(slices: &'a [&'a EndpointSlice], opts: &Options, problems: &mut Problems) -> Self {
+        let mut by_service: HashMap<(&str, &str), Vec<usize>> =
+            HashMap::with_capacity(slices.len());
         let mut states = Vec::with_capacity(slices.len());
         let mut seen = HashSet::with_capacity(slices.len());
         for (index, slice) in slices.iter().enumerate() {
@@ -274,12 +315,20 @@ impl<'a> SliceIndex<'a> {
                 continue;
             }
             let object = ObjectRef::new("EndpointSlice", metadata);
-            let (Some(namespace), Some(name)) = (non_empty(&metadata.namespace), non_empty(&metadata.name)) else {
-                problems.push(&object, "metadata", "an EndpointSlice needs a name and a namespace");
+            let (Some(namespace), Some(name)) = (
+                non_empty(metadata.namespace.as_deref()),
+                non_empty(metadata.name.as_deref()),
+            ) else {
+                problems.push(
+                    &object,
+                    "metadata",
+                    "an EndpointSlice needs a name and a namespace",
+                );
                 continue;
             };
             // kube-proxy cannot key a slice without this label (endpointSliceCacheKeys).
-            let Some(service) = label(metadata, LABEL_SERVICE_NAME).filter(|s| !s.is_empty()) else {
+            let Some(service) = label(metadata, LABEL_SERVICE_NAME).filter(|s| !s.is_empty())
+            else {
                 problems.push(
                     &object,
                     format!("metadata.labels[{LABEL_SERVICE_NAME:?}]"),
@@ -288,7 +337,11 @@ impl<'a> SliceIndex<'a> {
                 continue;
             };
             if !seen.insert((namespace, name)) {
-                problems.push(&object, "", "duplicate EndpointSlice: the first one with this name is used");
+                problems.push(
+                    &object,
+                    "",
+                    "duplicate EndpointSlice: the first one with this name is used",
+                );
                 continue;
             }
             // kube-proxy's proxiers only take slices of their address family (one
@@ -298,18 +351,34 @@ impl<'a> SliceIndex<'a> {
                 "IPv6" => Family::V6,
                 "FQDN" => continue,
                 other => {
-                    problems.push(&object, "addressType", format!("unsupported address type {other:?}: expected IPv4, IPv6 or FQDN"));
+                    problems.push(
+                        &object,
+                        "addressType",
+                        format!("unsupported address type {other:?}: expected IPv4, IPv6 or FQDN"),
+                    );
                     continue;
                 }
             };
             states[index] = Some(SliceState::Pending(family));
-            by_service.entry((namespace, service)).or_default().push(index);
+            by_service
+                .entry((namespace, service))
+                .or_default()
+                .push(index);
         }
-        Self { slices, states, by_service }
+        Self {
+            slices,
+            states,
+            by_service,
+        }
     }
 
     /// The usable slices of a Service, validated (once) now.
-    fn for_service(&mut self, namespace: &str, name: &str, problems: &mut Problems) -> Vec<&PreparedSlice<'a>> {
+    fn for_service(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        problems: &mut Problems,
+    ) -> Vec<&PreparedSlice<'a>> {
         let Some(indexes) = self.by_service.get(&(namespace, name)) else {
             return Vec::new();
         };
@@ -317,7 +386,9 @@ impl<'a> SliceIndex<'a> {
             if let (Some(state), Some(slice)) = (self.states.get_mut(index), self.slices.get(index))
                 && let Some(SliceState::Pending(family)) = state
             {
-                *state = Some(SliceState::Prepared(prepare_slice(slice, *family, problems)));
+                *state = Some(SliceState::Prepared(prepare_slice(
+                    slice, *family, problems,
+                )));
             }
         }
         indexes
@@ -330,20 +401,32 @@ impl<'a> SliceIndex<'a> {
     }
 }
 
-fn non_empty(s: &Option<String>) -> Option<&str> {
-    s.as_deref().filter(|s| !s.is_empty())
+fn non_empty(s: Option<&str>) -> Option<&str> {
+    s.filter(|s| !s.is_empty())
 }
 
-fn prepare_slice<'a>(slice: &'a EndpointSlice, family: Family, problems: &mut Problems) -> PreparedSlice<'a> {
+fn prepare_slice<'a>(
+    slice: &'a EndpointSlice,
+    family: Family,
+    problems: &mut Problems,
+) -> PreparedSlice<'a> {
     let object = ObjectRef::new("EndpointSlice", &slice.metadata);
     let mut ports = Vec::new();
     for (i, port) in slice.ports.iter().flatten().enumerate() {
         // kube-proxy ignores (and logs) ports without a name or number.
         let Some(name) = port.name.as_deref() else {
-            problems.push(&object, format!("ports[{i}].name"), "missing (the port of an unnamed service port is named \"\")");
+            problems.push(
+                &object,
+                format!("ports[{i}].name"),
+                "missing (the port of an unnamed service port is named \"\")",
+            );
             continue;
         };
-        let number = match port.port.ok_or_else(|| "missing".to_owned()).and_then(parse_port) {
+        let number = match port
+            .port
+            .ok_or_else(|| "missing".to_owned())
+            .and_then(parse_port)
+        {
             Ok(number) => number,
             Err(message) => {
                 problems.push(&object, format!("ports[{i}].port"), message);
@@ -351,7 +434,11 @@ fn prepare_slice<'a>(slice: &'a EndpointSlice, family: Family, problems: &mut Pr
             }
         };
         match parse_protocol(port.protocol.as_deref()) {
-            Ok(protocol) => ports.push(SlicePort { name, protocol, port: number }),
+            Ok(protocol) => ports.push(SlicePort {
+                name,
+                protocol,
+                port: number,
+            }),
             Err(message) => problems.push(&object, format!("ports[{i}].protocol"), message),
         }
     }
@@ -368,12 +455,19 @@ fn prepare_slice<'a>(slice: &'a EndpointSlice, family: Family, problems: &mut Pr
                 problems.push(
                     &object,
                     format!("endpoints[{i}].addresses[0]"),
-                    format!("{address} is not an {} address (the slice's addressType)", family.name()),
+                    format!(
+                        "{address} is not an {} address (the slice's addressType)",
+                        family.name()
+                    ),
                 );
                 continue;
             }
             Err(_) => {
-                problems.push(&object, format!("endpoints[{i}].addresses[0]"), format!("{address:?} is not an IP address"));
+                problems.push(
+                    &object,
+                    format!("endpoints[{i}].addresses[0]"),
+                    format!("{address:?} is not an IP address"),
+                );
                 continue;
             }
         };
@@ -385,11 +479,25 @@ fn prepare_slice<'a>(slice: &'a EndpointSlice, family: Family, problems: &mut Pr
             serving: conditions.and_then(|c| c.serving).unwrap_or(true),
             terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
             node_name: endpoint.node_name.as_deref(),
-            zone_hints: hints.and_then(|h| h.for_zones.as_ref()).into_iter().flatten().map(|z| z.name.as_str()).collect(),
-            node_hints: hints.and_then(|h| h.for_nodes.as_ref()).into_iter().flatten().map(|n| n.name.as_str()).collect(),
+            zone_hints: hints
+                .and_then(|h| h.for_zones.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|z| z.name.as_str())
+                .collect(),
+            node_hints: hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|n| n.name.as_str())
+                .collect(),
         });
     }
-    PreparedSlice { family, ports, endpoints }
+    PreparedSlice {
+        family,
+        ports,
+        endpoints,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -408,7 +516,7 @@ struct Port<'a> {
     index: usize,
     name: &'a str,
     protocol: Protocol,
-    port: u16,
+    number: u16,
 }
 
 /// Everything about a Service that applies to all its frontends.
@@ -430,8 +538,15 @@ fn translate_service<'a>(
 ) {
     let metadata = &service.metadata;
     let object = ObjectRef::new("Service", metadata);
-    let (Some(namespace), Some(name)) = (non_empty(&metadata.namespace), non_empty(&metadata.name)) else {
-        problems.push(&object, "metadata", "a Service needs a name and a namespace");
+    let (Some(namespace), Some(name)) = (
+        non_empty(metadata.namespace.as_deref()),
+        non_empty(metadata.name.as_deref()),
+    ) else {
+        problems.push(
+            &object,
+            "metadata",
+            "a Service needs a name and a namespace",
+        );
         return;
     };
     if !wanted(metadata, opts) {
@@ -445,7 +560,9 @@ fn translate_service<'a>(
         // Not proxied (util.ShouldSkipService).
         Some("ExternalName") => return,
         Some(other) => {
-            let message = format!("unsupported type {other:?}: expected ClusterIP, NodePort, LoadBalancer or ExternalName");
+            let message = format!(
+                "unsupported type {other:?}: expected ClusterIP, NodePort, LoadBalancer or ExternalName"
+            );
             problems.push(&object, "spec.type", message);
             return;
         }
@@ -454,7 +571,11 @@ fn translate_service<'a>(
         return; // Headless or no ClusterIP: not proxied (util.ShouldSkipService).
     };
     if !seen.insert((namespace, name)) {
-        problems.push(&object, "", "duplicate Service: the first one with this name is used");
+        problems.push(
+            &object,
+            "",
+            "duplicate Service: the first one with this name is used",
+        );
         return;
     }
     let Some(settings) = settings(metadata, spec, &object, opts, problems) else {
@@ -470,7 +591,11 @@ fn translate_service<'a>(
             let family = Family::of(cluster_ip);
             let endpoints = endpoints_for(&slices, family, port);
             let backends = usable_backends(&endpoints, settings.local, node, PREFER_SAME_NODE);
-            let frontend = Frontend { ip: cluster_ip, port: port.port, protocol: port.protocol };
+            let frontend = Frontend {
+                ip: cluster_ip,
+                port: port.number,
+                protocol: port.protocol,
+            };
             let entry = ServiceEntry {
                 name: ServicePortName {
                     namespace: namespace.to_owned(),
@@ -486,12 +611,21 @@ fn translate_service<'a>(
     }
 }
 
-/// The ClusterIPs, one per family: `spec.clusterIPs`, or `spec.clusterIP`
-/// without it. `None` when the Service is headless or has no ClusterIP.
-fn cluster_ips(spec: &ServiceSpec, object: &ObjectRef, problems: &mut Problems) -> Option<Vec<IpAddr>> {
+/// The `ClusterIPs`, one per family: `spec.clusterIPs`, or `spec.clusterIP`
+/// without it. `None` when the Service is headless or has no `ClusterIP`.
+fn cluster_ips(
+    spec: &ServiceSpec,
+    object: &ObjectRef,
+    problems: &mut Problems,
+) -> Option<Vec<IpAddr>> {
     let (field, ips): (&str, Vec<&str>) = match spec.cluster_ips.as_deref() {
-        Some(ips) if !ips.is_empty() => ("spec.clusterIPs", ips.iter().map(String::as_str).collect()),
-        _ => ("spec.clusterIP", spec.cluster_ip.as_deref().into_iter().collect()),
+        Some(ips) if !ips.is_empty() => {
+            ("spec.clusterIPs", ips.iter().map(String::as_str).collect())
+        }
+        _ => (
+            "spec.clusterIP",
+            spec.cluster_ip.as_deref().into_iter().collect(),
+        ),
     };
     match ips.first() {
         None | Some(&("" | "None")) => return None,
@@ -499,13 +633,21 @@ fn cluster_ips(spec: &ServiceSpec, object: &ObjectRef, problems: &mut Problems) 
     }
     let mut out: Vec<IpAddr> = Vec::with_capacity(ips.len());
     for (i, text) in ips.iter().enumerate() {
-        let field = if field == "spec.clusterIPs" { format!("{field}[{i}]") } else { field.to_owned() };
+        let field = if field == "spec.clusterIPs" {
+            format!("{field}[{i}]")
+        } else {
+            field.to_owned()
+        };
         match text.parse::<IpAddr>() {
-            Ok(ip) if out.iter().any(|&other| Family::of(other) == Family::of(ip)) => problems.push(
-                object,
-                field,
-                format!("a second {} ClusterIP ({ip}): a Service has at most one per family", Family::of(ip).name()),
-            ),
+            Ok(ip) if out.iter().any(|&other| Family::of(other) == Family::of(ip)) => problems
+                .push(
+                    object,
+                    field,
+                    format!(
+                        "a second {} ClusterIP ({ip}): a Service has at most one per family",
+                        Family::of(ip).name()
+                    ),
+                ),
             Ok(ip) => out.push(ip),
             Err(_) => problems.push(object, field, format!("{text:?} is not an IP address")),
         }
@@ -520,12 +662,20 @@ fn settings(
     opts: &Options,
     problems: &mut Problems,
 ) -> Option<Settings> {
-    let algorithm = match metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_ALGORITHM)) {
+    let algorithm = match metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_ALGORITHM))
+    {
         None => opts.default_algorithm,
         Some(value) => match value.parse::<Algorithm>() {
             Ok(algorithm) => algorithm,
             Err(error) => {
-                problems.push(object, format!("metadata.annotations[{ANNOTATION_ALGORITHM:?}]"), error.to_string());
+                problems.push(
+                    object,
+                    format!("metadata.annotations[{ANNOTATION_ALGORITHM:?}]"),
+                    error.to_string(),
+                );
                 return None;
             }
         },
@@ -533,7 +683,11 @@ fn settings(
     let affinity_timeout_s = match spec.session_affinity.as_deref() {
         None | Some("None") => None,
         Some("ClientIP") => {
-            let timeout = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
             match timeout.map(u32::try_from) {
                 None => Some(DEFAULT_AFFINITY_TIMEOUT_S),
                 Some(Ok(timeout @ 1..=MAX_AFFINITY_TIMEOUT_S)) => Some(timeout),
@@ -541,14 +695,21 @@ fn settings(
                     problems.push(
                         object,
                         "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                        format!("{} is out of range: expected 1 to {MAX_AFFINITY_TIMEOUT_S} seconds", timeout.unwrap_or_default()),
+                        format!(
+                            "{} is out of range: expected 1 to {MAX_AFFINITY_TIMEOUT_S} seconds",
+                            timeout.unwrap_or_default()
+                        ),
                     );
                     return None;
                 }
             }
         }
         Some(other) => {
-            problems.push(object, "spec.sessionAffinity", format!("unsupported value {other:?}: expected None or ClientIP"));
+            problems.push(
+                object,
+                "spec.sessionAffinity",
+                format!("unsupported value {other:?}: expected None or ClientIP"),
+            );
             return None;
         }
     };
@@ -556,18 +717,33 @@ fn settings(
         None | Some("Cluster") => false,
         Some("Local") => true,
         Some(other) => {
-            problems.push(object, "spec.internalTrafficPolicy", format!("unsupported value {other:?}: expected Cluster or Local"));
+            problems.push(
+                object,
+                "spec.internalTrafficPolicy",
+                format!("unsupported value {other:?}: expected Cluster or Local"),
+            );
             return None;
         }
     };
-    Some(Settings { algorithm, affinity_timeout_s, local })
+    Some(Settings {
+        algorithm,
+        affinity_timeout_s,
+        local,
+    })
 }
 
 /// The valid ports; each invalid one is a problem and skipped.
 fn ports<'a>(spec: &'a ServiceSpec, object: &ObjectRef, problems: &mut Problems) -> Vec<Port<'a>> {
     let mut out: Vec<Port<'a>> = Vec::new();
     for (index, port) in spec.ports.iter().flatten().enumerate() {
-        let ServicePort { name, port: number, protocol, target_port, app_protocol: _, node_port: _ } = port;
+        let ServicePort {
+            name,
+            port: number,
+            protocol,
+            target_port,
+            app_protocol: _,
+            node_port: _,
+        } = port;
         let field = |leaf: &str| format!("spec.ports[{index}]{leaf}");
         let protocol = match parse_protocol(protocol.as_deref()) {
             Ok(protocol) => protocol,
@@ -583,47 +759,65 @@ fn ports<'a>(spec: &'a ServiceSpec, object: &ObjectRef, problems: &mut Problems)
                 continue;
             }
         };
-        // The backend port is the EndpointSlice's (that is how a named
+        // The backend port is the `EndpointSlice`'s (that is how a named
         // targetPort resolves), but a targetPort the API server would reject
         // is still a mistake worth reporting.
-        match target_port {
-            None => {}
-            Some(IntOrString::Int(target)) => {
-                if let Err(message) = parse_port(*target) {
-                    problems.push(object, field(".targetPort"), message);
-                    continue;
-                }
-            }
-            Some(IntOrString::String(target)) => {
-                if !is_valid_port_name(target) {
-                    let message = format!(
-                        "{target:?} is neither a port number nor a port name (at most 15 lower-case letters, digits and inner hyphens)"
-                    );
-                    problems.push(object, field(".targetPort"), message);
-                    continue;
-                }
-            }
-        }
-        let name = name.as_deref().unwrap_or_default();
-        if out.iter().any(|other| other.name == name && other.protocol == protocol) {
-            problems.push(object, field(""), format!("a second {protocol} port named {name:?}: port names must be unique"));
+        if let Err(message) = check_target_port(target_port.as_ref()) {
+            problems.push(object, field(".targetPort"), message);
             continue;
         }
-        out.push(Port { index, name, protocol, port: number });
+        let name = name.as_deref().unwrap_or_default();
+        if out
+            .iter()
+            .any(|other| other.name == name && other.protocol == protocol)
+        {
+            problems.push(
+                object,
+                field(""),
+                format!("a second {protocol} port named {name:?}: port names must be unique"),
+            );
+            continue;
+        }
+        out.push(Port {
+            index,
+            name,
+            protocol,
+            number,
+        });
     }
     out
+}
+
+/// A targetPort is a port number or an `IANA_SVC_NAME` port name.
+fn check_target_port(target: Option<&IntOrString>) -> Result<(), String> {
+    match target {
+        None => Ok(()),
+        Some(IntOrString::Int(number)) => parse_port(*number).map(drop),
+        Some(IntOrString::String(name)) if is_valid_port_name(name) => Ok(()),
+        Some(IntOrString::String(name)) => Err(format!(
+            "{name:?} is neither a port number nor a port name (at most 15 lower-case letters, digits and inner hyphens)"
+        )),
+    }
 }
 
 /// The endpoints of a service port in one family, deduplicated by address
 /// and port across slices (`EndpointSliceCache.addEndpoints`): a later
 /// endpoint replaces an earlier one unless it is terminating, so a running
 /// pod wins over a terminating one that had the same IP.
-fn endpoints_for<'s, 'a>(slices: &[&'s PreparedSlice<'a>], family: Family, port: &Port<'_>) -> Vec<(SocketAddr, &'s Endpoint<'a>)> {
+fn endpoints_for<'s, 'a>(
+    slices: &[&'s PreparedSlice<'a>],
+    family: Family,
+    port: &Port<'_>,
+) -> Vec<(SocketAddr, &'s Endpoint<'a>)> {
     let mut out: Vec<(SocketAddr, &Endpoint<'a>)> = Vec::new();
     let mut positions: HashMap<SocketAddr, usize> = HashMap::new();
     for slice in slices.iter().filter(|slice| slice.family == family) {
         // Joined by port name and protocol (kube-proxy's ServicePortName).
-        for slice_port in slice.ports.iter().filter(|p| p.name == port.name && p.protocol == port.protocol) {
+        for slice_port in slice
+            .ports
+            .iter()
+            .filter(|p| p.name == port.name && p.protocol == port.protocol)
+        {
             for endpoint in &slice.endpoints {
                 let address = SocketAddr::new(endpoint.ip, slice_port.port);
                 match positions.entry(address) {
@@ -658,7 +852,11 @@ enum Topology {
 
 /// Topology hints are used only when every ready endpoint has one and at
 /// least one names this node (or zone); otherwise they are ignored.
-fn topology(endpoints: &[(SocketAddr, &Endpoint<'_>)], node: &NodeContext, prefer_same_node: bool) -> Topology {
+fn topology(
+    endpoints: &[(SocketAddr, &Endpoint<'_>)],
+    node: &NodeContext,
+    prefer_same_node: bool,
+) -> Topology {
     let node_name = node.node_name.as_deref().unwrap_or_default();
     let zone = node.zone.as_deref().unwrap_or_default();
     let mut any_ready = false;
@@ -699,7 +897,11 @@ fn usable_backends(
     prefer_same_node: bool,
 ) -> Vec<SocketAddr> {
     let pick = |keep: &dyn Fn(&Endpoint<'_>) -> bool| -> Vec<SocketAddr> {
-        endpoints.iter().filter(|(_, e)| keep(e)).map(|(address, _)| *address).collect()
+        endpoints
+            .iter()
+            .filter(|(_, e)| keep(e))
+            .map(|(address, _)| *address)
+            .collect()
     };
     let fallback = |e: &Endpoint<'_>| e.serving && e.terminating;
     let mut backends = if local {
@@ -708,7 +910,11 @@ fn usable_backends(
         let node_name = node.node_name.as_deref().filter(|n| !n.is_empty());
         let is_local = |e: &Endpoint<'_>| node_name.is_some() && e.node_name == node_name;
         let ready = pick(&|e| is_local(e) && e.ready);
-        if ready.is_empty() { pick(&|e| is_local(e) && fallback(e)) } else { ready }
+        if ready.is_empty() {
+            pick(&|e| is_local(e) && fallback(e))
+        } else {
+            ready
+        }
     } else {
         let mode = topology(endpoints, node, prefer_same_node);
         let node_name = node.node_name.as_deref().unwrap_or_default();
@@ -721,7 +927,11 @@ fn usable_backends(
         let ready = pick(&|e| e.ready && allowed(e));
         // No ready endpoint anywhere (the topology would have been ignored
         // otherwise): fall back, without topology.
-        if ready.is_empty() { pick(&fallback) } else { ready }
+        if ready.is_empty() {
+            pick(&fallback)
+        } else {
+            ready
+        }
     };
     backends.sort_unstable();
     backends.dedup();
@@ -731,17 +941,29 @@ fn usable_backends(
 /// Adds a frontend. Two Services cannot share one: the one with the smaller
 /// name keeps it, whatever the input order (every node decides alike), and
 /// the other's port is a problem.
-fn insert(state: &mut State, frontend: Frontend, entry: ServiceEntry, port_index: usize, problems: &mut Problems) {
+fn insert(
+    state: &mut State,
+    frontend: Frontend,
+    entry: ServiceEntry,
+    port_index: usize,
+    problems: &mut Problems,
+) {
     let loser = match state.entries.get(&frontend) {
         None => None,
-        Some(existing) if existing.name <= entry.name => Some((entry.name.clone(), port_index, existing.name.clone())),
+        Some(existing) if existing.name <= entry.name => {
+            Some((entry.name.clone(), port_index, existing.name.clone()))
+        }
         Some(existing) => {
             let existing_index = state.origins.get(&frontend).copied().unwrap_or_default();
             Some((existing.name.clone(), existing_index, entry.name.clone()))
         }
     };
     if let Some((loser, loser_index, winner)) = &loser {
-        let object = ObjectRef { kind: "Service", namespace: loser.namespace.clone(), name: loser.name.clone() };
+        let object = ObjectRef {
+            kind: "Service",
+            namespace: loser.namespace.clone(),
+            name: loser.name.clone(),
+        };
         problems.push(
             &object,
             format!("spec.ports[{loser_index}]"),
@@ -753,4 +975,1204 @@ fn insert(state: &mut State, frontend: Frontend, entry: ServiceEntry, port_index
     }
     state.origins.insert(frontend, port_index);
     state.entries.insert(frontend, entry);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, time::Instant};
+
+    use super::*;
+    use crate::objects::{self, Objects};
+
+    fn parse(yaml: &str) -> Objects {
+        objects::parse(yaml, Path::new("test.yaml")).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    fn node(name: Option<&str>, zone: Option<&str>) -> NodeContext {
+        NodeContext {
+            node_name: name.map(str::to_owned),
+            zone: zone.map(str::to_owned),
+        }
+    }
+
+    fn run_with(yaml: &str, node: &NodeContext, opts: &Options) -> Translation {
+        let objects = parse(yaml);
+        translate(&objects.services, &objects.endpoint_slices, node, opts)
+    }
+
+    fn run(yaml: &str) -> Translation {
+        run_with(
+            yaml,
+            &node(Some("node-1"), Some("zone-a")),
+            &Options::default(),
+        )
+    }
+
+    /// A Service document: `spec` is the YAML flow mapping of its spec.
+    fn service(name: &str, spec: &str) -> String {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {spec}\n"
+        )
+    }
+
+    fn service_with_meta(metadata: &str, spec: &str) -> String {
+        format!("---\napiVersion: v1\nkind: Service\nmetadata: {metadata}\nspec: {spec}\n")
+    }
+
+    /// An `EndpointSlice` document for `service`.
+    fn slice(
+        name: &str,
+        service: &str,
+        address_type: &str,
+        ports: &str,
+        endpoints: &[&str],
+    ) -> String {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: default, labels: \
+             {{kubernetes.io/service-name: {service}}}}}\naddressType: {address_type}\nports: {ports}\nendpoints: [{}]\n",
+            endpoints.join(", ")
+        )
+    }
+
+    const WEB: &str = "{clusterIP: 10.0.0.1, ports: [{name: http, port: 80, targetPort: http}]}";
+    const HTTP: &str = "[{name: http, port: 8080}]";
+
+    fn ready(ip: &str) -> String {
+        format!("{{addresses: [{ip}], conditions: {{ready: true}}}}")
+    }
+
+    /// The frontends, as `ip:port/PROTO`.
+    fn frontends(t: &Translation) -> Vec<String> {
+        t.state.keys().map(ToString::to_string).collect()
+    }
+
+    /// The backends of a frontend given as `ip:port/PROTO`.
+    fn backends(t: &Translation, frontend: &str) -> Vec<String> {
+        entry(t, frontend)
+            .backends
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[track_caller]
+    fn entry<'a>(t: &'a Translation, frontend: &str) -> &'a ServiceEntry {
+        let Some((_, entry)) = t.state.iter().find(|(f, _)| f.to_string() == frontend) else {
+            panic!("no frontend {frontend} in {:?}", frontends(t));
+        };
+        entry
+    }
+
+    fn problems(t: &Translation) -> Vec<String> {
+        t.problems.iter().map(ToString::to_string).collect()
+    }
+
+    #[track_caller]
+    fn assert_clean(t: &Translation) {
+        assert_eq!(problems(t), Vec::<String>::new());
+    }
+
+    #[test]
+    fn example_file_is_one_frontend_with_three_backends() {
+        let objects = parse(include_str!("../../examples/services.yaml"));
+        let t = translate(
+            &objects.services,
+            &objects.endpoint_slices,
+            &NodeContext::default(),
+            &Options::default(),
+        );
+        assert_clean(&t);
+        let expected = ServiceEntry {
+            name: ServicePortName {
+                namespace: "default".to_owned(),
+                name: "demo".to_owned(),
+                port: "http".to_owned(),
+            },
+            algorithm: Algorithm::RoundRobin,
+            affinity_timeout_s: None,
+            backends: ["10.200.0.11:8080", "10.200.0.12:8080", "10.200.0.13:8080"]
+                .iter()
+                .map(|s| s.parse().expect("addr"))
+                .collect(),
+        };
+        let frontend = Frontend {
+            ip: "10.96.0.100".parse().expect("ip"),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        assert_eq!(t.state, DesiredState::from([(frontend, expected)]));
+    }
+
+    #[test]
+    fn target_port_by_name_resolves_through_the_slice_port() {
+        let yaml = service(
+            "web",
+            "{clusterIP: 10.0.0.1, ports: [{name: http, port: 80, targetPort: web}, {name: admin, port: 81, targetPort: 9000}]}",
+        ) + &slice(
+            "web-1",
+            "web",
+            "IPv4",
+            "[{name: admin, port: 9000}, {name: http, port: 8080}]",
+            &[&ready("10.1.0.2"), &ready("10.1.0.1")],
+        );
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(
+            backends(&t, "10.0.0.1:80/TCP"),
+            ["10.1.0.1:8080", "10.1.0.2:8080"]
+        );
+        assert_eq!(
+            backends(&t, "10.0.0.1:81/TCP"),
+            ["10.1.0.1:9000", "10.1.0.2:9000"]
+        );
+        let entry = entry(&t, "10.0.0.1:80/TCP");
+        assert_eq!(entry.name.to_string(), "default/web:http");
+        assert_eq!(
+            (entry.algorithm, entry.affinity_timeout_s),
+            (Algorithm::Random, None)
+        );
+    }
+
+    #[test]
+    fn unnamed_port_joins_the_unnamed_slice_port() {
+        let yaml = service("web", "{clusterIP: 10.0.0.1, ports: [{port: 80}]}")
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                "[{name: \"\", port: 8080}]",
+                &[&ready("10.1.0.1")],
+            );
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
+        assert_eq!(entry(&t, "10.0.0.1:80/TCP").name.to_string(), "default/web");
+    }
+
+    #[test]
+    fn service_without_endpoints_refuses() {
+        let t = run(&service("web", WEB));
+        assert_clean(&t);
+        assert_eq!(backends(&t, "10.0.0.1:80/TCP"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn dual_stack_programs_each_family_from_its_slices() {
+        let yaml = service(
+            "web",
+            "{clusterIP: 10.0.0.1, clusterIPs: [10.0.0.1, 'fd00::1'], ipFamilies: [IPv4, IPv6], ports: [{name: http, port: 80}]}",
+        ) + &slice("web-v4", "web", "IPv4", HTTP, &[&ready("10.1.0.1")])
+            + &slice(
+                "web-v6",
+                "web",
+                "IPv6",
+                HTTP,
+                &[&ready("'fd00:1::1'"), &ready("'fd00:1::2'")],
+            );
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(frontends(&t), ["10.0.0.1:80/TCP", "[fd00::1]:80/TCP"]);
+        assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
+        assert_eq!(
+            backends(&t, "[fd00::1]:80/TCP"),
+            ["[fd00:1::1]:8080", "[fd00:1::2]:8080"]
+        );
+    }
+
+    #[test]
+    fn single_cluster_ip_without_cluster_ips() {
+        let yaml = service(
+            "web",
+            "{clusterIP: 'fd00::5', ports: [{name: http, port: 80}]}",
+        ) + &slice("web-v6", "web", "IPv6", HTTP, &[&ready("'fd00:1::1'")])
+            + &slice("web-v4", "web", "IPv4", HTTP, &[&ready("10.1.0.1")]);
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(frontends(&t), ["[fd00::5]:80/TCP"]);
+        assert_eq!(backends(&t, "[fd00::5]:80/TCP"), ["[fd00:1::1]:8080"]);
+    }
+
+    #[test]
+    fn tcp_udp_and_sctp_are_distinct_frontends() {
+        let yaml = service(
+            "dns",
+            "{clusterIP: 10.0.0.10, ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}, \
+             {name: sig, port: 9, protocol: SCTP}]}",
+        ) + &slice(
+            "dns-1",
+            "dns",
+            "IPv4",
+            "[{name: dns, port: 5353, protocol: UDP}, {name: dns-tcp, port: 5354, protocol: TCP}, {name: sig, port: 9999, protocol: SCTP}]",
+            &[&ready("10.1.0.1")],
+        );
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(
+            frontends(&t),
+            ["10.0.0.10:9/SCTP", "10.0.0.10:53/TCP", "10.0.0.10:53/UDP"]
+        );
+        assert_eq!(backends(&t, "10.0.0.10:53/UDP"), ["10.1.0.1:5353"]);
+        assert_eq!(backends(&t, "10.0.0.10:53/TCP"), ["10.1.0.1:5354"]);
+        assert_eq!(backends(&t, "10.0.0.10:9/SCTP"), ["10.1.0.1:9999"]);
+    }
+
+    #[test]
+    fn slice_port_of_another_protocol_is_not_joined() {
+        let yaml = service(
+            "dns",
+            "{clusterIP: 10.0.0.10, ports: [{name: dns, port: 53, protocol: UDP}]}",
+        ) + &slice(
+            "dns-1",
+            "dns",
+            "IPv4",
+            "[{name: dns, port: 53, protocol: TCP}]",
+            &[&ready("10.1.0.1")],
+        );
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(backends(&t, "10.0.0.10:53/UDP"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn fqdn_slices_are_ignored() {
+        let yaml = service("web", WEB)
+            + &slice(
+                "web-fqdn",
+                "web",
+                "FQDN",
+                HTTP,
+                &["{addresses: [example.com]}"],
+            )
+            + &slice("web-v4", "web", "IPv4", HTTP, &[&ready("10.1.0.1")]);
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
+    }
+
+    #[test]
+    fn slices_of_the_other_family_are_ignored() {
+        let yaml =
+            service("web", WEB) + &slice("web-v6", "web", "IPv6", HTTP, &[&ready("'fd00:1::1'")]);
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(backends(&t, "10.0.0.1:80/TCP"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn slices_join_by_label_in_the_same_namespace_only() {
+        let other_namespace = slice("web-1", "web", "IPv4", HTTP, &[&ready("10.1.0.9")])
+            .replace("namespace: default", "namespace: other");
+        let yaml = service("web", WEB)
+            + &other_namespace
+            + &slice("api-1", "api", "IPv4", HTTP, &[&ready("10.1.0.8")]);
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(backends(&t, "10.0.0.1:80/TCP"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn endpoints_of_several_slices_are_merged_and_deduplicated() {
+        let yaml = service("web", WEB)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &[&ready("10.1.0.3"), &ready("10.1.0.1")],
+            )
+            + &slice(
+                "web-2",
+                "web",
+                "IPv4",
+                HTTP,
+                &[&ready("10.1.0.1"), &ready("10.1.0.2")],
+            );
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(
+            backends(&t, "10.0.0.1:80/TCP"),
+            ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]
+        );
+    }
+
+    #[test]
+    fn duplicate_endpoint_the_non_terminating_one_wins() {
+        // 10.1.0.1 is a terminating pod in one slice and a new ready pod in
+        // the other; 10.1.0.2 is ready elsewhere, so the terminating copy of
+        // 10.1.0.1, had it won, would leave it out.
+        let old =
+            "{addresses: [10.1.0.1], conditions: {ready: false, serving: true, terminating: true}}";
+        for (first, second) in [
+            (old.to_owned(), ready("10.1.0.1")),
+            (ready("10.1.0.1"), old.to_owned()),
+        ] {
+            let yaml = service("web", WEB)
+                + &slice("web-1", "web", "IPv4", HTTP, &[&first])
+                + &slice("web-2", "web", "IPv4", HTTP, &[&second, &ready("10.1.0.2")]);
+            let t = run(&yaml);
+            assert_clean(&t);
+            assert_eq!(
+                backends(&t, "10.0.0.1:80/TCP"),
+                ["10.1.0.1:8080", "10.1.0.2:8080"],
+                "{first} then {second}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_endpoint_not_ready_in_the_later_slice_wins() {
+        // Both copies are non-terminating: the later one wins, as in
+        // kube-proxy (whose order is the map's); here the file's order.
+        let yaml = service("web", WEB)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &[&ready("10.1.0.1"), &ready("10.1.0.2")],
+            )
+            + &slice(
+                "web-2",
+                "web",
+                "IPv4",
+                HTTP,
+                &["{addresses: [10.1.0.1], conditions: {ready: false}}"],
+            );
+        let t = run(&yaml);
+        assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.2:8080"]);
+    }
+
+    #[test]
+    fn unset_conditions_mean_ready_serving_not_terminating() {
+        let yaml = service("web", WEB)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &[
+                    "{addresses: [10.1.0.1]}",
+                    "{addresses: [10.1.0.2], conditions: {}}",
+                ],
+            );
+        let t = run(&yaml);
+        assert_eq!(
+            backends(&t, "10.0.0.1:80/TCP"),
+            ["10.1.0.1:8080", "10.1.0.2:8080"]
+        );
+    }
+
+    #[test]
+    fn only_the_first_address_of_an_endpoint_is_used() {
+        let yaml = service("web", WEB)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &["{addresses: [10.1.0.1, 10.1.0.2]}"],
+            );
+        assert_eq!(backends(&run(&yaml), "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
+    }
+
+    #[test]
+    fn not_ready_endpoints_are_not_used_while_some_are_ready() {
+        let yaml = service("web", WEB)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &[
+                    &ready("10.1.0.1"),
+                    "{addresses: [10.1.0.2], conditions: {ready: false, serving: true, terminating: true}}",
+                    "{addresses: [10.1.0.3], conditions: {ready: false}}",
+                ],
+            );
+        assert_eq!(backends(&run(&yaml), "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
+    }
+
+    #[test]
+    fn all_terminating_falls_back_to_serving_terminating_endpoints() {
+        let yaml = service("web", WEB)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &[
+                    "{addresses: [10.1.0.1], conditions: {ready: false, serving: true, terminating: true}}",
+                    // serving unset means serving
+                    "{addresses: [10.1.0.2], conditions: {ready: false, terminating: true}}",
+                    // terminating and not serving: never used
+                    "{addresses: [10.1.0.3], conditions: {ready: false, serving: false, terminating: true}}",
+                    // not ready, not terminating (starting up): never used
+                    "{addresses: [10.1.0.4], conditions: {ready: false, serving: true, terminating: false}}",
+                ],
+            );
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(
+            backends(&t, "10.0.0.1:80/TCP"),
+            ["10.1.0.1:8080", "10.1.0.2:8080"]
+        );
+    }
+
+    #[test]
+    fn no_serving_endpoint_refuses() {
+        let yaml = service("web", WEB)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &[
+                    "{addresses: [10.1.0.3], conditions: {ready: false, serving: false, terminating: true}}",
+                ],
+            );
+        assert_eq!(
+            backends(&run(&yaml), "10.0.0.1:80/TCP"),
+            Vec::<String>::new()
+        );
+    }
+
+    fn zoned(ip: &str, zones: &[&str]) -> String {
+        let zones: Vec<String> = zones.iter().map(|z| format!("{{name: {z}}}")).collect();
+        format!(
+            "{{addresses: [{ip}], hints: {{forZones: [{}]}}}}",
+            zones.join(", ")
+        )
+    }
+
+    #[test]
+    fn topology_hints_for_every_endpoint_keep_this_zone_only() {
+        let yaml = service("web", WEB)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &[
+                    &zoned("10.1.0.1", &["zone-a"]),
+                    &zoned("10.1.0.2", &["zone-b"]),
+                    &zoned("10.1.0.3", &["zone-b", "zone-a"]),
+                ],
+            );
+        let t = run_with(
+            &yaml,
+            &node(Some("node-1"), Some("zone-a")),
+            &Options::default(),
+        );
+        assert_eq!(
+            backends(&t, "10.0.0.1:80/TCP"),
+            ["10.1.0.1:8080", "10.1.0.3:8080"]
+        );
+        let t = run_with(
+            &yaml,
+            &node(Some("node-1"), Some("zone-b")),
+            &Options::default(),
+        );
+        assert_eq!(
+            backends(&t, "10.0.0.1:80/TCP"),
+            ["10.1.0.2:8080", "10.1.0.3:8080"]
+        );
+    }
+
+    #[test]
+    fn topology_hints_are_ignored_unless_every_ready_endpoint_has_one() {
+        let yaml = service("web", WEB)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &[
+                    &zoned("10.1.0.1", &["zone-a"]),
+                    &zoned("10.1.0.2", &["zone-b"]),
+                    &ready("10.1.0.3"),
+                ],
+            );
+        let t = run_with(
+            &yaml,
+            &node(Some("node-1"), Some("zone-a")),
+            &Options::default(),
+        );
+        assert_eq!(
+            backends(&t, "10.0.0.1:80/TCP"),
+            ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]
+        );
+    }
+
+    #[test]
+    fn topology_hints_of_not_ready_endpoints_do_not_count() {
+        // The unhinted endpoint is not ready: every *ready* endpoint is hinted.
+        let yaml = service("web", WEB)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &[
+                    &zoned("10.1.0.1", &["zone-a"]),
+                    &zoned("10.1.0.2", &["zone-b"]),
+                    "{addresses: [10.1.0.3], conditions: {ready: false}}",
+                ],
+            );
+        let t = run_with(
+            &yaml,
+            &node(Some("node-1"), Some("zone-a")),
+            &Options::default(),
+        );
+        assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
+    }
+
+    #[test]
+    fn topology_hints_are_ignored_when_none_is_for_this_zone() {
+        let yaml = service("web", WEB)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &[
+                    &zoned("10.1.0.1", &["zone-a"]),
+                    &zoned("10.1.0.2", &["zone-b"]),
+                ],
+            );
+        for node in [
+            node(Some("node-1"), Some("zone-c")),
+            node(Some("node-1"), None),
+        ] {
+            let t = run_with(&yaml, &node, &Options::default());
+            assert_eq!(
+                backends(&t, "10.0.0.1:80/TCP"),
+                ["10.1.0.1:8080", "10.1.0.2:8080"],
+                "{node:?}"
+            );
+        }
+    }
+
+    const NODE_HINTED: [&str; 3] = [
+        "{addresses: [10.1.0.1], nodeName: node-1, hints: {forNodes: [{name: node-1}], forZones: [{name: zone-a}]}}",
+        "{addresses: [10.1.0.2], nodeName: node-2, hints: {forNodes: [{name: node-2}], forZones: [{name: zone-a}]}}",
+        "{addresses: [10.1.0.3], nodeName: node-3, hints: {forNodes: [{name: node-3}], forZones: [{name: zone-b}]}}",
+    ];
+
+    #[test]
+    fn for_nodes_hints_are_ignored_as_by_kube_proxy_1_33() {
+        // PreferSameTrafficDistribution is off by default in v1.33: the zone
+        // hints apply, the node hints do not.
+        let yaml = service("web", WEB) + &slice("web-1", "web", "IPv4", HTTP, &NODE_HINTED);
+        let t = run_with(
+            &yaml,
+            &node(Some("node-1"), Some("zone-a")),
+            &Options::default(),
+        );
+        assert_eq!(
+            backends(&t, "10.0.0.1:80/TCP"),
+            ["10.1.0.1:8080", "10.1.0.2:8080"]
+        );
+        let without_zones = NODE_HINTED.map(|e| {
+            e.replace(", forZones: [{name: zone-a}]", "")
+                .replace(", forZones: [{name: zone-b}]", "")
+        });
+        let yaml = service("web", WEB)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &without_zones.each_ref().map(String::as_str),
+            );
+        let t = run_with(
+            &yaml,
+            &node(Some("node-1"), Some("zone-a")),
+            &Options::default(),
+        );
+        assert_eq!(
+            backends(&t, "10.0.0.1:80/TCP"),
+            ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]
+        );
+    }
+
+    /// The usable backends of the one frontend of `yaml` with the
+    /// `PreferSameTrafficDistribution` logic on or off.
+    fn backends_with_gate(yaml: &str, node: &NodeContext, prefer_same_node: bool) -> Vec<String> {
+        let objects = parse(yaml);
+        let mut problems = Problems::default();
+        let slice_refs: Vec<&EndpointSlice> = objects.endpoint_slices.iter().collect();
+        let mut index = SliceIndex::new(&slice_refs, &Options::default(), &mut problems);
+        let slices = index.for_service("default", "web", &mut problems);
+        let port = Port {
+            index: 0,
+            name: "http",
+            protocol: Protocol::Tcp,
+            number: 80,
+        };
+        let endpoints = endpoints_for(&slices, Family::V4, &port);
+        usable_backends(&endpoints, false, node, prefer_same_node)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn for_nodes_hints_with_prefer_same_node_keep_this_node_only() {
+        let yaml = service("web", WEB) + &slice("web-1", "web", "IPv4", HTTP, &NODE_HINTED);
+        let here = node(Some("node-1"), Some("zone-a"));
+        assert_eq!(backends_with_gate(&yaml, &here, true), ["10.1.0.1:8080"]);
+        assert_eq!(
+            backends_with_gate(&yaml, &here, false),
+            ["10.1.0.1:8080", "10.1.0.2:8080"]
+        );
+        // No endpoint for this node: fall through to the zone hints.
+        assert_eq!(
+            backends_with_gate(&yaml, &node(Some("node-9"), Some("zone-b")), true),
+            ["10.1.0.3:8080"]
+        );
+        // Not every endpoint has a node hint: zone hints again.
+        let partial = [
+            NODE_HINTED[0],
+            NODE_HINTED[1],
+            "{addresses: [10.1.0.3], hints: {forZones: [{name: zone-b}]}}",
+        ];
+        let yaml = service("web", WEB) + &slice("web-1", "web", "IPv4", HTTP, &partial);
+        assert_eq!(
+            backends_with_gate(&yaml, &here, true),
+            ["10.1.0.1:8080", "10.1.0.2:8080"]
+        );
+    }
+
+    const LOCAL: &str =
+        "{clusterIP: 10.0.0.1, internalTrafficPolicy: Local, ports: [{name: http, port: 80}]}";
+
+    #[test]
+    fn internal_traffic_policy_local_uses_this_node_only() {
+        let yaml = service("web", LOCAL)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &[
+                    "{addresses: [10.1.0.1], nodeName: node-1, hints: {forZones: [{name: zone-b}]}}",
+                    "{addresses: [10.1.0.2], nodeName: node-2, hints: {forZones: [{name: zone-a}]}}",
+                    "{addresses: [10.1.0.3], nodeName: node-1, hints: {forZones: [{name: zone-a}]}}",
+                ],
+            );
+        // Topology does not apply to local endpoints.
+        let t = run_with(
+            &yaml,
+            &node(Some("node-1"), Some("zone-a")),
+            &Options::default(),
+        );
+        assert_clean(&t);
+        assert_eq!(
+            backends(&t, "10.0.0.1:80/TCP"),
+            ["10.1.0.1:8080", "10.1.0.3:8080"]
+        );
+        let t = run_with(
+            &yaml,
+            &node(Some("node-2"), Some("zone-a")),
+            &Options::default(),
+        );
+        assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.2:8080"]);
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_without_local_endpoints_refuses() {
+        let yaml = service("web", LOCAL)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &["{addresses: [10.1.0.1], nodeName: node-2}"],
+            );
+        for node in [
+            node(Some("node-1"), None),
+            node(None, None),
+            node(Some(""), None),
+        ] {
+            let t = run_with(&yaml, &node, &Options::default());
+            assert_eq!(
+                backends(&t, "10.0.0.1:80/TCP"),
+                Vec::<String>::new(),
+                "{node:?}"
+            );
+        }
+        // An endpoint without nodeName is never local, even for a nameless node.
+        let yaml = service("web", LOCAL)
+            + &slice("web-1", "web", "IPv4", HTTP, &["{addresses: [10.1.0.1]}"]);
+        assert_eq!(
+            backends(
+                &run_with(&yaml, &node(None, None), &Options::default()),
+                "10.0.0.1:80/TCP"
+            ),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_falls_back_to_local_terminating() {
+        let yaml = service("web", LOCAL)
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP,
+                &[
+                    "{addresses: [10.1.0.1], nodeName: node-1, conditions: {ready: false, serving: true, terminating: true}}",
+                    "{addresses: [10.1.0.2], nodeName: node-2}",
+                ],
+            );
+        assert_eq!(backends(&run(&yaml), "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
+    }
+
+    #[test]
+    fn session_affinity_client_ip_default_and_explicit_timeout() {
+        let yaml = service(
+            "a",
+            "{clusterIP: 10.0.0.1, sessionAffinity: ClientIP, ports: [{port: 80}]}",
+        ) + &service(
+            "b",
+            "{clusterIP: 10.0.0.2, sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}, ports: [{port: 80}]}",
+        ) + &service(
+            "c",
+            "{clusterIP: 10.0.0.3, sessionAffinity: None, ports: [{port: 80}]}",
+        ) + &service(
+            "d",
+            "{clusterIP: 10.0.0.4, sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 86400}}, ports: [{port: 80}]}",
+        );
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(
+            entry(&t, "10.0.0.1:80/TCP").affinity_timeout_s,
+            Some(10_800)
+        );
+        assert_eq!(entry(&t, "10.0.0.2:80/TCP").affinity_timeout_s, Some(60));
+        assert_eq!(entry(&t, "10.0.0.3:80/TCP").affinity_timeout_s, None);
+        assert_eq!(
+            entry(&t, "10.0.0.4:80/TCP").affinity_timeout_s,
+            Some(86_400)
+        );
+    }
+
+    #[test]
+    fn session_affinity_out_of_range_is_a_problem() {
+        for timeout in ["0", "86401", "-5"] {
+            let yaml = service(
+                "a",
+                &format!(
+                    "{{clusterIP: 10.0.0.1, sessionAffinity: ClientIP, sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {timeout}}}}}, ports: [{{port: 80}}]}}"
+                ),
+            ) + &service("b", "{clusterIP: 10.0.0.2, ports: [{port: 80}]}");
+            let t = run(&yaml);
+            assert_eq!(
+                problems(&t),
+                [format!(
+                    "Service default/a: spec.sessionAffinityConfig.clientIP.timeoutSeconds: {timeout} is out of range: expected 1 to 86400 seconds"
+                )]
+            );
+            assert_eq!(frontends(&t), ["10.0.0.2:80/TCP"]);
+        }
+        let t = run(&service(
+            "a",
+            "{clusterIP: 10.0.0.1, sessionAffinity: Sticky, ports: [{port: 80}]}",
+        ));
+        assert_eq!(
+            problems(&t),
+            [
+                "Service default/a: spec.sessionAffinity: unsupported value \"Sticky\": expected None or ClientIP"
+            ]
+        );
+    }
+
+    #[test]
+    fn algorithm_annotation_overrides_the_default() {
+        let yaml = service_with_meta(
+            "{name: rr, namespace: default, annotations: {lb-agent.io/algorithm: round-robin}}",
+            "{clusterIP: 10.0.0.1, ports: [{port: 80}]}",
+        ) + &service_with_meta(
+            "{name: rand, namespace: default, annotations: {lb-agent.io/algorithm: random}}",
+            "{clusterIP: 10.0.0.2, ports: [{port: 80}]}",
+        ) + &service("plain", "{clusterIP: 10.0.0.3, ports: [{port: 80}]}");
+        let opts = Options {
+            default_algorithm: Algorithm::RoundRobin,
+            service_proxy_name: None,
+        };
+        let t = run_with(&yaml, &node(None, None), &opts);
+        assert_clean(&t);
+        assert_eq!(
+            entry(&t, "10.0.0.1:80/TCP").algorithm,
+            Algorithm::RoundRobin
+        );
+        assert_eq!(entry(&t, "10.0.0.2:80/TCP").algorithm, Algorithm::Random);
+        assert_eq!(
+            entry(&t, "10.0.0.3:80/TCP").algorithm,
+            Algorithm::RoundRobin
+        );
+        let t = run_with(&yaml, &node(None, None), &Options::default());
+        assert_eq!(entry(&t, "10.0.0.3:80/TCP").algorithm, Algorithm::Random);
+    }
+
+    #[test]
+    fn bad_algorithm_annotation_is_a_problem_and_skips_the_service() {
+        let yaml = service_with_meta(
+            "{name: web, namespace: default, annotations: {lb-agent.io/algorithm: least-conn}}",
+            "{clusterIP: 10.0.0.1, ports: [{port: 80}]}",
+        ) + &service("other", "{clusterIP: 10.0.0.2, ports: [{port: 80}]}");
+        let t = run(&yaml);
+        assert_eq!(
+            problems(&t),
+            [
+                "Service default/web: metadata.annotations[\"lb-agent.io/algorithm\"]: unknown algorithm \"least-conn\": expected \"random\" or \"round-robin\""
+            ]
+        );
+        assert_eq!(frontends(&t), ["10.0.0.2:80/TCP"]);
+    }
+
+    fn proxy_services() -> String {
+        service("mine", "{clusterIP: 10.0.0.1, ports: [{port: 80}]}")
+            + &service_with_meta(
+                "{name: labelled, namespace: default, labels: {service.kubernetes.io/service-proxy-name: lb}}",
+                "{clusterIP: 10.0.0.2, ports: [{port: 80}]}",
+            )
+            + &service_with_meta(
+                "{name: others, namespace: default, labels: {service.kubernetes.io/service-proxy-name: other}}",
+                "{clusterIP: 10.0.0.3, ports: [{port: 80}]}",
+            )
+    }
+
+    #[test]
+    fn services_of_another_proxy_are_skipped() {
+        let t = run(&proxy_services());
+        assert_clean(&t);
+        assert_eq!(frontends(&t), ["10.0.0.1:80/TCP"]);
+    }
+
+    #[test]
+    fn with_a_proxy_name_only_its_services_are_served() {
+        let opts = Options {
+            service_proxy_name: Some("lb".to_owned()),
+            ..Options::default()
+        };
+        let t = run_with(&proxy_services(), &node(None, None), &opts);
+        assert_clean(&t);
+        assert_eq!(frontends(&t), ["10.0.0.2:80/TCP"]);
+    }
+
+    #[test]
+    fn slices_labelled_for_another_proxy_or_headless_are_ignored() {
+        let labelled = |label: &str, ip: &str| {
+            slice("web-x", "web", "IPv4", HTTP, &[&ready(ip)])
+                .replace("web-x", &format!("web-{}", ip.replace('.', "-")))
+                .replace(
+                    "{kubernetes.io/service-name: web}",
+                    &format!("{{kubernetes.io/service-name: web, {label}}}"),
+                )
+        };
+        let yaml = service("web", WEB)
+            + &labelled(
+                "service.kubernetes.io/service-proxy-name: other",
+                "10.1.0.1",
+            )
+            + &labelled("service.kubernetes.io/headless: ''", "10.1.0.2")
+            + &slice("web-3", "web", "IPv4", HTTP, &[&ready("10.1.0.3")]);
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.3:8080"]);
+    }
+
+    #[test]
+    fn headless_external_name_and_ip_less_services_are_skipped_silently() {
+        let yaml = service("headless", "{clusterIP: None, ports: [{port: 80}]}")
+            + &service(
+                "headless2",
+                "{clusterIP: None, clusterIPs: [None], ports: [{port: 80}]}",
+            )
+            + &service(
+                "external",
+                "{type: ExternalName, externalName: example.com, ports: [{port: 80}]}",
+            )
+            + &service(
+                "external-ip",
+                "{type: ExternalName, clusterIP: 10.0.0.9, ports: [{port: 80}]}",
+            )
+            + &service("no-ip", "{ports: [{port: 80}]}")
+            + &service("empty-ip", "{clusterIP: '', ports: [{port: 80}]}")
+            + "---\napiVersion: v1\nkind: Service\nmetadata: {name: no-spec, namespace: default}\n"
+            + &service_with_meta(
+                "{name: labelled, namespace: default, labels: {service.kubernetes.io/headless: ''}}",
+                "{clusterIP: 10.0.0.8, ports: [{port: 80}]}",
+            )
+            + &service("served", "{clusterIP: 10.0.0.1, ports: [{port: 80}]}");
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(frontends(&t), ["10.0.0.1:80/TCP"]);
+    }
+
+    #[test]
+    fn node_port_and_load_balancer_services_get_their_cluster_ip() {
+        let yaml = service(
+            "np",
+            "{type: NodePort, clusterIP: 10.0.0.1, ports: [{port: 80, nodePort: 30080}]}",
+        ) + &service(
+            "lb",
+            "{type: LoadBalancer, clusterIP: 10.0.0.2, ports: [{port: 80, nodePort: 30081}]}",
+        );
+        let t = run(&yaml);
+        assert_clean(&t);
+        assert_eq!(frontends(&t), ["10.0.0.1:80/TCP", "10.0.0.2:80/TCP"]);
+    }
+
+    #[test]
+    fn invalid_cluster_ip_is_a_problem_and_the_rest_is_served() {
+        let yaml = service(
+            "web",
+            "{clusterIP: 10.0.0.1, clusterIPs: [10.0.0.1, 10.0.0.300], ports: [{name: http, port: 80}]}",
+        ) + &service("api", "{clusterIP: 10.0.0.2, ports: [{port: 80}]}")
+            + &service("bad", "{clusterIP: not-an-ip, ports: [{port: 80}]}")
+            + &service(
+                "twice",
+                "{clusterIPs: [10.0.0.3, 10.0.0.4], ports: [{port: 80}]}",
+            );
+        let t = run(&yaml);
+        assert_eq!(
+            problems(&t),
+            [
+                "Service default/web: spec.clusterIPs[1]: \"10.0.0.300\" is not an IP address",
+                "Service default/bad: spec.clusterIP: \"not-an-ip\" is not an IP address",
+                "Service default/twice: spec.clusterIPs[1]: a second IPv4 ClusterIP (10.0.0.4): a Service has at most one per family",
+            ]
+        );
+        assert_eq!(
+            t.problems[0],
+            Problem {
+                object: ObjectRef {
+                    kind: "Service",
+                    namespace: "default".to_owned(),
+                    name: "web".to_owned()
+                },
+                field: "spec.clusterIPs[1]".to_owned(),
+                message: "\"10.0.0.300\" is not an IP address".to_owned(),
+            }
+        );
+        assert_eq!(
+            frontends(&t),
+            ["10.0.0.1:80/TCP", "10.0.0.2:80/TCP", "10.0.0.3:80/TCP"]
+        );
+    }
+
+    #[test]
+    fn invalid_ports_are_problems_and_the_other_ports_are_served() {
+        let yaml = service(
+            "web",
+            "{clusterIP: 10.0.0.1, ports: [{name: a, port: 0}, {name: b, port: 70000}, {name: c, port: 80, protocol: ICMP}, \
+             {name: d, port: 81, targetPort: 0}, {name: e, port: 82, targetPort: Not_A_Name}, {name: f, port: 83, targetPort: '8080'}, \
+             {name: ok, port: 84, protocol: UDP, targetPort: 9000}, {name: ok, port: 85, protocol: UDP}, {name: ok, port: 86}]}",
+        );
+        let t = run(&yaml);
+        assert_eq!(
+            problems(&t),
+            [
+                "Service default/web: spec.ports[0].port: 0 is not a valid port number: expected 1 to 65535",
+                "Service default/web: spec.ports[1].port: 70000 is not a valid port number: expected 1 to 65535",
+                "Service default/web: spec.ports[2].protocol: unsupported protocol \"ICMP\": expected TCP, UDP or SCTP",
+                "Service default/web: spec.ports[3].targetPort: 0 is not a valid port number: expected 1 to 65535",
+                "Service default/web: spec.ports[4].targetPort: \"Not_A_Name\" is neither a port number nor a port name (at most 15 \
+                 lower-case letters, digits and inner hyphens)",
+                "Service default/web: spec.ports[5].targetPort: \"8080\" is neither a port number nor a port name (at most 15 \
+                 lower-case letters, digits and inner hyphens)",
+                "Service default/web: spec.ports[7]: a second UDP port named \"ok\": port names must be unique",
+            ]
+        );
+        assert_eq!(frontends(&t), ["10.0.0.1:84/UDP", "10.0.0.1:86/TCP"]);
+    }
+
+    #[test]
+    fn invalid_type_or_traffic_policy_is_a_problem() {
+        let yaml = service(
+            "a",
+            "{type: Magic, clusterIP: 10.0.0.1, ports: [{port: 80}]}",
+        ) + &service(
+            "b",
+            "{internalTrafficPolicy: Nearby, clusterIP: 10.0.0.2, ports: [{port: 80}]}",
+        );
+        let t = run(&yaml);
+        assert_eq!(
+            problems(&t),
+            [
+                "Service default/a: spec.type: unsupported type \"Magic\": expected ClusterIP, NodePort, LoadBalancer or ExternalName",
+                "Service default/b: spec.internalTrafficPolicy: unsupported value \"Nearby\": expected Cluster or Local",
+            ]
+        );
+        assert!(t.state.is_empty());
+    }
+
+    #[test]
+    fn slice_problems_skip_only_what_is_wrong() {
+        let yaml = service("web", WEB)
+            + "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: orphan, namespace: default}\naddressType: IPv4\nendpoints: []\n"
+            + &slice("web-bad-type", "web", "IPv5", HTTP, &[&ready("10.1.0.9")])
+            + &slice(
+                "web-1",
+                "web",
+                "IPv4",
+                "[{port: 7000}, {name: http, port: 0}, {name: http, port: 8080, protocol: QUIC}, {name: http, port: 8080}]",
+                &[
+                    "{addresses: [10.1.0.300]}",
+                    "{addresses: ['fd00::1']}",
+                    "{addresses: []}",
+                    &ready("10.1.0.1"),
+                ],
+            );
+        let t = run(&yaml);
+        assert_eq!(
+            problems(&t),
+            [
+                "EndpointSlice default/orphan: metadata.labels[\"kubernetes.io/service-name\"]: missing: the label names the Service of the slice",
+                "EndpointSlice default/web-bad-type: addressType: unsupported address type \"IPv5\": expected IPv4, IPv6 or FQDN",
+                "EndpointSlice default/web-1: ports[0].name: missing (the port of an unnamed service port is named \"\")",
+                "EndpointSlice default/web-1: ports[1].port: 0 is not a valid port number: expected 1 to 65535",
+                "EndpointSlice default/web-1: ports[2].protocol: unsupported protocol \"QUIC\": expected TCP, UDP or SCTP",
+                "EndpointSlice default/web-1: endpoints[0].addresses[0]: \"10.1.0.300\" is not an IP address",
+                "EndpointSlice default/web-1: endpoints[1].addresses[0]: fd00::1 is not an IPv4 address (the slice's addressType)",
+                "EndpointSlice default/web-1: endpoints[2].addresses: empty",
+            ]
+        );
+        assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
+    }
+
+    #[test]
+    fn a_slice_shared_by_two_ports_is_checked_once() {
+        let yaml = service(
+            "web",
+            "{clusterIP: 10.0.0.1, clusterIPs: [10.0.0.1, 'fd00::1'], ports: [{name: http, port: 80}, {name: b, port: 81}]}",
+        ) + &slice(
+            "web-1",
+            "web",
+            "IPv4",
+            "[{name: http, port: 8080}, {name: b, port: 8081}]",
+            &["{addresses: [bad]}", &ready("10.1.0.1")],
+        );
+        let t = run(&yaml);
+        assert_eq!(
+            problems(&t),
+            [
+                "EndpointSlice default/web-1: endpoints[0].addresses[0]: \"bad\" is not an IP address"
+            ]
+        );
+    }
+
+    #[test]
+    fn slices_of_services_not_served_are_not_checked() {
+        let yaml = service("headless", "{clusterIP: None}")
+            + &slice(
+                "headless-1",
+                "headless",
+                "IPv4",
+                HTTP,
+                &["{addresses: [bad]}"],
+            );
+        assert_clean(&run(&yaml));
+    }
+
+    #[test]
+    fn duplicate_objects_are_problems_and_the_first_one_wins() {
+        let yaml = service("web", WEB)
+            + &service("web", "{clusterIP: 10.0.0.2, ports: [{port: 80}]}")
+            + &slice("web-1", "web", "IPv4", HTTP, &[&ready("10.1.0.1")])
+            + &slice("web-1", "web", "IPv4", HTTP, &[&ready("10.1.0.2")]);
+        let t = run(&yaml);
+        assert_eq!(
+            problems(&t),
+            [
+                "EndpointSlice default/web-1: duplicate EndpointSlice: the first one with this name is used",
+                "Service default/web: duplicate Service: the first one with this name is used",
+            ]
+        );
+        assert_eq!(frontends(&t), ["10.0.0.1:80/TCP"]);
+        assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
+    }
+
+    #[test]
+    fn shared_frontend_goes_to_the_smaller_name_whatever_the_order() {
+        let a = service("a", "{clusterIP: 10.0.0.1, ports: [{name: x, port: 80}]}");
+        let b = service(
+            "b",
+            "{clusterIP: 10.0.0.1, ports: [{name: y, port: 81}, {name: x, port: 80}]}",
+        );
+        for yaml in [a.clone() + &b, b + &a] {
+            let t = run(&yaml);
+            assert_eq!(
+                problems(&t),
+                [
+                    "Service default/b: spec.ports[1]: 10.0.0.1:80/TCP is also a frontend of default/a:x, which keeps it"
+                ]
+            );
+            assert_eq!(entry(&t, "10.0.0.1:80/TCP").name.name, "a");
+            assert_eq!(entry(&t, "10.0.0.1:81/TCP").name.name, "b");
+        }
+    }
+
+    #[test]
+    fn objects_without_names_are_problems() {
+        let yaml = "---\napiVersion: v1\nkind: Service\nmetadata: {namespace: default}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n";
+        let t = run(yaml);
+        assert_eq!(
+            problems(&t),
+            ["Service default/: metadata: a Service needs a name and a namespace"]
+        );
+        assert!(t.state.is_empty());
+    }
+
+    /// `n` services, each with one slice of `endpoints` endpoints.
+    fn generate(n: usize, endpoints: usize) -> Objects {
+        let yaml = objects::tests::generate_yaml(n, endpoints);
+        let value: serde_json::Value =
+            serde_saphyr::from_str_with_options(&yaml, serde_saphyr::options! { budget: None })
+                .expect("yaml");
+        objects::parse(&value.to_string(), Path::new("bench.json")).expect("json")
+    }
+
+    #[test]
+    fn generated_objects_translate() {
+        let objects = generate(300, 3);
+        let t = translate(
+            &objects.services,
+            &objects.endpoint_slices,
+            &node(Some("node-1"), Some("zone-a")),
+            &Options::default(),
+        );
+        assert_clean(&t);
+        assert_eq!(t.state.len(), 300);
+        assert!(t.state.values().all(|entry| entry.backends.len() == 3));
+    }
+
+    /// Translation time for 10,000 and 100,000 services of 10 endpoints. Run with
+    /// `cargo test -p lb-agent --lib --release -- --ignored --nocapture bench_translate`.
+    #[test]
+    #[ignore = "benchmark: run in release"]
+    fn bench_translate() {
+        for n in [10_000, 100_000] {
+            let objects = generate(n, 10);
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let start = Instant::now();
+                let t = translate(
+                    &objects.services,
+                    &objects.endpoint_slices,
+                    &node(Some("node-1"), Some("zone-a")),
+                    &Options::default(),
+                );
+                best = best.min(start.elapsed().as_secs_f64());
+                assert_eq!((t.state.len(), t.problems.len()), (n, 0));
+            }
+            println!(
+                "translate {n} services + {n} slices x 10 endpoints: {:.1} ms",
+                best * 1e3
+            );
+        }
+    }
 }
