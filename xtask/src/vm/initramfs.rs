@@ -7,6 +7,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
     fs,
     io::{self, BufWriter, Write},
     path::{Component, Path, PathBuf},
@@ -227,7 +228,7 @@ impl Initramfs {
                 self.host_file(&guest, &plain, 0o644)?;
             } else {
                 ensure!(
-                    rel.ends_with(".ko"),
+                    Path::new(rel).extension().is_some_and(|e| e == "ko"),
                     "unsupported module compression: {}",
                     host.display()
                 );
@@ -237,11 +238,12 @@ impl Initramfs {
                 .iter()
                 .map(|d| uncompressed_name(d).to_owned())
                 .collect();
-            dep_out.push_str(&format!(
-                "{}: {}\n",
+            let _ = writeln!(
+                dep_out,
+                "{}: {}",
                 uncompressed_name(rel),
                 line_deps.join(" ")
-            ));
+            );
         }
         let names: BTreeSet<String> = included.iter().map(|p| module_name(p)).collect();
         let alias_out: String = read("modules.alias")
@@ -252,8 +254,10 @@ impl Initramfs {
                     .nth(2)
                     .is_some_and(|m| names.contains(&m.replace('-', "_")))
             })
-            .map(|l| format!("{l}\n"))
-            .collect();
+            .fold(String::new(), |mut out, l| {
+                let _ = writeln!(out, "{l}");
+                out
+            });
         self.bytes(&format!("{guest_dir}/modules.dep"), dep_out, 0o644);
         self.bytes(&format!("{guest_dir}/modules.alias"), alias_out, 0o644);
         self.bytes(&format!("{guest_dir}/modules.builtin"), builtin_text, 0o644);

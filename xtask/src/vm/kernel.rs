@@ -5,7 +5,8 @@
 //! indexed with `depmod`, once per version.
 
 use std::{
-    fmt, fs,
+    fmt::{self, Write as _},
+    fs,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant, SystemTime},
@@ -112,7 +113,7 @@ pub struct FetchTimes {
 }
 
 /// How old the package lists may be before `apt-get update` runs again.
-const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+const LISTS_MAX_AGE: Duration = Duration::from_hours(24);
 
 /// The metapackage whose dependency names the suite's current kernel.
 const METAPACKAGE: &str = "linux-image-cloud-amd64";
@@ -135,17 +136,17 @@ pub fn fetch(
     lock.lock()
         .with_context(|| format!("failed to lock {}", lock_path.display()))?;
 
-    if refresh || apt.lists_age().is_none_or(|age| age > LISTS_MAX_AGE) {
-        if let Err(e) = apt.update() {
-            if let Some(image) = newest_cached(kernel, &kernels_dir)? {
-                eprintln!(
-                    "vm {kernel}: could not refresh the package lists ({e:#}); using cached {} {}",
-                    image.package, image.version
-                );
-                return Ok(image);
-            }
-            return Err(e);
+    if (refresh || apt.lists_age().is_none_or(|age| age > LISTS_MAX_AGE))
+        && let Err(e) = apt.update()
+    {
+        if let Some(image) = newest_cached(kernel, &kernels_dir)? {
+            eprintln!(
+                "vm {kernel}: could not refresh the package lists ({e:#}); using cached {} {}",
+                image.package, image.version
+            );
+            return Ok(image);
         }
+        return Err(e);
     }
     let (abi_package, version) = apt.newest(kernel)?;
     // The unsigned image is what the task asks for; the signed one holds the
@@ -315,9 +316,10 @@ impl PrivateApt {
                 Archive::Security => &mirrors.security,
             };
             // Packages indexes only: no translations, no DEP-11 metadata.
-            sources.push_str(&format!(
-                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg target=Packages] {uri} {suite} main\n"
-            ));
+            let _ = writeln!(
+                sources,
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg target=Packages] {uri} {suite} main"
+            );
         }
         let list = root.join("etc/sources.list");
         if fs::read_to_string(&list).ok().as_deref() != Some(sources.as_str()) {

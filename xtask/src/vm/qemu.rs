@@ -78,6 +78,9 @@ impl Drop for KillOnDrop {
 
 const POWEROFF_GRACE: Duration = Duration::from_secs(30);
 
+/// A console line: when it arrived, from where, the text.
+type Line = (Instant, Stream, String);
+
 /// Boots the VM and feeds each line to `on_line` (time since start, source,
 /// text without the line end) until qemu exits or the time limit passes.
 pub fn run(
@@ -88,6 +91,82 @@ pub fn run(
     let _ = fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
         .with_context(|| format!("failed to listen on {}", socket.display()))?;
+    let mut cmd = command(config, &socket);
+    let log_file = fs::File::create(config.log)
+        .with_context(|| format!("failed to create {}", config.log.display()))?;
+    let mut log = Log {
+        out: BufWriter::new(log_file),
+        started: Instant::now(),
+    };
+    log.note(&format!("{cmd:?}"));
+    let mut child = KillOnDrop(
+        cmd.spawn()
+            .with_context(|| format!("failed to start {cmd:?}"))?,
+    );
+    let (tx, rx) = mpsc::channel::<Line>();
+    let stdout = child.0.stdout.take().context("qemu has no stdout pipe")?;
+    let stderr = child.0.stderr.take().context("qemu has no stderr pipe")?;
+    spawn_reader(stdout, Stream::Kernel, tx.clone());
+    spawn_reader(stderr, Stream::Qemu, tx.clone());
+    let accepted = accept_results(&listener, &mut child.0, tx);
+    let _ = fs::remove_file(&socket);
+    accepted.with_context(|| format!("failed to accept on {}", socket.display()))?;
+
+    let mut deliver = |line: Line, log: &mut Log| {
+        let (at, stream, text) = line;
+        let t = log.write(at, stream, &text);
+        if config.echo {
+            eprintln!("[{} {}] {text}", config.label, stream.tag().trim_end());
+        }
+        on_line(t, stream, &text)
+    };
+    let mut deadline = log.started + config.timeout;
+    let mut finished = false;
+    let end = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                if deliver(line, &mut log) == Next::Finished && !finished {
+                    finished = true;
+                    deadline = deadline.min(Instant::now() + POWEROFF_GRACE);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.0.kill();
+                // The readers see EOF once qemu is gone; keep what is in flight.
+                let drain_until = Instant::now() + Duration::from_secs(5);
+                while let Ok(line) =
+                    rx.recv_timeout(drain_until.saturating_duration_since(Instant::now()))
+                {
+                    deliver(line, &mut log);
+                }
+                break Some(if finished {
+                    VmEnd::KilledAfterFinish
+                } else {
+                    VmEnd::TimedOut
+                });
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+        }
+    };
+    let status = child.0.wait().context("failed to wait for qemu")?;
+    let end = end.unwrap_or(VmEnd::Exited(status));
+    log.note(&match &end {
+        VmEnd::Exited(status) => format!("qemu exited: {status}"),
+        VmEnd::TimedOut => format!(
+            "killed qemu after the time limit of {} s",
+            config.timeout.as_secs()
+        ),
+        VmEnd::KilledAfterFinish => {
+            "killed qemu: the suite finished but the VM did not power off".to_owned()
+        }
+    });
+    log.out
+        .flush()
+        .with_context(|| format!("failed to write {}", config.log.display()))?;
+    Ok(end)
+}
+
+fn command(config: &VmConfig<'_>, socket: &Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     // cx16=off: qemu 7.2's TCG corrupts EFLAGS in `cmpxchg16b` (which SLUB
     // runs with a %gs prefix), and 6.12 then dies in about a third of the
@@ -114,116 +193,63 @@ pub fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let log_file = fs::File::create(config.log)
-        .with_context(|| format!("failed to create {}", config.log.display()))?;
-    let mut log = BufWriter::new(log_file);
-    writeln!(log, "# {cmd:?}")
-        .with_context(|| format!("failed to write {}", config.log.display()))?;
-    let started = Instant::now();
-    let mut child = KillOnDrop(
-        cmd.spawn()
-            .with_context(|| format!("failed to start {cmd:?}"))?,
-    );
+    cmd
+}
 
-    let (tx, rx) = mpsc::channel::<(Instant, Stream, String)>();
-    let stdout = child.0.stdout.take().context("qemu has no stdout pipe")?;
-    let stderr = child.0.stderr.take().context("qemu has no stderr pipe")?;
-    spawn_reader(stdout, Stream::Kernel, tx.clone());
-    spawn_reader(stderr, Stream::Qemu, tx.clone());
-    // qemu connects while it starts, before the guest runs.
+/// Waits for qemu to connect to the results socket (it does so while it
+/// starts, before the guest runs) and starts reading it. Gives up quietly if
+/// qemu exits first: its stderr says why.
+fn accept_results(listener: &UnixListener, qemu: &mut Child, tx: mpsc::Sender<Line>) -> Result<()> {
     listener
         .set_nonblocking(true)
         .context("failed to make the results socket non-blocking")?;
+    let started = Instant::now();
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
                 stream
                     .set_nonblocking(false)
                     .context("failed to make the results stream blocking")?;
-                spawn_reader(stream, Stream::Results, tx.clone());
-                break;
+                spawn_reader(stream, Stream::Results, tx);
+                return Ok(());
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if child.0.try_wait().ok().flatten().is_some()
-                    || started.elapsed() > Duration::from_secs(60)
+                if qemu.try_wait().ok().flatten().is_some()
+                    || started.elapsed() > Duration::from_mins(1)
                 {
-                    break;
+                    return Ok(());
                 }
                 thread::sleep(Duration::from_millis(5));
             }
-            Err(e) => {
-                return Err(e).with_context(|| format!("failed to accept on {}", socket.display()));
-            }
+            Err(e) => return Err(e.into()),
         }
     }
-    drop(tx);
-    let _ = fs::remove_file(&socket);
-
-    let mut deadline = started + config.timeout;
-    let mut end = None;
-    let mut finished = false;
-    loop {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok((at, stream, line)) => {
-                let t = at.duration_since(started);
-                let _ = writeln!(log, "{:9.3} {}{line}", t.as_secs_f64(), stream.tag());
-                if config.echo {
-                    eprintln!("[{} {}] {line}", config.label, stream.tag().trim_end());
-                }
-                if on_line(t, stream, &line) == Next::Finished && !finished {
-                    finished = true;
-                    deadline = deadline.min(Instant::now() + POWEROFF_GRACE);
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                end = Some(if finished {
-                    VmEnd::KilledAfterFinish
-                } else {
-                    VmEnd::TimedOut
-                });
-                let _ = child.0.kill();
-                // The readers see EOF once qemu is gone; keep what is in flight.
-                deadline = Instant::now() + Duration::from_secs(5);
-                while let Ok((at, stream, line)) =
-                    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                {
-                    let _ = writeln!(
-                        log,
-                        "{:9.3} {}{line}",
-                        at.duration_since(started).as_secs_f64(),
-                        stream.tag()
-                    );
-                    on_line(at.duration_since(started), stream, &line);
-                }
-                break;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    let status = child.0.wait().context("failed to wait for qemu")?;
-    let end = end.unwrap_or(VmEnd::Exited(status));
-    let note = match &end {
-        VmEnd::Exited(status) => format!("qemu exited: {status}"),
-        VmEnd::TimedOut => format!(
-            "killed qemu after the time limit of {} s",
-            config.timeout.as_secs()
-        ),
-        VmEnd::KilledAfterFinish => {
-            "killed qemu: the suite finished but the VM did not power off".to_owned()
-        }
-    };
-    let _ = writeln!(log, "{:9.3} # {note}", started.elapsed().as_secs_f64());
-    log.flush()
-        .with_context(|| format!("failed to write {}", config.log.display()))?;
-    Ok(end)
 }
 
-fn spawn_reader(
-    source: impl Read + Send + 'static,
-    stream: Stream,
-    tx: mpsc::Sender<(Instant, Stream, String)>,
-) {
+/// The console log: every line with its time and source.
+struct Log {
+    out: BufWriter<fs::File>,
+    started: Instant,
+}
+
+impl Log {
+    /// Writes a line; returns its time since the start.
+    fn write(&mut self, at: Instant, stream: Stream, text: &str) -> Duration {
+        let t = at.duration_since(self.started);
+        let _ = writeln!(self.out, "{:9.3} {}{text}", t.as_secs_f64(), stream.tag());
+        t
+    }
+
+    fn note(&mut self, text: &str) {
+        let _ = writeln!(
+            self.out,
+            "{:9.3} # {text}",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn spawn_reader(source: impl Read + Send + 'static, stream: Stream, tx: mpsc::Sender<Line>) {
     thread::spawn(move || {
         let mut reader = BufReader::new(source);
         let mut buf = Vec::new();

@@ -310,17 +310,17 @@ impl Collector {
                     parts.next().unwrap_or_default().to_owned(),
                 );
                 let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
-                if let Some(running) = self.running.take() {
-                    if self.index.get(&key) == Some(&running.index) {
-                        let test = &mut self.tests[running.index];
-                        test.duration = Some(at.saturating_sub(running.started));
-                        test.output = running.output;
-                        self.ended = Some(Ended {
-                            index: running.index,
-                            status,
-                            reports: Vec::new(),
-                        });
-                    }
+                if let Some(running) = self.running.take()
+                    && self.index.get(&key) == Some(&running.index)
+                {
+                    let test = &mut self.tests[running.index];
+                    test.duration = Some(at.saturating_sub(running.started));
+                    test.output = running.output;
+                    self.ended = Some(Ended {
+                        index: running.index,
+                        status,
+                        reports: Vec::new(),
+                    });
                 }
             }
             "REPORT" => {
@@ -551,8 +551,8 @@ pub fn describe(report: &SuiteReport) -> String {
     );
     let _ = write!(
         s,
-        "\n      initramfs {:.0} MiB in {:.1} s",
-        report.initramfs_bytes as f64 / f64::from(1 << 20),
+        "\n      initramfs {} MiB in {:.1} s",
+        report.initramfs_bytes.div_ceil(1 << 20),
         report.initramfs_time.as_secs_f64()
     );
     if let Some(boot) = report.boot_time {
@@ -576,12 +576,28 @@ pub fn describe(report: &SuiteReport) -> String {
 /// Prints the kernel x test table, the details of what did not pass, and a
 /// summary line; returns the counts.
 pub fn print_reports(reports: &[SuiteReport]) -> Totals {
-    let mut totals = Totals::default();
     println!();
     for report in reports {
         println!("vm {}", describe(report));
     }
-    // Rows in first-seen order, one column per kernel.
+    let totals = print_table(reports);
+    print_details(reports);
+    println!();
+    if totals.ignored > 0 {
+        println!("vm: {} ignored test(s) counted as skipped", totals.ignored);
+    }
+    println!(
+        "vm: {} passed, {} failed, {} skipped",
+        totals.passed,
+        totals.failed,
+        totals.skipped + totals.ignored
+    );
+    totals
+}
+
+/// One row per test (in first-seen order), one column per kernel.
+fn print_table(reports: &[SuiteReport]) -> Totals {
+    let mut totals = Totals::default();
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut cells: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
     for (column, report) in reports.iter().enumerate() {
@@ -616,8 +632,12 @@ pub fn print_reports(reports: &[SuiteReport]) -> Totals {
         }
         println!("{}", line.trim_end());
     }
+    totals
+}
 
-    // Details: skips grouped across kernels, then failures one by one.
+/// Skip reasons grouped across kernels, then each failure with its output,
+/// then what went wrong with the VMs themselves.
+fn print_details(reports: &[SuiteReport]) {
     let mut skips: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
     for report in reports {
         for test in &report.tests {
@@ -636,7 +656,7 @@ pub fn print_reports(reports: &[SuiteReport]) -> Totals {
         }
     }
     for report in reports {
-        for test in report.tests.iter().filter(|t| t.outcome.is_failure()) {
+        for test in &report.tests {
             let (Outcome::Failed(why) | Outcome::NotRun(why)) = &test.outcome else {
                 continue;
             };
@@ -675,17 +695,6 @@ pub fn print_reports(reports: &[SuiteReport]) -> Totals {
             );
         }
     }
-    println!();
-    if totals.ignored > 0 {
-        println!("vm: {} ignored test(s) counted as skipped", totals.ignored);
-    }
-    println!(
-        "vm: {} passed, {} failed, {} skipped",
-        totals.passed,
-        totals.failed,
-        totals.skipped + totals.ignored
-    );
-    totals
 }
 
 #[cfg(test)]
@@ -696,7 +705,7 @@ mod tests {
         text.lines().map(str::to_owned).collect()
     }
 
-    const LIMIT: Duration = Duration::from_secs(600);
+    const LIMIT: Duration = Duration::from_mins(10);
 
     #[test]
     fn outcomes_from_status_and_output() {

@@ -71,8 +71,8 @@ impl Suite {
                 .map(str::to_owned)
                 .to_vec(),
             tools: ["ip", "tc", "bpftool"].map(str::to_owned).to_vec(),
-            vm_timeout: Duration::from_secs(20 * 60),
-            test_timeout: Duration::from_secs(10 * 60),
+            vm_timeout: Duration::from_mins(20),
+            test_timeout: Duration::from_mins(10),
         }
     }
 }
@@ -194,6 +194,9 @@ struct CargoTarget {
     kind: Vec<String>,
 }
 
+/// (target name, executable) of each test binary.
+type Executables = Vec<(String, PathBuf)>;
+
 /// `cargo test --no-run --message-format=json`: (target name, executable) of
 /// the selected test targets, and the agent binary (cargo builds a package's
 /// binaries for its integration tests).
@@ -202,7 +205,7 @@ fn cargo_build(
     targets: &Targets,
     agent: Option<&str>,
     manifest_path: Option<&Path>,
-) -> Result<(Vec<(String, PathBuf)>, Option<PathBuf>)> {
+) -> Result<(Executables, Option<PathBuf>)> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root())
