@@ -44,8 +44,12 @@ struct RunArgs {
     /// Read Services and EndpointSlices from this file (YAML or JSON, as
     /// `kubectl get services,endpointslices -A -o yaml` prints them) and
     /// follow its changes.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "kubeconfig")]
     services_file: Option<PathBuf>,
+    /// Without --services-file, watch the Kubernetes API with this
+    /// kubeconfig [default: $KUBECONFIG, ~/.kube/config, or in-cluster].
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
     /// cgroup2 directory to attach to [default: the root of the cgroup2 mount].
     #[arg(long, value_name = "PATH")]
     cgroup: Option<PathBuf>,
@@ -123,6 +127,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Run(a) => {
             let cfg = RunConfig {
                 services_file: a.services_file,
+                kubeconfig: a.kubeconfig,
                 cgroup: a.cgroup,
                 bpffs: a.bpffs,
                 algorithm: a.algorithm,

@@ -22,7 +22,11 @@ use crate::{
     dataplane::Dataplane as _,
     metrics::{self, Metrics},
     model::Algorithm,
-    source::{Update, file::FileSource},
+    source::{
+        Update,
+        file::FileSource,
+        kube::{self as kube_source, Connection, KubeSource},
+    },
     sync::Syncer,
     system,
     translate::{NodeContext, Options},
@@ -31,7 +35,9 @@ use crate::{
 /// Everything `run` needs, from the command line.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
+    /// Read objects from this file; without it, from the Kubernetes API.
     pub services_file: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
     pub cgroup: Option<PathBuf>,
     pub bpffs: PathBuf,
     pub algorithm: Algorithm,
@@ -108,11 +114,29 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                 options,
             };
             let m = Arc::clone(&metrics);
-            tokio::spawn(async move { source.run(tx, m).await })
+            tokio::spawn(async move { source.run(tx, m).await.map_err(anyhow::Error::from) })
         }
-        None => anyhow::bail!(
-            "no source: pass --services-file PATH (the Kubernetes API source is not available in this build)"
-        ),
+        None => {
+            let client = kube_source::client(&Connection {
+                kubeconfig: cfg.kubeconfig.clone(),
+            })
+            .await?;
+            if cfg.node_name.is_none() {
+                tracing::warn!(
+                    "no --node-name (or NODE_NAME): internalTrafficPolicy: Local services refuse connections and topology hints are ignored"
+                );
+            }
+            let source = KubeSource {
+                client,
+                node_name: cfg.node_name.clone(),
+                options,
+            };
+            let m = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                source.run(tx, m).await;
+                Ok(())
+            })
+        }
     };
 
     let mut syncer = Syncer::new(dataplane);
@@ -136,7 +160,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     }
     if source.is_finished() {
         match source.await {
-            Ok(Err(e)) => return Err(e.into()),
+            Ok(Err(e)) => return Err(e),
             Err(e) => return Err(e.into()),
             Ok(Ok(())) => {}
         }

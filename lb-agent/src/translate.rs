@@ -359,7 +359,9 @@ impl<'a> SliceIndex<'a> {
                     continue;
                 }
             };
-            states[index] = Some(SliceState::Pending(family));
+            if let Some(state) = states.last_mut() {
+                *state = Some(SliceState::Pending(family));
+            }
             by_service
                 .entry((namespace, service))
                 .or_default()

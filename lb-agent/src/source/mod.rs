@@ -3,6 +3,7 @@
 //! whole desired states; the sync loop does the rest.
 
 pub mod file;
+pub mod kube;
 
 use std::{sync::Arc, time::Instant};
 

@@ -50,21 +50,51 @@ pub fn annotate(mut svc: Value, key: &str, value: &str) -> Value {
     svc
 }
 
-/// An endpoint: address and conditions.
+/// An endpoint: address, conditions, node and zone hints.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub ip: String,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    pub node: String,
+    pub hint_zones: Vec<String>,
 }
 
 pub fn ready(ip: impl ToString) -> Endpoint {
-    Endpoint { ip: ip.to_string(), ready: true, serving: true, terminating: false }
+    Endpoint {
+        ip: ip.to_string(),
+        ready: true,
+        serving: true,
+        terminating: false,
+        node: "node-1".to_owned(),
+        hint_zones: Vec::new(),
+    }
 }
 
 pub fn terminating(ip: impl ToString) -> Endpoint {
-    Endpoint { ip: ip.to_string(), ready: false, serving: true, terminating: true }
+    Endpoint { ready: false, terminating: true, ..ready(ip) }
+}
+
+impl Endpoint {
+    /// On node `node` (default `node-1`).
+    #[must_use]
+    pub fn on(mut self, node: &str) -> Self {
+        node.clone_into(&mut self.node);
+        self
+    }
+
+    /// With a `hints.forZones` entry for `zone`.
+    #[must_use]
+    pub fn hinted(mut self, zone: &str) -> Self {
+        self.hint_zones.push(zone.to_owned());
+        self
+    }
+}
+
+/// A JSON object as a typed Kubernetes object.
+pub fn typed<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("a valid object")
 }
 
 /// An EndpointSlice for `service` with `ports` = (name, port, protocol).
@@ -79,11 +109,17 @@ pub fn slice(service: &str, name: &str, endpoints: &[Endpoint], ports: &[(&str, 
             "labels": { "kubernetes.io/service-name": service },
         },
         "addressType": family,
-        "endpoints": endpoints.iter().map(|e| json!({
-            "addresses": [e.ip],
-            "conditions": { "ready": e.ready, "serving": e.serving, "terminating": e.terminating },
-            "nodeName": "node-1",
-        })).collect::<Vec<_>>(),
+        "endpoints": endpoints.iter().map(|e| {
+            let mut ep = json!({
+                "addresses": [e.ip],
+                "conditions": { "ready": e.ready, "serving": e.serving, "terminating": e.terminating },
+                "nodeName": e.node,
+            });
+            if !e.hint_zones.is_empty() {
+                ep["hints"] = json!({ "forZones": e.hint_zones.iter().map(|z| json!({ "name": z })).collect::<Vec<_>>() });
+            }
+            ep
+        }).collect::<Vec<_>>(),
         "ports": ports.iter().map(|(n, p, proto)| json!({ "name": n, "port": p, "protocol": proto })).collect::<Vec<_>>(),
     })
 }
