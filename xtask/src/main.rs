@@ -7,6 +7,7 @@
 //! - `vm`: the end-to-end suite in qemu VMs across kernels;
 //! - `bench`: latency, throughput and programming time against kube-proxy's modes.
 
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -37,6 +38,8 @@ enum Task {
     Test(test::Args),
     /// Run the end-to-end suite in qemu VMs on other kernels.
     Vm(vm::Args),
+    /// Latency, throughput and programming time against kube-proxy's modes (needs root).
+    Bench(bench::Args),
     /// Helpers the demo runs inside its namespaces.
     #[command(subcommand, hide = true)]
     DemoHelper(demo::Helper),
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Task::Demo(args) => demo::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Vm(args) => vm::run(&args),
+        Task::Bench(args) => bench::run(&args),
         Task::DemoHelper(helper) => demo::helper(&helper),
     };
     match result {
