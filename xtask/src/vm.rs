@@ -284,6 +284,12 @@ fn base_initramfs(suite: &Suite, built: &Built) -> Result<Initramfs> {
     let busybox = which::which("busybox")
         .context("busybox (Debian package busybox-static) is the VM's shell")?;
     ir.busybox(&busybox)?;
+    // Nodes have a CA bundle, and the agent's Kubernetes client (rustls with
+    // the system's roots) fails to start without one, even for plain HTTP.
+    let ca_bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if ca_bundle.exists() {
+        ir.host_file("/etc/ssl/certs/ca-certificates.crt", ca_bundle, 0o644)?;
+    }
     ir.bytes(
         "etc/hosts",
         "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",

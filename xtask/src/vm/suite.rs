@@ -67,7 +67,9 @@ impl Suite {
                 agent: Some("lb-agent".to_owned()),
                 manifest_path: None,
             },
-            modules: ["veth", "cls_bpf", "sch_ingress", "ipv6"]
+            // veth and bridge: the tests' pods and node; cls_bpf and
+            // sch_ingress (clsact): tc programs; ipv6: reported (built in).
+            modules: ["veth", "bridge", "cls_bpf", "sch_ingress", "ipv6"]
                 .map(str::to_owned)
                 .to_vec(),
             tools: ["ip", "tc", "bpftool"].map(str::to_owned).to_vec(),
