@@ -15,7 +15,8 @@ use crate::util::{cmd_output, run_cmd};
 
 /// Debian packages the tasks use: bpftool (inspection, tests), iproute2
 /// (namespaces, veth, tc), iptables/nftables (the kube-proxy peers in the
-/// benchmarks), qemu/busybox/cpio (VM tests).
+/// benchmarks), qemu/busybox/cpio/kmod/xz-utils/ca-certificates (VM tests:
+/// depmod, 6.12's xz modules, the CA bundle the agent's client loads).
 pub const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
@@ -25,6 +26,8 @@ pub const PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "kmod",
+    "xz-utils",
+    "ca-certificates",
 ];
 
 /// The bpf-linker release that matches the nightly toolchain's LLVM (22).

@@ -30,7 +30,7 @@ use self::{guest::Marker, initramfs::Initramfs, suite::Built};
 pub use self::{
     kernel::{Kernel, Mirrors},
     report::{SuiteReport, print_reports},
-    suite::{Suite, Targets, TestSource},
+    suite::{Suite, TestSource},
 };
 use crate::{setup, util::workspace_root};
 
@@ -143,21 +143,18 @@ pub fn run(args: &Args) -> Result<()> {
         k
     };
     let mut suite = Suite::lb_agent();
+    if !test_targets.is_empty() {
+        suite = suite.with_targets(test_targets);
+    }
     suite.vm_timeout = Duration::from_secs(*timeout);
     suite.test_timeout = Duration::from_secs(*test_timeout);
-    if test_binaries.is_empty() {
-        if let TestSource::Cargo {
-            targets,
-            manifest_path: m,
-            ..
-        } = &mut suite.tests
-        {
-            if !test_targets.is_empty() {
-                *targets = Targets::Names(test_targets.clone());
-            }
-            m.clone_from(manifest_path);
-        }
-    } else {
+    if let TestSource::Cargo {
+        manifest_path: m, ..
+    } = &mut suite.tests
+    {
+        m.clone_from(manifest_path);
+    }
+    if !test_binaries.is_empty() {
         suite.tests = TestSource::Binaries {
             tests: test_binaries.clone(),
             agent: agent_binary.clone(),

@@ -340,7 +340,12 @@ fn decompress_xz(from: &Path, to: &Path) -> Result<()> {
         from.display(),
         String::from_utf8_lossy(&out.stderr).trim()
     );
-    fs::write(to, out.stdout).with_context(|| format!("failed to write {}", to.display()))
+    // Another run may be reading the cache: write aside, then rename.
+    let partial = to.with_extension(format!("partial-{}", std::process::id()));
+    fs::write(&partial, out.stdout)
+        .with_context(|| format!("failed to write {}", partial.display()))?;
+    fs::rename(&partial, to)
+        .with_context(|| format!("failed to rename {} to {}", partial.display(), to.display()))
 }
 
 /// The libraries and loader `ldd` lists for a binary (none if it is static).

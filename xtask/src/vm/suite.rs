@@ -79,6 +79,18 @@ impl Suite {
     }
 }
 
+impl Suite {
+    /// The same suite with exactly these integration-test targets (for
+    /// `TestSource::Cargo`; others are returned unchanged).
+    #[must_use]
+    pub fn with_targets(mut self, names: &[String]) -> Self {
+        if let TestSource::Cargo { targets, .. } = &mut self.tests {
+            *targets = Targets::Names(names.to_vec());
+        }
+        self
+    }
+}
+
 /// A test binary with the tests the filter selected.
 pub struct TestBinary {
     /// The cargo target name (file name without the hash for prebuilt ones).
