@@ -17,7 +17,7 @@
 //! file with any problem, the Kubernetes API source logs them as warnings.
 
 use std::{
-    collections::{HashMap, HashSet, hash_map},
+    collections::{HashMap, HashSet},
     fmt,
     net::{IpAddr, SocketAddr},
 };
@@ -25,7 +25,7 @@ use std::{
 use k8s_openapi::{
     api::{
         core::v1::{Service, ServicePort, ServiceSpec},
-        discovery::v1::EndpointSlice,
+        discovery::v1::{EndpointSlice, ForNode, ForZone},
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
@@ -170,13 +170,29 @@ pub fn translate<'a>(
 struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn push(&mut self, object: &ObjectRef, field: impl Into<String>, message: impl Into<String>) {
+    fn push(&mut self, object: &Obj<'_>, field: impl Into<String>, message: impl Into<String>) {
+        self.push_ref(ObjectRef::new(object.kind, object.metadata), field, message);
+    }
+
+    fn push_ref(
+        &mut self,
+        object: ObjectRef,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.0.push(Problem {
-            object: object.clone(),
+            object,
             field: field.into(),
             message: message.into(),
         });
     }
+}
+
+/// The object being translated, named (allocated) only for a problem.
+#[derive(Clone, Copy)]
+struct Obj<'a> {
+    kind: &'static str,
+    metadata: &'a ObjectMeta,
 }
 
 // ---------------------------------------------------------------------------
@@ -279,8 +295,20 @@ struct Endpoint<'a> {
     /// `conditions.terminating`, nil meaning false.
     terminating: bool,
     node_name: Option<&'a str>,
-    zone_hints: Vec<&'a str>,
-    node_hints: Vec<&'a str>,
+    /// `hints.forZones`, empty without hints.
+    zone_hints: &'a [ForZone],
+    /// `hints.forNodes`, empty without hints.
+    node_hints: &'a [ForNode],
+}
+
+impl Endpoint<'_> {
+    fn hinted_for_zone(&self, zone: &str) -> bool {
+        self.zone_hints.iter().any(|hint| hint.name == zone)
+    }
+
+    fn hinted_for_node(&self, node_name: &str) -> bool {
+        self.node_hints.iter().any(|hint| hint.name == node_name)
+    }
 }
 
 struct PreparedSlice<'a> {
@@ -314,7 +342,10 @@ impl<'a> SliceIndex<'a> {
             if !wanted(metadata, opts) {
                 continue;
             }
-            let object = ObjectRef::new("EndpointSlice", metadata);
+            let object = Obj {
+                kind: "EndpointSlice",
+                metadata,
+            };
             let (Some(namespace), Some(name)) = (
                 non_empty(metadata.namespace.as_deref()),
                 non_empty(metadata.name.as_deref()),
@@ -412,7 +443,10 @@ fn prepare_slice<'a>(
     family: Family,
     problems: &mut Problems,
 ) -> PreparedSlice<'a> {
-    let object = ObjectRef::new("EndpointSlice", &slice.metadata);
+    let object = Obj {
+        kind: "EndpointSlice",
+        metadata: &slice.metadata,
+    };
     let mut ports = Vec::new();
     for (i, port) in slice.ports.iter().flatten().enumerate() {
         // kube-proxy ignores (and logs) ports without a name or number.
@@ -482,17 +516,11 @@ fn prepare_slice<'a>(
             terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
             node_name: endpoint.node_name.as_deref(),
             zone_hints: hints
-                .and_then(|h| h.for_zones.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|z| z.name.as_str())
-                .collect(),
+                .and_then(|h| h.for_zones.as_deref())
+                .unwrap_or_default(),
             node_hints: hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|n| n.name.as_str())
-                .collect(),
+                .and_then(|h| h.for_nodes.as_deref())
+                .unwrap_or_default(),
         });
     }
     PreparedSlice {
@@ -539,7 +567,10 @@ fn translate_service<'a>(
     problems: &mut Problems,
 ) {
     let metadata = &service.metadata;
-    let object = ObjectRef::new("Service", metadata);
+    let object = Obj {
+        kind: "Service",
+        metadata,
+    };
     let (Some(namespace), Some(name)) = (
         non_empty(metadata.namespace.as_deref()),
         non_empty(metadata.name.as_deref()),
@@ -584,12 +615,12 @@ fn translate_service<'a>(
         return;
     };
     let ports = ports(spec, &object, problems);
-    if cluster_ips.is_empty() || ports.is_empty() {
+    if cluster_ips.iter().all(Option::is_none) || ports.is_empty() {
         return;
     }
     let slices = index.for_service(namespace, name, problems);
     for port in &ports {
-        for &cluster_ip in &cluster_ips {
+        for &cluster_ip in cluster_ips.iter().flatten() {
             let family = Family::of(cluster_ip);
             let endpoints = endpoints_for(&slices, family, port);
             let backends = usable_backends(&endpoints, settings.local, node, PREFER_SAME_NODE);
@@ -613,45 +644,49 @@ fn translate_service<'a>(
     }
 }
 
-/// The `ClusterIPs`, one per family: `spec.clusterIPs`, or `spec.clusterIP`
-/// without it. `None` when the Service is headless or has no `ClusterIP`.
+/// The `ClusterIP`s, at most one per family (IPv4, IPv6): `spec.clusterIPs`,
+/// or `spec.clusterIP` without it. `None` when the Service is headless or
+/// has no `ClusterIP`.
 fn cluster_ips(
     spec: &ServiceSpec,
-    object: &ObjectRef,
+    object: &Obj<'_>,
     problems: &mut Problems,
-) -> Option<Vec<IpAddr>> {
-    let (field, ips): (&str, Vec<&str>) = match spec.cluster_ips.as_deref() {
-        Some(ips) if !ips.is_empty() => {
-            ("spec.clusterIPs", ips.iter().map(String::as_str).collect())
-        }
-        _ => (
-            "spec.clusterIP",
-            spec.cluster_ip.as_deref().into_iter().collect(),
-        ),
+) -> Option<[Option<IpAddr>; 2]> {
+    let (list, ips) = match (spec.cluster_ips.as_deref(), spec.cluster_ip.as_ref()) {
+        (Some(ips), _) if !ips.is_empty() => (true, ips),
+        (_, Some(ip)) => (false, std::slice::from_ref(ip)),
+        _ => return None,
     };
-    match ips.first() {
-        None | Some(&("" | "None")) => return None,
+    match ips.first().map(String::as_str) {
+        None | Some("" | "None") => return None,
         Some(_) => {}
     }
-    let mut out: Vec<IpAddr> = Vec::with_capacity(ips.len());
+    let mut out = [None, None];
     for (i, text) in ips.iter().enumerate() {
-        let field = if field == "spec.clusterIPs" {
-            format!("{field}[{i}]")
-        } else {
-            field.to_owned()
+        let field = || {
+            if list {
+                format!("spec.clusterIPs[{i}]")
+            } else {
+                "spec.clusterIP".to_owned()
+            }
         };
-        match text.parse::<IpAddr>() {
-            Ok(ip) if out.iter().any(|&other| Family::of(other) == Family::of(ip)) => problems
-                .push(
-                    object,
-                    field,
-                    format!(
-                        "a second {} ClusterIP ({ip}): a Service has at most one per family",
-                        Family::of(ip).name()
-                    ),
-                ),
-            Ok(ip) => out.push(ip),
-            Err(_) => problems.push(object, field, format!("{text:?} is not an IP address")),
+        let Ok(ip) = text.parse::<IpAddr>() else {
+            problems.push(object, field(), format!("{text:?} is not an IP address"));
+            continue;
+        };
+        let [v4, v6] = &mut out;
+        let slot = match Family::of(ip) {
+            Family::V4 => v4,
+            Family::V6 => v6,
+        };
+        if slot.is_some() {
+            let message = format!(
+                "a second {} ClusterIP ({ip}): a Service has at most one per family",
+                Family::of(ip).name()
+            );
+            problems.push(object, field(), message);
+        } else {
+            *slot = Some(ip);
         }
     }
     Some(out)
@@ -660,7 +695,7 @@ fn cluster_ips(
 fn settings(
     metadata: &ObjectMeta,
     spec: &ServiceSpec,
-    object: &ObjectRef,
+    object: &Obj<'_>,
     opts: &Options,
     problems: &mut Problems,
 ) -> Option<Settings> {
@@ -735,7 +770,7 @@ fn settings(
 }
 
 /// The valid ports; each invalid one is a problem and skipped.
-fn ports<'a>(spec: &'a ServiceSpec, object: &ObjectRef, problems: &mut Problems) -> Vec<Port<'a>> {
+fn ports<'a>(spec: &'a ServiceSpec, object: &Obj<'_>, problems: &mut Problems) -> Vec<Port<'a>> {
     let mut out: Vec<Port<'a>> = Vec::new();
     for (index, port) in spec.ports.iter().flatten().enumerate() {
         let ServicePort {
@@ -802,17 +837,17 @@ fn check_target_port(target: Option<&IntOrString>) -> Result<(), String> {
     }
 }
 
-/// The endpoints of a service port in one family, deduplicated by address
-/// and port across slices (`EndpointSliceCache.addEndpoints`): a later
-/// endpoint replaces an earlier one unless it is terminating, so a running
-/// pod wins over a terminating one that had the same IP.
+/// The endpoints of a service port in one family, sorted and
+/// deduplicated by address and port across slices
+/// (`EndpointSliceCache.addEndpoints`): of the copies of an address, in input
+/// order, a later one replaces an earlier one unless it is terminating, so a
+/// running pod wins over a terminating one that had the same IP.
 fn endpoints_for<'s, 'a>(
     slices: &[&'s PreparedSlice<'a>],
     family: Family,
     port: &Port<'_>,
 ) -> Vec<(SocketAddr, &'s Endpoint<'a>)> {
     let mut out: Vec<(SocketAddr, &Endpoint<'a>)> = Vec::new();
-    let mut positions: HashMap<SocketAddr, usize> = HashMap::new();
     for slice in slices.iter().filter(|slice| slice.family == family) {
         // Joined by port name and protocol (kube-proxy's ServicePortName).
         for slice_port in slice
@@ -820,24 +855,25 @@ fn endpoints_for<'s, 'a>(
             .iter()
             .filter(|p| p.name == port.name && p.protocol == port.protocol)
         {
-            for endpoint in &slice.endpoints {
-                let address = SocketAddr::new(endpoint.ip, slice_port.port);
-                match positions.entry(address) {
-                    hash_map::Entry::Vacant(vacant) => {
-                        vacant.insert(out.len());
-                        out.push((address, endpoint));
-                    }
-                    hash_map::Entry::Occupied(occupied) => {
-                        if !endpoint.terminating
-                            && let Some(slot) = out.get_mut(*occupied.get())
-                        {
-                            slot.1 = endpoint;
-                        }
-                    }
-                }
-            }
+            out.extend(
+                slice
+                    .endpoints
+                    .iter()
+                    .map(|endpoint| (SocketAddr::new(endpoint.ip, slice_port.port), endpoint)),
+            );
         }
     }
+    // A stable sort keeps the input order among copies of an address.
+    out.sort_by_key(|(address, _)| *address);
+    out.dedup_by(|(address, later), (kept_address, kept)| {
+        if address != kept_address {
+            return false;
+        }
+        if !later.terminating {
+            *kept = *later;
+        }
+        true
+    });
     out
 }
 
@@ -868,12 +904,12 @@ fn topology(
         any_ready = true;
         if endpoint.node_hints.is_empty() {
             all_node_hints = false;
-        } else if endpoint.node_hints.contains(&node_name) {
+        } else if endpoint.hinted_for_node(node_name) {
             for_node = true;
         }
         if endpoint.zone_hints.is_empty() {
             all_zone_hints = false;
-        } else if endpoint.zone_hints.contains(&zone) {
+        } else if endpoint.hinted_for_zone(zone) {
             for_zone = true;
         }
     }
@@ -923,8 +959,8 @@ fn usable_backends(
         let zone = node.zone.as_deref().unwrap_or_default();
         let allowed = |e: &Endpoint<'_>| match mode {
             Topology::All => true,
-            Topology::SameNode => e.node_hints.contains(&node_name),
-            Topology::SameZone => e.zone_hints.contains(&zone),
+            Topology::SameNode => e.hinted_for_node(node_name),
+            Topology::SameZone => e.hinted_for_zone(zone),
         };
         let ready = pick(&|e| e.ready && allowed(e));
         // No ready endpoint anywhere (the topology would have been ignored
@@ -966,8 +1002,8 @@ fn insert(
             namespace: loser.namespace.clone(),
             name: loser.name.clone(),
         };
-        problems.push(
-            &object,
+        problems.push_ref(
+            object,
             format!("spec.ports[{loser_index}]"),
             format!("{frontend} is also a frontend of {winner}, which keeps it"),
         );
