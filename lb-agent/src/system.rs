@@ -21,7 +21,7 @@ const BPF_FS_DEFAULT: &str = "/sys/fs/bpf";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "lb-agent needs CAP_BPF (or CAP_SYS_ADMIN), CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach eBPF programs; run it as root (sudo) or as the privileged DaemonSet in deploy/"
+        "lb-agent needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN to load and attach eBPF programs (and CAP_SYS_ADMIN to mount bpffs); run it as root (sudo) or as the DaemonSet in deploy/"
     )]
     NotPrivileged,
     #[error("no cgroup2 filesystem is mounted (checked /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup` or pass --cgroup PATH")]
@@ -67,10 +67,24 @@ pub fn check_privileges() -> Result<()> {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
     let has = |cap: u32| eff & (1 << cap) != 0;
-    if has(CAP_SYS_ADMIN) && has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
+    if has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
         Ok(())
     } else {
         Err(Error::NotPrivileged)
+    }
+}
+
+/// Lifts `RLIMIT_MEMLOCK`: before Linux 5.11, BPF maps are charged to it
+/// and the default (often 64 KiB or 8 MiB) is far too small for the maps.
+/// Later kernels charge the memory cgroup instead; failure is only logged.
+pub fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct for the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK");
     }
 }
 

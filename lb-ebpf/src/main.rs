@@ -74,12 +74,15 @@ static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { capacity::AFFINITY as 
 static AFFINITY_MEMBERS: HashMap<MemberKey, u32, { capacity::BACKENDS as usize }, NO_PREALLOC> =
     HashMap::new();
 
-/// Round-robin position per service id.
+/// Round-robin position per service id (mmapable: the agent zeroes a
+/// recycled id with a plain store).
 #[btf_map(name = "lb_rr")]
-static RR: Array<u64, { capacity::SERVICES as usize }> = Array::new();
+static RR: Array<u64, { capacity::SERVICES as usize }, MMAPABLE> = Array::new();
 
+/// Per-service counters (mmapable: the agent reads and zeroes them in place).
 #[btf_map(name = "lb_svc_stats")]
-static SERVICE_STATS: Array<ServiceStats, { capacity::SERVICES as usize }> = Array::new();
+static SERVICE_STATS: Array<ServiceStats, { capacity::SERVICES as usize }, MMAPABLE> =
+    Array::new();
 
 #[btf_map(name = "lb_stats")]
 static STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();

@@ -143,16 +143,15 @@ fn ensure_bpf_linker() -> Result<()> {
     }
     let sysroot = nightly_sysroot()?;
     let lib_dir = sysroot.join("lib");
+    // The real library is `libLLVM.so.<version>`; nightly also ships a
+    // `libLLVM-<n>-rust-*.so` that is a 43-byte linker script, not a library.
     let libllvm = fs::read_dir(&lib_dir)
         .with_context(|| format!("failed to read {}", lib_dir.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
-        })
-        .with_context(|| format!("no libLLVM shared library in {}", lib_dir.display()))?;
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
+        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
     let major = llvm_major(&sysroot)?;
 
     let prefix = cargo_home().join("lb-llvm-prefix");

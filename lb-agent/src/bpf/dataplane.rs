@@ -15,20 +15,22 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::{IpAddr, Ipv6Addr, SocketAddr},
     ops::Range,
+    os::fd::{AsFd as _, BorrowedFd},
 };
 
 use lb_common::{
     affinity::MemberKey,
     backend::Backend,
     map_names,
-    service::{BackendRange, FLAG_AFFINITY, ServiceKey, ServiceValue},
+    service::{BackendRange, FLAG_AFFINITY, ServiceKey, ServiceName, ServiceValue},
     stats::ServiceStats,
 };
 use range_alloc::RangeAllocator;
 
 use super::{
     Error,
-    maps::{Barrier, Maps, ServiceRecord, service_name},
+    maps::{self, Barrier, Maps, ServiceRecord, service_name},
+    sys,
 };
 use crate::{
     dataplane::{ApplyReport, Change, Dataplane, RejectReason, Rejected, Usage},
@@ -63,6 +65,9 @@ pub struct BpfDataplane {
     backends_used: u32,
     /// Released by this apply, recycled after the next barrier.
     retired: Retired,
+    /// Whether the kernel has batch map operations (5.6+); found out on
+    /// first use.
+    batch_ops: std::cell::Cell<bool>,
 }
 
 enum UpsertError {
@@ -102,6 +107,7 @@ impl BpfDataplane {
             ranges: RangeAllocator::new(0..backend_capacity),
             backends_used: 0,
             retired: Retired::default(),
+            batch_ops: std::cell::Cell::new(true),
         };
         let mut adopted = Adopted::default();
         let mut used_ranges: Vec<Range<u32>> = Vec::new();
@@ -236,22 +242,18 @@ impl BpfDataplane {
         }))
     }
 
-    fn upsert(
-        &mut self,
-        frontend: Frontend,
-        entry: &ServiceEntry,
-        report: &mut ApplyReport,
-    ) -> Result<(), UpsertError> {
+    /// Stages one upsert: allocates its id and range and writes what no
+    /// program can see yet (backends into a fresh range, zeroed counters
+    /// for a new id). Nothing is published.
+    fn stage(&mut self, frontend: Frontend, entry: &ServiceEntry) -> Result<Staged, UpsertError> {
         let previous = self.slots.get(&frontend).cloned();
-        let previous_entry = self.applied.get(&frontend).cloned();
-        let previous_entry = previous_entry.as_ref();
+        let previous_entry = self.applied.get(&frontend);
+        let backends_changed = previous_entry.is_none_or(|p| p.backends != entry.backends);
+        let renamed = previous_entry.is_none_or(|p| p.name != entry.name);
         let (id, new_id) = match &previous {
             Some(slot) => (slot.id, false),
             None => (self.allocate_id()?, true),
         };
-
-        // Step 1: a fresh range for changed backends.
-        let backends_changed = previous_entry.is_none_or(|p| p.backends != entry.backends);
         let range = match (&previous, backends_changed) {
             (Some(slot), false) => Ok(slot.range.clone()),
             _ => match self.write_new_range(&entry.backends) {
@@ -272,99 +274,159 @@ impl BpfDataplane {
                 return Err(UpsertError::Rejected(reason));
             }
         };
-        if backends_changed {
-            report.backends_written += entry.backends.len();
-        }
-
         if new_id {
-            self.maps
-                .service_stats
-                .set(id, ServiceStats::default(), 0)
-                .map_err(|source| Error::map("reset", map_names::SERVICE_STATS, source))?;
-            self.maps
-                .rr
-                .set(id, 0, 0)
-                .map_err(|source| Error::map("reset", map_names::RR_COUNTERS, source))?;
+            self.maps.rr.write(id, &[0]);
+            self.maps.service_stats.write(id, &[ServiceStats::default()]);
         }
-        if previous_entry.is_none_or(|p| p.name != entry.name) {
-            self.maps
-                .names
-                .insert(id, service_name(&entry.name.to_string()), 0)
-                .map_err(|source| Error::map("update", map_names::SERVICE_NAMES, source))?;
-        }
+        Ok(Staged {
+            frontend,
+            entry: entry.clone(),
+            slot: Slot { id, range },
+            previous,
+            new_id,
+            backends_changed,
+            renamed,
+        })
+    }
 
-        // Affinity members: add the new ones before publishing.
-        let old_members = members(id, previous_entry);
-        let new_members = members(id, Some(entry));
-        for m in new_members.difference(&old_members) {
-            self.maps
-                .members
-                .insert(m, 1, 0)
-                .map_err(|source| Error::map("update", map_names::AFFINITY_MEMBERS, source))?;
+    /// Undoes [`Self::stage`] for an upsert that was not published.
+    fn unstage(&mut self, staged: &Staged) {
+        if staged.backends_changed {
+            self.release_range(staged.slot.range.clone());
         }
+        if staged.new_id {
+            let _ = sys::delete_elem(maps::fd(&self.maps.names), &staged.slot.id);
+            self.ids.free(staged.slot.id);
+        }
+    }
 
-        // Step 2: publish with one map update.
-        let value = ServiceValue {
-            backends: BackendRange {
-                first: range.start,
-                count: range.len() as u32,
-            },
-            id,
-            algorithm: entry.algorithm.to_raw(),
-            flags: if entry.affinity_timeout_s.is_some() { FLAG_AFFINITY } else { 0 },
-            pad: [0; 2],
-            affinity_timeout_s: entry.affinity_timeout_s.unwrap_or(0),
-            pad2: [0; 4],
-        };
-        if let Err(source) = self.maps.services.insert(service_key(&frontend), value, 0) {
-            // Roll back what nobody can see yet.
-            if backends_changed {
-                self.release_range(range);
-            }
-            if new_id {
-                let _ = self.maps.names.remove(&id);
-                self.ids.free(id);
-            }
-            return Err(UpsertError::Fatal(Error::map("update", map_names::SERVICES, source)));
-        }
-
-        // Step 3 (for this service): stale members go now, so that once the
-        // barrier has passed no affinity entry can lead to a removed backend.
-        for m in old_members.difference(&new_members) {
-            let _ = self.maps.members.remove(m);
-        }
-        if backends_changed {
-            if let Some(slot) = &previous {
-                self.retired.ranges.push(slot.range.clone());
+    /// Records a published upsert.
+    fn commit(&mut self, staged: Staged, report: &mut ApplyReport) {
+        if staged.backends_changed {
+            report.backends_written += staged.entry.backends.len();
+            if let Some(previous) = staged.previous {
+                self.retired.ranges.push(previous.range);
             }
         }
-        self.slots.insert(frontend, Slot { id, range });
-        self.applied.insert(frontend, entry.clone());
+        report.upserted += 1;
+        self.slots.insert(staged.frontend, staged.slot);
+        self.applied.insert(staged.frontend, staged.entry);
+    }
+
+    /// Publishes the removals: the services go, their stale affinity
+    /// members too; ids and ranges are retired for after the barrier.
+    fn remove_all(&mut self, frontends: &[Frontend], report: &mut ApplyReport) -> Result<()> {
+        let mut keys = Vec::with_capacity(frontends.len());
+        let mut members_gone = Vec::new();
+        for frontend in frontends {
+            if let Some(slot) = self.slots.get(frontend) {
+                keys.push(service_key(frontend));
+                members_gone.extend(members(slot.id, self.applied.get(frontend)));
+            }
+        }
+        self.delete_many(maps::fd(&self.maps.services), &keys, map_names::SERVICES)?;
+        for frontend in frontends {
+            if let Some(slot) = self.slots.remove(frontend) {
+                self.applied.remove(frontend);
+                self.retired.ranges.push(slot.range);
+                self.retired.ids.push(slot.id);
+                report.removed += 1;
+            }
+        }
+        self.delete_many(maps::fd(&self.maps.members), &members_gone, map_names::AFFINITY_MEMBERS)
+    }
+
+    /// Writes many elements: batched where the kernel can (5.6+), one by
+    /// one otherwise.
+    fn update_many<K, V>(&self, fd: BorrowedFd<'_>, keys: &[K], values: &[V], map: &'static str) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if self.batch_ops.get() {
+            match sys::update_batch(fd, keys, values) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.unsupported() => self.batch_ops.set(false),
+                Err(e) => return Err(Error::Sys { op: "update", map, source: e.error }),
+            }
+        }
+        for (k, v) in keys.iter().zip(values) {
+            sys::update_elem(fd, k, v).map_err(|source| Error::Sys { op: "update", map, source })?;
+        }
         Ok(())
     }
 
-    fn remove(&mut self, frontend: Frontend) -> Result<bool> {
-        let Some(slot) = self.slots.remove(&frontend) else {
-            return Ok(false);
-        };
-        let entry = self.applied.remove(&frontend);
-        match self.maps.services.remove(&service_key(&frontend)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(source) => {
-                // Still programmed: keep tracking it.
-                self.slots.insert(frontend, slot);
-                if let Some(entry) = entry {
-                    self.applied.insert(frontend, entry);
-                }
-                return Err(Error::map("delete", map_names::SERVICES, source));
+    /// Deletes many keys (missing keys are fine): batched where possible.
+    fn delete_many<K>(&self, fd: BorrowedFd<'_>, keys: &[K], map: &'static str) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if self.batch_ops.get() {
+            match sys::delete_batch(fd, keys) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.unsupported() => self.batch_ops.set(false),
+                // A key already gone stops the batch: finish one by one.
+                Err(e) => return self.delete_each(fd, &keys[e.done..], map),
             }
         }
-        for m in members(slot.id, entry.as_ref()) {
-            let _ = self.maps.members.remove(&m);
+        self.delete_each(fd, keys, map)
+    }
+
+    fn delete_each<K>(&self, fd: BorrowedFd<'_>, keys: &[K], map: &'static str) -> Result<()> {
+        for k in keys {
+            sys::delete_elem(fd, k).map_err(|source| Error::Sys { op: "delete", map, source })?;
         }
-        self.retired.ranges.push(slot.range);
-        self.retired.ids.push(slot.id);
-        Ok(true)
+        Ok(())
+    }
+
+    /// Publishes staged services (step 2): one map update each, batched.
+    /// Returns the staged entries that could not be published.
+    fn publish(&mut self, staged: Vec<Staged>, report: &mut ApplyReport) -> Result<()> {
+        let keys: Vec<ServiceKey> = staged.iter().map(|s| service_key(&s.frontend)).collect();
+        let values: Vec<ServiceValue> = staged.iter().map(service_value).collect();
+        // An owned duplicate: `self` is mutated while it is in use.
+        let fd = maps::fd(&self.maps.services)
+            .try_clone_to_owned()
+            .map_err(|source| Error::Sys { op: "dup", map: map_names::SERVICES, source })?;
+        let fd = fd.as_fd();
+        let done = if self.batch_ops.get() {
+            match sys::update_batch(fd, &keys, &values) {
+                Ok(()) => keys.len(),
+                Err(e) if e.unsupported() => {
+                    self.batch_ops.set(false);
+                    0
+                }
+                Err(e) => e.done,
+            }
+        } else {
+            0
+        };
+        let mut failure = None;
+        for (i, staged) in staged.into_iter().enumerate() {
+            if i < done {
+                self.commit(staged, report);
+                continue;
+            }
+            if failure.is_some() {
+                self.unstage(&staged);
+                continue;
+            }
+            match sys::update_elem(fd, &keys[i], &values[i]) {
+                Ok(()) => self.commit(staged, report),
+                Err(e) if e.raw_os_error() == Some(libc::E2BIG) => {
+                    self.unstage(&staged);
+                    report.rejected.push(Rejected {
+                        frontend: staged.frontend,
+                        name: staged.entry.name.clone(),
+                        reason: RejectReason::ServicesFull { capacity: self.ids.capacity },
+                    });
+                }
+                Err(source) => {
+                    self.unstage(&staged);
+                    failure = Some(Error::Sys { op: "update", map: map_names::SERVICES, source });
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
     }
 
     /// Allocates a range and writes `backends` into it.
@@ -390,6 +452,95 @@ impl BpfDataplane {
             self.ranges.free_range(range);
         }
     }
+
+    fn apply_changes(&mut self, changes: &[Change<'_>], report: &mut ApplyReport) -> Result<()> {
+        let removals: Vec<Frontend> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Remove(f) => Some(*f),
+                Change::Upsert(..) => None,
+            })
+            .collect();
+        self.remove_all(&removals, report)?;
+
+        let mut staged = Vec::new();
+        for change in changes {
+            let Change::Upsert(frontend, entry) = *change else { continue };
+            match self.stage(frontend, entry) {
+                Ok(s) => staged.push(s),
+                Err(UpsertError::Rejected(reason)) => report.rejected.push(Rejected {
+                    frontend,
+                    name: entry.name.clone(),
+                    reason,
+                }),
+                Err(UpsertError::Fatal(e)) => {
+                    for s in &staged {
+                        self.unstage(s);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+
+        // Names and new affinity members go in before the services that use them.
+        let (name_ids, names): (Vec<u32>, Vec<ServiceName>) = staged
+            .iter()
+            .filter(|s| s.renamed)
+            .map(|s| (s.slot.id, service_name(&s.entry.name.to_string())))
+            .unzip();
+        let mut members_new = Vec::new();
+        let mut members_gone = Vec::new();
+        for s in &staged {
+            let old = members(s.slot.id, self.applied.get(&s.frontend));
+            let new = members(s.slot.id, Some(&s.entry));
+            members_new.extend(new.difference(&old).copied());
+            members_gone.extend(old.difference(&new).copied());
+        }
+        let ones = vec![1u32; members_new.len()];
+        let prepared = self
+            .update_many(maps::fd(&self.maps.names), &name_ids, &names, map_names::SERVICE_NAMES)
+            .and_then(|()| {
+                self.update_many(maps::fd(&self.maps.members), &members_new, &ones, map_names::AFFINITY_MEMBERS)
+            });
+        if let Err(e) = prepared {
+            for s in &staged {
+                self.unstage(s);
+            }
+            return Err(e);
+        }
+
+        self.publish(staged, report)?;
+
+        // Stale members go now, so that once the barrier has passed no
+        // affinity entry can lead to a removed backend.
+        self.delete_many(maps::fd(&self.maps.members), &members_gone, map_names::AFFINITY_MEMBERS)
+    }
+}
+
+/// An upsert between [`BpfDataplane::stage`] and publication.
+struct Staged {
+    frontend: Frontend,
+    entry: ServiceEntry,
+    slot: Slot,
+    previous: Option<Slot>,
+    new_id: bool,
+    backends_changed: bool,
+    renamed: bool,
+}
+
+fn service_value(s: &Staged) -> ServiceValue {
+    ServiceValue {
+        backends: BackendRange {
+            first: s.slot.range.start,
+            count: s.slot.range.len() as u32,
+        },
+        id: s.slot.id,
+        algorithm: s.entry.algorithm.to_raw(),
+        flags: if s.entry.affinity_timeout_s.is_some() { FLAG_AFFINITY } else { 0 },
+        pad: [0; 2],
+        affinity_timeout_s: s.entry.affinity_timeout_s.unwrap_or(0),
+        pad2: [0; 4],
+    }
 }
 
 impl Dataplane for BpfDataplane {
@@ -401,42 +552,11 @@ impl Dataplane for BpfDataplane {
 
     fn apply(&mut self, changes: &[Change<'_>]) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
-        let mut failure = None;
-        for change in changes {
-            let outcome = match *change {
-                Change::Upsert(frontend, entry) => {
-                    match self.upsert(frontend, entry, &mut report) {
-                        Ok(()) => {
-                            report.upserted += 1;
-                            Ok(())
-                        }
-                        Err(UpsertError::Rejected(reason)) => {
-                            report.rejected.push(Rejected {
-                                frontend,
-                                name: entry.name.clone(),
-                                reason,
-                            });
-                            Ok(())
-                        }
-                        Err(UpsertError::Fatal(e)) => Err(e),
-                    }
-                }
-                Change::Remove(frontend) => self.remove(frontend).map(|removed| {
-                    report.removed += usize::from(removed);
-                }),
-            };
-            if let Err(e) = outcome {
-                failure = Some(e);
-                break;
-            }
-        }
-        // Done even after a failure, so that when this returns no program can
-        // reach what was removed.
+        let result = self.apply_changes(changes, &mut report);
+        // Steps 4 and 5, also after a failure: once this returns no program
+        // can reach what was removed.
         self.flush_retired()?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(report),
-        }
+        result.map(|()| report)
     }
 
     fn usage(&self) -> Usage {

@@ -131,6 +131,7 @@ pub struct Loaded {
 /// detached on error.
 pub fn load(cfg: &Config) -> Result<Loaded> {
     system::check_privileges()?;
+    system::raise_memlock_limit();
     system::check_cgroup2(&cfg.cgroup)?;
     system::ensure_bpffs(&cfg.bpffs)?;
     let features = Features::probe()?;

@@ -25,16 +25,23 @@ use super::Error;
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The pinned maps the agent reads and writes.
+/// The pinned maps the agent reads and writes. The arrays the agent
+/// writes in bulk are mapped into its memory; the hash maps are read
+/// through aya and written in batches (`super::sys`) through [`Maps::fd`].
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
-    pub backends: BackendTable,
+    pub backends: MmapArray<Backend>,
     pub members: HashMap<MapData, MemberKey, u32>,
-    pub rr: Array<MapData, u64>,
-    pub service_stats: Array<MapData, ServiceStats>,
+    pub rr: MmapArray<u64>,
+    pub service_stats: MmapArray<ServiceStats>,
     pub stats: PerCpuArray<MapData, u64>,
     pub names: HashMap<MapData, u32, ServiceName>,
     pub meta: Array<MapData, Meta>,
+}
+
+/// The file descriptor of a map, for the batch operations.
+pub fn fd<K: aya::Pod, V, M: aya::maps::IterableMap<K, V>>(map: &M) -> std::os::fd::BorrowedFd<'_> {
+    map.map().fd().as_fd()
 }
 
 /// Something that hands out maps by name: a freshly loaded object, or a
@@ -80,19 +87,16 @@ impl Maps {
     pub fn open(source: &mut impl MapSource) -> Result<Self> {
         Ok(Self {
             services: typed(map_names::SERVICES, source.take(map_names::SERVICES)?)?,
-            backends: BackendTable::new(typed(
-                map_names::BACKENDS,
-                source.take(map_names::BACKENDS)?,
-            )?)?,
+            backends: MmapArray::new(typed(map_names::BACKENDS, source.take(map_names::BACKENDS)?)?)?,
             members: typed(
                 map_names::AFFINITY_MEMBERS,
                 source.take(map_names::AFFINITY_MEMBERS)?,
             )?,
-            rr: typed(map_names::RR_COUNTERS, source.take(map_names::RR_COUNTERS)?)?,
-            service_stats: typed(
+            rr: MmapArray::new(typed(map_names::RR_COUNTERS, source.take(map_names::RR_COUNTERS)?)?)?,
+            service_stats: MmapArray::new(typed(
                 map_names::SERVICE_STATS,
                 source.take(map_names::SERVICE_STATS)?,
-            )?,
+            )?)?,
             stats: typed(map_names::GLOBAL_STATS, source.take(map_names::GLOBAL_STATS)?)?,
             names: typed(map_names::SERVICE_NAMES, source.take(map_names::SERVICE_NAMES)?)?,
             meta: typed(map_names::META, source.take(map_names::META)?)?,
@@ -101,8 +105,8 @@ impl Maps {
 
     /// Capacity of the service table (and of the per-service arrays).
     #[must_use]
-    pub fn service_capacity(&self) -> u32 {
-        self.rr.len()
+    pub const fn service_capacity(&self) -> u32 {
+        self.rr.capacity()
     }
 
     /// # Errors
@@ -151,7 +155,7 @@ impl Maps {
             let (key, value) =
                 item.map_err(|source| Error::map("read", map_names::SERVICES, source))?;
             let backends = self.backends.read(value.backends.first, value.backends.count);
-            let stats = self.service_stats.get(&value.id, 0).unwrap_or_default();
+            let stats = self.service_stats.get(value.id).unwrap_or_default();
             out.push(ServiceRecord {
                 key,
                 value,
@@ -194,47 +198,48 @@ pub fn service_name(text: &str) -> ServiceName {
     name
 }
 
-/// `lb_backends`, mapped into the agent's memory (the array is created
-/// `BPF_F_MMAPABLE`): ranges are written with plain stores.
-pub struct BackendTable {
+/// A `BPF_F_MMAPABLE` array mapped into the agent's memory: entries are
+/// read and written with plain loads and stores, no syscall. The element
+/// stride of a BPF array is the value size rounded up to 8, so `T` must be
+/// a multiple of 8 bytes.
+pub struct MmapArray<T: aya::Pod> {
     /// Keeps the map (and so the mapping's backing) alive.
-    _map: Array<MapData, Backend>,
-    ptr: NonNull<Backend>,
+    _map: Array<MapData, T>,
+    ptr: NonNull<T>,
     len: u32,
     mapped_bytes: usize,
 }
 
 // SAFETY: the mapping is owned by this value and only accessed through
-// `&self`/`&mut self`.
-unsafe impl Send for BackendTable {}
+// `&self`/`&mut self`; `T` is plain data.
+unsafe impl<T: aya::Pod + Send> Send for MmapArray<T> {}
+// SAFETY: as above; shared access only reads.
+unsafe impl<T: aya::Pod + Sync> Sync for MmapArray<T> {}
 
-impl BackendTable {
-    fn new(map: Array<MapData, Backend>) -> Result<Self> {
+impl<T: aya::Pod> MmapArray<T> {
+    fn new(map: Array<MapData, T>) -> Result<Self> {
+        const { assert!(size_of::<T>() % 8 == 0, "BPF array stride is a multiple of 8") };
         let len = map.len();
         let page = page_size();
-        let bytes = (len as usize * size_of::<Backend>()).div_ceil(page) * page;
+        let bytes = (len as usize * size_of::<T>()).div_ceil(page) * page;
+        let length = std::num::NonZeroUsize::new(bytes).ok_or(Error::Mmap {
+            source: nix::Error::EINVAL,
+        })?;
         let fd = map.map().fd().as_fd();
         // SAFETY: a shared mapping of a BPF array's value area; the kernel
         // keeps it valid while the map lives, which `_map` ensures.
         let addr = unsafe {
             mmap(
                 None,
-                std::num::NonZeroUsize::new(bytes).ok_or(Error::MmapBackends {
-                    source: nix::Error::EINVAL,
-                })?,
+                length,
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 MapFlags::MAP_SHARED,
                 fd,
                 0,
             )
         }
-        .map_err(|source| Error::MmapBackends { source })?;
-        Ok(Self {
-            _map: map,
-            ptr: addr.cast(),
-            len,
-            mapped_bytes: bytes,
-        })
+        .map_err(|source| Error::Mmap { source })?;
+        Ok(Self { _map: map, ptr: addr.cast(), len, mapped_bytes: bytes })
     }
 
     /// Number of entries.
@@ -243,25 +248,26 @@ impl BackendTable {
         self.len
     }
 
-    /// Writes `backends` at `first..`. The caller guarantees that no
-    /// service references the range (update protocol, `lb_common::service`).
+    /// Writes `values` at `first..`. For `lb_backends` the caller guarantees
+    /// that no service references the range (update protocol,
+    /// `lb_common::service`).
     ///
     /// # Panics
-    /// If the range is outside the table (an allocator bug).
-    pub fn write(&mut self, first: u32, backends: &[Backend]) {
-        let end = first as usize + backends.len();
-        assert!(end <= self.len as usize, "backend range {first}..{end} outside the table");
-        for (i, b) in backends.iter().enumerate() {
+    /// If the range is outside the array (an allocator bug).
+    pub fn write(&mut self, first: u32, values: &[T]) {
+        let end = first as usize + values.len();
+        assert!(end <= self.len as usize, "range {first}..{end} outside the array");
+        for (i, v) in values.iter().enumerate() {
             // SAFETY: in bounds (checked above), aligned (stride = size).
-            unsafe { self.ptr.as_ptr().add(first as usize + i).write_volatile(*b) };
+            unsafe { self.ptr.as_ptr().add(first as usize + i).write_volatile(*v) };
         }
-        // Publish the entries before the service update that references them.
+        // Publish the entries before the map update that references them.
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Reads `count` entries at `first`; `None` when out of bounds.
     #[must_use]
-    pub fn read(&self, first: u32, count: u32) -> Option<Vec<Backend>> {
+    pub fn read(&self, first: u32, count: u32) -> Option<Vec<T>> {
         let end = u64::from(first) + u64::from(count);
         if end > u64::from(self.len) {
             return None;
@@ -273,9 +279,16 @@ impl BackendTable {
                 .collect(),
         )
     }
+
+    /// One entry; `None` when out of bounds.
+    #[must_use]
+    pub fn get(&self, index: u32) -> Option<T> {
+        // SAFETY: in bounds (checked), aligned.
+        (index < self.len).then(|| unsafe { self.ptr.as_ptr().add(index as usize).read_volatile() })
+    }
 }
 
-impl Drop for BackendTable {
+impl<T: aya::Pod> Drop for MmapArray<T> {
     fn drop(&mut self) {
         // SAFETY: the mapping created in `new`, unmapped once.
         let _ = unsafe { munmap(self.ptr.cast(), self.mapped_bytes) };

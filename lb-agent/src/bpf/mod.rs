@@ -65,8 +65,15 @@ pub enum Error {
         #[source]
         source: MapError,
     },
-    #[error("failed to map lb_backends into memory (needs Linux 5.5+): {source}")]
-    MmapBackends {
+    #[error("failed to {op} map {map}: {source}")]
+    Sys {
+        op: &'static str,
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to map a BPF array into memory (needs Linux 5.5+): {source}")]
+    Mmap {
         #[source]
         source: nix::Error,
     },
