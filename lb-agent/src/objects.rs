@@ -1808,6 +1808,36 @@ spec:
     }
 
     #[test]
+    fn document_numbers_count_empty_documents() {
+        let text = "# a comment is not a document\n---\n---\n# nothing\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\n";
+        let error = parse_err(text);
+        assert!(
+            matches!(error, ParseError::Unsupported { document: 3, .. }),
+            "{error:?}"
+        );
+        let text = "{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": []}\nnull\n{\"kind\": \"Pod\"}";
+        assert!(matches!(
+            parse_err(text),
+            ParseError::Unsupported { document: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = String::from(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  annotations:\n    a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+        );
+        for level in 1..12 {
+            let previous = level - 1;
+            let refs = vec![format!("*a{previous}"); 10].join(", ");
+            let _ = writeln!(text, "    a{level}: &a{level} [{refs}]");
+        }
+        let start = Instant::now();
+        assert!(parse(&text, Path::new("bomb")).is_err());
+        assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
+    }
+
+    #[test]
     fn no_panic_on_any_truncation_or_corruption() {
         let json = {
             let value: serde_json::Value = serde_saphyr::from_str(KUBECTL_LIST).expect("yaml");
