@@ -174,7 +174,7 @@ pub fn fetch(
         let started = Instant::now();
         let dir = kernels_dir.join(format!("{package}_{version}"));
         unpack(&deb, &dir)?;
-        let _ = fs::remove_file(&deb);
+        let _ = fs::remove_dir_all(&downloads);
         let times = FetchTimes {
             download,
             unpack: started.elapsed(),
