@@ -84,7 +84,7 @@ pub struct Args {
     #[arg(long)]
     pub quick: bool,
     /// Peers to measure.
-    #[arg(long, value_delimiter = ',', default_value = "direct,lb-agent,iptables,nftables")]
+    #[arg(long, value_delimiter = ',', default_value = "direct,lb-agent,iptables,iptables-legacy,nftables")]
     pub peers: Vec<Peer>,
     /// Endpoints per service for the data-path measurements.
     #[arg(long, default_value_t = 3)]
@@ -95,7 +95,7 @@ pub struct Args {
     /// Seconds a peer may take to program one size (or apply one change).
     #[arg(long, default_value_t = 120)]
     pub budget: u64,
-    /// Rounds of alternating batches (default: 10, or 3 with --quick).
+    /// Rounds of alternating batches (default: 8, or 3 with --quick).
     #[arg(long)]
     pub rounds: Option<usize>,
     /// Record the agent with `perf` while it programs N x --program-endpoints
@@ -105,6 +105,9 @@ pub struct Args {
     /// Results directory [default: target/bench/<UTC time>].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Use this lb-agent binary instead of building one (release) first.
+    #[arg(long, value_name = "PATH")]
+    pub agent_bin: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -114,8 +117,11 @@ pub enum Peer {
     Direct,
     /// This project.
     LbAgent,
-    /// kube-proxy's iptables mode.
+    /// kube-proxy's iptables mode with the system's `iptables-restore`
+    /// (the nf_tables backend on current distributions).
     Iptables,
+    /// kube-proxy's iptables mode with `iptables-legacy-restore` (x_tables).
+    IptablesLegacy,
     /// kube-proxy's nftables mode.
     Nftables,
 }
@@ -126,6 +132,7 @@ impl Peer {
             Self::Direct => "direct",
             Self::LbAgent => "lb-agent",
             Self::Iptables => "iptables",
+            Self::IptablesLegacy => "iptables-legacy",
             Self::Nftables => "nftables",
         }
     }
@@ -178,6 +185,9 @@ pub struct AgentResult {
     pub memory_wide: Memory,
     pub services_file_mib: f64,
     pub services_file_wide_mib: f64,
+    /// The agent's CPU use while nothing changed (during the data-path
+    /// batches), in percent of one core.
+    pub idle_cpu_percent: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -201,17 +211,17 @@ pub fn run(args: &Args) -> Result<()> {
     ensure!(!args.sizes.is_empty(), "--sizes is empty");
     ensure!(args.sizes.iter().all(|&n| n >= 1), "every size must be at least 1");
     ensure!(args.endpoints >= 1 && args.program_endpoints >= 1, "endpoints must be at least 1");
-    for tool in ["ip", "nsenter", "iptables-restore", "nft", "sysctl"] {
+    for tool in ["ip", "nsenter", "iptables-restore", "iptables-legacy-restore", "nft", "sysctl"] {
         which::which(tool).with_context(|| format!("{tool} is not installed; run `cargo xtask setup`"))?;
     }
     let mut sizes = args.sizes.clone();
     sizes.sort_unstable();
     sizes.dedup();
-    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 10 });
+    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 8 });
     let settings = Settings {
         rounds,
         latency_per_batch: if args.quick { 300 } else { 2000 },
-        rate_batch_ms: if args.quick { 300 } else { 1000 },
+        rate_batch_ms: if args.quick { 300 } else { 700 },
         changes: if args.quick { 5 } else { 20 },
         change_seconds: if args.quick { 15 } else { 60 },
         budget_s: args.budget,
@@ -219,7 +229,13 @@ pub fn run(args: &Args) -> Result<()> {
         program_endpoints: args.program_endpoints,
     };
 
-    let agent_bin = build::run(&build::Args { release: true })?.agent;
+    let agent_bin = match &args.agent_bin {
+        Some(path) => {
+            ensure!(path.exists(), "--agent-bin {} does not exist", path.display());
+            path.clone()
+        }
+        None => build::run(&build::Args { release: true })?.agent,
+    };
     let client_bin = build_client()?;
     ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).context("failed to handle Ctrl-C")?;
 
@@ -355,15 +371,15 @@ impl SizeBench<'_> {
             check_interrupted()?;
             self.say(&format!("programming {}", peer.name()));
             let run = match peer {
-                Peer::Direct => self.plain_peer(peer, None)?,
+                Peer::Direct => self.plain_peer(peer, self.world.base_cgroup.clone())?,
                 Peer::LbAgent => {
                     let (a, r, run) = self.agent_peer(&workload)?;
                     agent = Some(a);
                     agent_result = Some(r);
                     run
                 }
-                Peer::Iptables | Peer::Nftables => {
-                    let text = if peer == Peer::Iptables { workload.iptables_full() } else { workload.nft_full() };
+                Peer::Iptables | Peer::IptablesLegacy | Peer::Nftables => {
+                    let text = if peer == Peer::Nftables { workload.nft_full() } else { workload.iptables_full() };
                     let file = dir.join(format!("{}-{}.rules", peer.name(), self.size));
                     fs::write(&file, text).with_context(|| format!("failed to write {}", file.display()))?;
                     let run = self.rules_peer(peer, &file)?;
@@ -375,7 +391,11 @@ impl SizeBench<'_> {
             self.progress.inc(1);
         }
 
+        let idle_from = agent.as_ref().map(|a| (a.cpu_seconds(), Instant::now()));
         self.data_path(&mut runs)?;
+        if let (Some(a), Some(r), Some((Ok(cpu0), at))) = (agent.as_ref(), agent_result.as_mut(), idle_from) {
+            r.idle_cpu_percent = (a.cpu_seconds()? - cpu0) / at.elapsed().as_secs_f64() * 100.0;
+        }
         self.changes(&mut workload, &mut runs, agent.as_mut())?;
         if let (Some(a), Some(r)) = (agent.as_mut(), agent_result.as_mut()) {
             self.agent_wide(a, r)?;
@@ -395,7 +415,7 @@ impl SizeBench<'_> {
     }
 
     /// A peer whose client needs no rules (direct; the agent's, in a cgroup).
-    fn plain_peer(&mut self, peer: Peer, cgroup: Option<PathBuf>) -> Result<PeerRun> {
+    fn plain_peer(&mut self, peer: Peer, cgroup: PathBuf) -> Result<PeerRun> {
         let client = self.world.client(peer.name())?;
         let targets = if peer == Peer::Direct {
             PODS.iter().map(|&ip| SocketAddrV4::new(ip, TARGET_PORT)).collect()
@@ -405,7 +425,7 @@ impl SizeBench<'_> {
         Ok(PeerRun {
             peer,
             client: Some(client),
-            cgroup,
+            cgroup: Some(cgroup),
             targets,
             usable: true,
             result: PeerResult {
@@ -444,7 +464,7 @@ impl SizeBench<'_> {
             result.program.push(agent.program(&text, self.budget())?);
         }
         result.memory = agent.memory()?;
-        let mut run = self.plain_peer(Peer::LbAgent, Some(self.world.cgroup.clone()))?;
+        let mut run = self.plain_peer(Peer::LbAgent, self.world.cgroup.clone())?;
         run.result.program_ms = result.program.iter().map(|p| p.end_to_end_ms).collect();
         Ok((agent, result, run))
     }
@@ -454,7 +474,7 @@ impl SizeBench<'_> {
     fn rules_peer(&mut self, peer: Peer, file: &Path) -> Result<PeerRun> {
         let samples = if self.size <= 1000 { 3 } else { 1 };
         let mut times = Vec::new();
-        let mut run = self.plain_peer(peer, None)?;
+        let mut run = self.plain_peer(peer, self.world.base_cgroup.clone())?;
         run.targets = vec![SocketAddrV4::new(MEASURED_VIP, SERVICE_PORT)];
         for i in 0..samples {
             check_interrupted()?;
@@ -554,7 +574,7 @@ impl SizeBench<'_> {
                         && (r.change.len() < 3 || r.change_time < Duration::from_secs(s.change_seconds))
                 })
                 .collect();
-            if active.iter().any(|&i| runs[i].peer == Peer::Iptables) {
+            if active.iter().any(|&i| matches!(runs[i].peer, Peer::Iptables | Peer::IptablesLegacy)) {
                 fs::write(&ipt_file, workload.iptables_change(&before, &after))
                     .with_context(|| format!("failed to write {}", ipt_file.display()))?;
             }
@@ -582,7 +602,7 @@ impl SizeBench<'_> {
                     }
                     peer => {
                         let client = runs[i].client.clone().context("client namespace")?;
-                        let file = if peer == Peer::Iptables { &ipt_file } else { &nft_file };
+                        let file = if peer == Peer::Nftables { &nft_file } else { &ipt_file };
                         let (took, reload) =
                             self.one_change(&runs[i], to, || timed(load_command(peer, &client.name, file)?, self.budget()))?;
                         (took, reload.unwrap_or(f64::NAN))
@@ -623,7 +643,7 @@ impl SizeBench<'_> {
         }
         let mut probe = cmd
             .args(["probe", "--addr", &format!("{CHURN_VIP}:{SERVICE_PORT}"), "--expect", &to.to_string()])
-            .args(["--timeout-ms", &(self.settings.budget_s * 1000).to_string()])
+            .args(["--timeout-ms", &(self.settings.budget_s * 1000).to_string(), "--interval-us", "250"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -717,8 +737,9 @@ fn capacity(services: usize, endpoints: usize) -> (u32, u32) {
 fn load_command(peer: Peer, ns: &str, file: &Path) -> Result<Command> {
     let mut cmd = in_netns(ns);
     match peer {
-        Peer::Iptables => {
-            cmd.args(["iptables-restore", "-w", "5", "--noflush", "--counters"]);
+        Peer::Iptables | Peer::IptablesLegacy => {
+            let tool = if peer == Peer::Iptables { "iptables-restore" } else { "iptables-legacy-restore" };
+            cmd.args([tool, "-w", "5", "--noflush", "--counters"]);
             cmd.stdin(fs::File::open(file).with_context(|| format!("failed to open {}", file.display()))?);
         }
         Peer::Nftables => {

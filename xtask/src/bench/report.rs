@@ -267,20 +267,22 @@ pub fn markdown(meta: &Meta, sizes: &[SizeResult]) -> String {
     let _ = writeln!(o, "\n## lb-agent: where the programming time goes\n");
     let _ = writeln!(
         o,
-        "From the agent's log: load = rename -> `loaded services file` (inotify, 50 ms debounce, read, parse, \
-         translate); hand-over = to the sync loop; sync = `duration_us` of `synced` (diff and map writes); \
-         end-to-end = rename -> `synced` seen. Medians.\n"
+        "From the agent's log: load = rename -> `loaded services file` (inotify, 0-50 ms debounce, read, parse, \
+         translate), of which parse and translate as the agent logs them at debug level; hand-over = to the sync \
+         loop; sync = `duration_us` of `synced` (diff and map writes); end-to-end = rename -> `synced` seen. \
+         Medians.\n"
     );
     let _ = writeln!(
         o,
-        "| N | endpoints | file | end-to-end | load | hand-over | sync | RSS | maps (memlock) | capacity (services / backends) |"
+        "| N | endpoints | file | end-to-end | load | parse | translate | hand-over | sync | RSS | maps (memlock) | \
+         capacity (services / backends) | CPU while idle |"
     );
-    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for size in sizes {
         if let Some(a) = &size.agent {
-            for (eps, runs, mib, mem) in [
-                (s.endpoints, &a.program, a.services_file_mib, &a.memory),
-                (s.program_endpoints, &a.program_wide, a.services_file_wide_mib, &a.memory_wide),
+            for (eps, runs, mib, mem, idle) in [
+                (s.endpoints, &a.program, a.services_file_mib, &a.memory, format!("{:.1}%", a.idle_cpu_percent)),
+                (s.program_endpoints, &a.program_wide, a.services_file_wide_mib, &a.memory_wide, String::new()),
             ] {
                 if runs.is_empty() {
                     continue;
@@ -292,10 +294,13 @@ pub fn markdown(meta: &Meta, sizes: &[SizeResult]) -> String {
                 let (rss, maps) = (mem.rss_kib as f64 / 1024.0, mem.maps_memlock_kib as f64 / 1024.0);
                 let _ = writeln!(
                     o,
-                    "| {} | {eps} | {mib:.1} MiB | {} | {} | {} | {} | {rss:.0} MiB | {maps:.0} MiB ({} maps) | {} / {} |",
+                    "| {} | {eps} | {mib:.1} MiB | {} | {} | {} | {} | {} | {} | {rss:.0} MiB | {maps:.0} MiB ({} maps) | \
+                     {} / {} | {idle} |",
                     n(size.size),
                     ms(med(|p| p.end_to_end_ms)),
                     ms(med(|p| p.load_ms)),
+                    ms(med(|p| p.parse_ms.unwrap_or(f64::NAN))),
+                    ms(med(|p| p.translate_ms.unwrap_or(f64::NAN))),
                     ms(med(|p| p.handoff_ms)),
                     ms(med(|p| p.sync_ms)),
                     mem.maps,
@@ -379,6 +384,7 @@ fn colour(peer: &str) -> RGBColor {
         "direct" => RGBColor(60, 60, 60),
         "lb-agent" => RGBColor(31, 119, 180),
         "iptables" => RGBColor(214, 39, 40),
+        "iptables-legacy" => RGBColor(255, 127, 14),
         "nftables" => RGBColor(44, 160, 44),
         _ => RGBColor(148, 103, 189),
     }

@@ -187,13 +187,21 @@ impl Workload {
         s.push_str("*nat\n");
         s.push_str(":KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
         iptables_chains(&mut s, after);
+        // Stale chains are declared (so flushed) and then deleted.
+        let stale: Vec<String> = before
+            .endpoints
+            .iter()
+            .filter(|ep| !after.endpoints.contains(ep))
+            .map(|ep| sep_chain(before, *ep))
+            .collect();
+        for chain in &stale {
+            let _ = writeln!(s, ":{chain} - [0:0]");
+        }
         s.push_str(IPTABLES_NAT_COMMON);
         self.iptables_services_chain(&mut s);
         iptables_rules(&mut s, after);
-        for ep in &before.endpoints {
-            if !after.endpoints.contains(ep) {
-                let _ = writeln!(s, "-X {}", sep_chain(before, *ep));
-            }
+        for chain in &stale {
+            let _ = writeln!(s, "-X {chain}");
         }
         s.push_str("COMMIT\n");
         s
@@ -437,15 +445,27 @@ fn nft_endpoint_chain(svc: &Service, ep: SocketAddrV4) -> String {
     )
 }
 
-/// `len` base32 characters of a 128-bit FNV-1a hash of `text` (kube-proxy
-/// uses SHA-256; only uniqueness and the shape of the names matter here).
+/// `len` base32 characters of a 128-bit hash of `text` (kube-proxy uses
+/// SHA-256; only uniqueness and the shape of the names matter here): FNV-1a
+/// over the bytes, then two rounds of a splitmix64 finaliser per half so
+/// that every output character depends on every input byte.
 fn hash32(text: &str, len: usize) -> String {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
     let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
     for b in text.bytes() {
         h ^= u128::from(b);
         h = h.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013B);
     }
+    #[expect(clippy::cast_possible_truncation, reason = "splitting into halves")]
+    let (hi, lo) = ((h >> 64) as u64, h as u64);
+    let lo2 = mix(lo ^ mix(hi));
+    let hi2 = mix(hi ^ lo2);
+    let h = (u128::from(hi2) << 64) | u128::from(lo2);
     (0..len)
         .map(|i| char::from(ALPHABET[usize::try_from((h >> (5 * i)) & 31).unwrap_or(0)]))
         .collect()
@@ -486,6 +506,15 @@ mod tests {
     }
 
     #[test]
+    fn chain_names_are_unique() {
+        let w = Workload::new(20_000, 3, &pods());
+        let rules = w.iptables_full();
+        let declared: Vec<&str> = rules.lines().filter(|l| l.starts_with(":KUBE-SVC-") || l.starts_with(":KUBE-SEP-")).collect();
+        let unique: std::collections::BTreeSet<&str> = declared.iter().copied().collect();
+        assert_eq!(declared.len(), unique.len());
+    }
+
+    #[test]
     fn services_file_is_json() {
         let w = Workload::new(3, 2, &pods());
         let v: serde_json::Value = serde_json::from_str(&w.services_file()).expect("json");
@@ -493,3 +522,4 @@ mod tests {
         assert_eq!(v["items"][7]["endpoints"].as_array().map(Vec::len), Some(3));
     }
 }
+

@@ -40,7 +40,11 @@ pub struct ClientNs {
 
 pub struct World {
     pub client_bin: PathBuf,
+    /// The agent's cgroup: its programs are attached here.
     pub cgroup: PathBuf,
+    /// A sibling with nothing attached, for every other client, so that
+    /// cgroup membership is the same for all peers but the agent's hooks.
+    pub base_cgroup: PathBuf,
     pub dir: PathBuf,
     netns: Vec<String>,
     servers: Vec<Child>,
@@ -55,16 +59,21 @@ impl World {
         let dir = std::env::temp_dir().join(format!("{PREFIX}-{}", std::process::id()));
         fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
         let cgroup = cgroup2_root()?.join(PREFIX);
-        fs::create_dir_all(&cgroup).with_context(|| format!("failed to create cgroup {}", cgroup.display()))?;
+        let base_cgroup = cgroup2_root()?.join(format!("{PREFIX}-base"));
+        for cg in [&cgroup, &base_cgroup] {
+            fs::create_dir_all(cg).with_context(|| format!("failed to create cgroup {}", cg.display()))?;
+        }
         let mut world = Self {
             client_bin: client_bin.to_path_buf(),
             cgroup,
+            base_cgroup,
             dir,
             netns: Vec::new(),
             servers: Vec::new(),
             next_client: 1,
         };
         world.netns_add(NODE)?;
+        ip(&["-n", NODE, "link", "set", "lo", "up"])?;
         ip(&["-n", NODE, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", NODE, "addr", "add", "10.200.0.1/16", "dev", "br0"])?;
         ip(&["-n", NODE, "link", "set", "br0", "up"])?;
@@ -139,11 +148,13 @@ impl Drop for World {
         for ns in self.netns.drain(..).rev() {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
-        for _ in 0..100 {
-            if fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
-                break;
+        for cg in [&self.cgroup, &self.base_cgroup] {
+            for _ in 0..100 {
+                if fs::remove_dir(cg).is_ok() || !cg.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -176,6 +187,7 @@ fn remove_leftovers() {
     }
     if let Ok(root) = cgroup2_root() {
         let _ = fs::remove_dir(root.join(PREFIX));
+        let _ = fs::remove_dir(root.join(format!("{PREFIX}-base")));
     }
 }
 
