@@ -84,7 +84,11 @@ pub struct Args {
     #[arg(long)]
     pub quick: bool,
     /// Peers to measure.
-    #[arg(long, value_delimiter = ',', default_value = "direct,lb-agent,iptables,iptables-legacy,nftables")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,lb-agent,iptables,iptables-legacy,nftables"
+    )]
     pub peers: Vec<Peer>,
     /// Endpoints per service for the data-path measurements.
     #[arg(long, default_value_t = 3)]
@@ -118,9 +122,9 @@ pub enum Peer {
     /// This project.
     LbAgent,
     /// kube-proxy's iptables mode with the system's `iptables-restore`
-    /// (the nf_tables backend on current distributions).
+    /// (the `nf_tables` backend on current distributions).
     Iptables,
-    /// kube-proxy's iptables mode with `iptables-legacy-restore` (x_tables).
+    /// kube-proxy's iptables mode with `iptables-legacy-restore` (`x_tables`).
     IptablesLegacy,
     /// kube-proxy's nftables mode.
     Nftables,
@@ -209,10 +213,24 @@ pub fn run(args: &Args) -> Result<()> {
         "the benchmark creates network namespaces, cgroups and BPF programs: run `sudo cargo xtask bench`"
     );
     ensure!(!args.sizes.is_empty(), "--sizes is empty");
-    ensure!(args.sizes.iter().all(|&n| n >= 1), "every size must be at least 1");
-    ensure!(args.endpoints >= 1 && args.program_endpoints >= 1, "endpoints must be at least 1");
-    for tool in ["ip", "nsenter", "iptables-restore", "iptables-legacy-restore", "nft", "sysctl"] {
-        which::which(tool).with_context(|| format!("{tool} is not installed; run `cargo xtask setup`"))?;
+    ensure!(
+        args.sizes.iter().all(|&n| n >= 1),
+        "every size must be at least 1"
+    );
+    ensure!(
+        args.endpoints >= 1 && args.program_endpoints >= 1,
+        "endpoints must be at least 1"
+    );
+    for tool in [
+        "ip",
+        "nsenter",
+        "iptables-restore",
+        "iptables-legacy-restore",
+        "nft",
+        "sysctl",
+    ] {
+        which::which(tool)
+            .with_context(|| format!("{tool} is not installed; run `cargo xtask setup`"))?;
     }
     let mut sizes = args.sizes.clone();
     sizes.sort_unstable();
@@ -231,23 +249,32 @@ pub fn run(args: &Args) -> Result<()> {
 
     let agent_bin = match &args.agent_bin {
         Some(path) => {
-            ensure!(path.exists(), "--agent-bin {} does not exist", path.display());
+            ensure!(
+                path.exists(),
+                "--agent-bin {} does not exist",
+                path.display()
+            );
             path.clone()
         }
         None => build::run(&build::Args { release: true })?.agent,
     };
     let client_bin = build_client()?;
-    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).context("failed to handle Ctrl-C")?;
+    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
+        .context("failed to handle Ctrl-C")?;
 
     let started = report::utc_now();
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| workspace_root().join("target/bench").join(started.replace(':', "")));
+    let out = args.out.clone().unwrap_or_else(|| {
+        workspace_root()
+            .join("target/bench")
+            .join(started.replace(':', ""))
+    });
     fs::create_dir_all(&out).with_context(|| format!("failed to create {}", out.display()))?;
     let command = report::command_line();
     let load_before = report::loadavg();
-    eprintln!("bench: load average before: {load_before}; results go to {}", out.display());
+    eprintln!(
+        "bench: load average before: {load_before}; results go to {}",
+        out.display()
+    );
 
     let clock = Instant::now();
     let mut world = World::new(&client_bin)?;
@@ -300,11 +327,15 @@ pub fn run(args: &Args) -> Result<()> {
 /// Builds `bench-client` in release mode.
 fn build_client() -> Result<PathBuf> {
     let root = workspace_root();
-    run_cmd(
-        Command::new("cargo")
-            .current_dir(&root)
-            .args(["build", "--release", "--quiet", "-p", "xtask", "--bin", "bench-client"]),
-    )?;
+    run_cmd(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "xtask",
+        "--bin",
+        "bench-client",
+    ]))?;
     let bin = root.join("target/release/bench-client");
     ensure!(bin.exists(), "{} was not built", bin.display());
     Ok(bin)
@@ -353,7 +384,8 @@ struct SizeBench<'a> {
 
 impl SizeBench<'_> {
     fn say(&self, what: &str) {
-        self.progress.set_message(format!("N={}: {what}", self.size));
+        self.progress
+            .set_message(format!("N={}: {what}", self.size));
     }
 
     fn budget(&self) -> Duration {
@@ -372,16 +404,35 @@ impl SizeBench<'_> {
             self.say(&format!("programming {}", peer.name()));
             let run = match peer {
                 Peer::Direct => self.plain_peer(peer, self.world.base_cgroup.clone())?,
-                Peer::LbAgent => {
-                    let (a, r, run) = self.agent_peer(&workload)?;
-                    agent = Some(a);
-                    agent_result = Some(r);
-                    run
-                }
+                Peer::LbAgent => match self.agent_peer(&workload) {
+                    Ok((a, r, run)) => {
+                        agent = Some(a);
+                        agent_result = Some(r);
+                        run
+                    }
+                    Err(e) => {
+                        check_interrupted()?;
+                        let mut run = self.plain_peer(peer, self.world.cgroup.clone())?;
+                        run.usable = false;
+                        let why = format!("{e:#}");
+                        self.progress
+                            .println(format!("N={}: lb-agent failed: {why}", self.size));
+                        run.result.notes.push(format!(
+                            "failed: {}",
+                            why.lines().next().unwrap_or_default()
+                        ));
+                        run
+                    }
+                },
                 Peer::Iptables | Peer::IptablesLegacy | Peer::Nftables => {
-                    let text = if peer == Peer::Nftables { workload.nft_full() } else { workload.iptables_full() };
+                    let text = if peer == Peer::Nftables {
+                        workload.nft_full()
+                    } else {
+                        workload.iptables_full()
+                    };
                     let file = dir.join(format!("{}-{}.rules", peer.name(), self.size));
-                    fs::write(&file, text).with_context(|| format!("failed to write {}", file.display()))?;
+                    fs::write(&file, text)
+                        .with_context(|| format!("failed to write {}", file.display()))?;
                     let run = self.rules_peer(peer, &file)?;
                     let _ = fs::remove_file(&file);
                     run
@@ -393,7 +444,9 @@ impl SizeBench<'_> {
 
         let idle_from = agent.as_ref().map(|a| (a.cpu_seconds(), Instant::now()));
         self.data_path(&mut runs)?;
-        if let (Some(a), Some(r), Some((Ok(cpu0), at))) = (agent.as_ref(), agent_result.as_mut(), idle_from) {
+        if let (Some(a), Some(r), Some((Ok(cpu0), at))) =
+            (agent.as_ref(), agent_result.as_mut(), idle_from)
+        {
             r.idle_cpu_percent = (a.cpu_seconds()? - cpu0) / at.elapsed().as_secs_f64() * 100.0;
         }
         self.changes(&mut workload, &mut runs, agent.as_mut())?;
@@ -418,7 +471,9 @@ impl SizeBench<'_> {
     fn plain_peer(&mut self, peer: Peer, cgroup: PathBuf) -> Result<PeerRun> {
         let client = self.world.client(peer.name())?;
         let targets = if peer == Peer::Direct {
-            PODS.iter().map(|&ip| SocketAddrV4::new(ip, TARGET_PORT)).collect()
+            PODS.iter()
+                .map(|&ip| SocketAddrV4::new(ip, TARGET_PORT))
+                .collect()
         } else {
             vec![SocketAddrV4::new(MEASURED_VIP, SERVICE_PORT)]
         };
@@ -485,14 +540,38 @@ impl SizeBench<'_> {
                 run.client = Some(self.world.client(peer.name())?);
             }
             let client = run.client.as_ref().context("client namespace")?;
-            match timed(load_command(peer, &client.name, file)?, self.budget())? {
-                Some(took) => times.push(took.as_secs_f64() * 1000.0),
-                None => {
+            let started = Instant::now();
+            match timed(load_command(peer, &client.name, file)?, self.budget()) {
+                Ok(Some(took)) => times.push(took.as_secs_f64() * 1000.0),
+                Err(e) => {
+                    check_interrupted()?;
+                    run.usable = false;
+                    let why = format!("{e:#}");
+                    self.progress.println(format!(
+                        "N={}: {} failed: {why}",
+                        self.size,
+                        peer.name()
+                    ));
+                    // The tool's own message: after the command and its status.
+                    let last = why
+                        .rsplit("): ")
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned();
+                    run.result.notes.push(format!(
+                        "load failed after {:.0} s: {last}",
+                        started.elapsed().as_secs_f64()
+                    ));
+                    break;
+                }
+                Ok(None) => {
                     run.usable = false;
                     run.result.program_timed_out = true;
-                    run.result
-                        .notes
-                        .push(format!("did not finish loading within {} s (stopped)", self.settings.budget_s));
+                    run.result.notes.push(format!(
+                        "did not finish loading within {} s (stopped)",
+                        self.settings.budget_s
+                    ));
                     break;
                 }
             }
@@ -507,42 +586,68 @@ impl SizeBench<'_> {
         let usable: Vec<usize> = (0..runs.len()).filter(|&i| runs[i].usable).collect();
         for round in 0..s.rounds {
             // Rotate the order so that no peer always goes first.
-            let order: Vec<usize> = (0..usable.len()).map(|k| usable[(k + round) % usable.len()]).collect();
+            let order: Vec<usize> = (0..usable.len())
+                .map(|k| usable[(k + round) % usable.len()])
+                .collect();
             for &i in &order {
                 check_interrupted()?;
-                self.say(&format!("connect() latency, round {}/{}, {}", round + 1, s.rounds, runs[i].peer.name()));
-                let v = client_json(self.world, &runs[i], &[
-                    "latency".into(),
-                    "--count".into(),
-                    s.latency_per_batch.to_string(),
-                    "--addrs".into(),
-                    addrs(&runs[i].targets),
-                ])?;
+                self.say(&format!(
+                    "connect() latency, round {}/{}, {}",
+                    round + 1,
+                    s.rounds,
+                    runs[i].peer.name()
+                ));
+                let v = client_json(
+                    self.world,
+                    &runs[i],
+                    &[
+                        "latency".into(),
+                        "--count".into(),
+                        s.latency_per_batch.to_string(),
+                        "--addrs".into(),
+                        addrs(&runs[i].targets),
+                    ],
+                )?;
                 let run = &mut runs[i];
                 run.result.latency_errors += v["errors"].as_u64().unwrap_or(0);
                 if let Some(samples) = v["samples_ns"].as_array() {
                     #[expect(clippy::cast_precision_loss, reason = "nanoseconds fit an f64")]
-                    run.latency.extend(samples.iter().filter_map(Value::as_u64).map(|ns| ns as f64 / 1000.0));
+                    run.latency.extend(
+                        samples
+                            .iter()
+                            .filter_map(Value::as_u64)
+                            .map(|ns| ns as f64 / 1000.0),
+                    );
                 }
                 self.progress.inc(1);
             }
             for (what, threads) in [("conn-rate", 1), ("conn-rate", 2), ("rps", 1)] {
                 for &i in &order {
                     check_interrupted()?;
-                    self.say(&format!("{what} x{threads}, round {}/{}, {}", round + 1, s.rounds, runs[i].peer.name()));
-                    let v = client_json(self.world, &runs[i], &[
-                        what.into(),
-                        "--threads".into(),
-                        threads.to_string(),
-                        "--duration-ms".into(),
-                        s.rate_batch_ms.to_string(),
-                        "--addrs".into(),
-                        addrs(&runs[i].targets),
-                    ])?;
+                    self.say(&format!(
+                        "{what} x{threads}, round {}/{}, {}",
+                        round + 1,
+                        s.rounds,
+                        runs[i].peer.name()
+                    ));
+                    let v = client_json(
+                        self.world,
+                        &runs[i],
+                        &[
+                            what.into(),
+                            "--threads".into(),
+                            threads.to_string(),
+                            "--duration-ms".into(),
+                            s.rate_batch_ms.to_string(),
+                            "--addrs".into(),
+                            addrs(&runs[i].targets),
+                        ],
+                    )?;
                     let run = &mut runs[i];
                     run.result.rate_errors += v["errors"].as_u64().unwrap_or(0);
                     #[expect(clippy::cast_precision_loss, reason = "counts fit an f64")]
-                    let rate = v["ok"].as_u64().unwrap_or(0) as f64 / v["seconds"].as_f64().unwrap_or(1.0);
+                    let rate =
+                        v["ok"].as_u64().unwrap_or(0) as f64 / v["seconds"].as_f64().unwrap_or(1.0);
                     match (what, threads) {
                         ("rps", _) => run.rps.push(rate),
                         (_, 1) => run.conn1.push(rate),
@@ -557,7 +662,12 @@ impl SizeBench<'_> {
 
     /// Moves the churn service's endpoint between pod 1 and pod 2, timing
     /// each change to the data path, peers alternating.
-    fn changes(&self, workload: &mut Workload, runs: &mut [PeerRun], mut agent: Option<&mut Agent>) -> Result<()> {
+    fn changes(
+        &self,
+        workload: &mut Workload,
+        runs: &mut [PeerRun],
+        mut agent: Option<&mut Agent>,
+    ) -> Result<()> {
         let s = self.settings;
         let dir = &self.world.dir;
         let ipt_file = dir.join("iptables-change.rules");
@@ -571,10 +681,14 @@ impl SizeBench<'_> {
                     let r = &runs[i];
                     r.usable
                         && r.peer != Peer::Direct
-                        && (r.change.len() < 3 || r.change_time < Duration::from_secs(s.change_seconds))
+                        && (r.change.len() < 3
+                            || r.change_time < Duration::from_secs(s.change_seconds))
                 })
                 .collect();
-            if active.iter().any(|&i| matches!(runs[i].peer, Peer::Iptables | Peer::IptablesLegacy)) {
+            if active
+                .iter()
+                .any(|&i| matches!(runs[i].peer, Peer::Iptables | Peer::IptablesLegacy))
+            {
                 fs::write(&ipt_file, workload.iptables_change(&before, &after))
                     .with_context(|| format!("failed to write {}", ipt_file.display()))?;
             }
@@ -588,7 +702,12 @@ impl SizeBench<'_> {
                 .then(|| workload.services_file());
             for j in 0..active.len() {
                 let i = active[(j + k) % active.len()];
-                self.say(&format!("endpoint change {}/{}, {}", k + 1, s.changes, runs[i].peer.name()));
+                self.say(&format!(
+                    "endpoint change {}/{}, {}",
+                    k + 1,
+                    s.changes,
+                    runs[i].peer.name()
+                ));
                 let started = Instant::now();
                 let (took, reload) = match runs[i].peer {
                     Peer::LbAgent => {
@@ -602,9 +721,14 @@ impl SizeBench<'_> {
                     }
                     peer => {
                         let client = runs[i].client.clone().context("client namespace")?;
-                        let file = if peer == Peer::Nftables { &nft_file } else { &ipt_file };
-                        let (took, reload) =
-                            self.one_change(&runs[i], to, || timed(load_command(peer, &client.name, file)?, self.budget()))?;
+                        let file = if peer == Peer::Nftables {
+                            &nft_file
+                        } else {
+                            &ipt_file
+                        };
+                        let (took, reload) = self.one_change(&runs[i], to, || {
+                            timed(load_command(peer, &client.name, file)?, self.budget())
+                        })?;
                         (took, reload.unwrap_or(f64::NAN))
                     }
                 };
@@ -615,10 +739,10 @@ impl SizeBench<'_> {
                         run.change.push(ms);
                         run.reload.push(reload);
                     }
-                    None => run
-                        .result
-                        .notes
-                        .push(format!("an endpoint change did not reach the data path within {} s", s.budget_s)),
+                    None => run.result.notes.push(format!(
+                        "an endpoint change did not reach the data path within {} s",
+                        s.budget_s
+                    )),
                 }
             }
             self.progress.inc(1);
@@ -642,14 +766,28 @@ impl SizeBench<'_> {
             cmd.arg("--cgroup").arg(cg);
         }
         let mut probe = cmd
-            .args(["probe", "--addr", &format!("{CHURN_VIP}:{SERVICE_PORT}"), "--expect", &to.to_string()])
-            .args(["--timeout-ms", &(self.settings.budget_s * 1000).to_string(), "--interval-us", "250"])
+            .args([
+                "probe",
+                "--addr",
+                &format!("{CHURN_VIP}:{SERVICE_PORT}"),
+                "--expect",
+                &to.to_string(),
+            ])
+            .args([
+                "--timeout-ms",
+                &(self.settings.budget_s * 1000).to_string(),
+                "--interval-us",
+                "250",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .context("failed to start the probe")?;
         let mut lines = BufReader::new(probe.stdout.take().context("probe stdout")?).lines();
-        let ready = lines.next().transpose().context("failed to read the probe")?;
+        let ready = lines
+            .next()
+            .transpose()
+            .context("failed to read the probe")?;
         if ready.as_deref() != Some("ready") {
             let mut err = String::new();
             if let Some(mut e) = probe.stderr.take() {
@@ -673,7 +811,10 @@ impl SizeBench<'_> {
             let _ = probe.wait();
             return Ok((None, None));
         };
-        let line = lines.next().transpose().context("failed to read the probe")?;
+        let line = lines
+            .next()
+            .transpose()
+            .context("failed to read the probe")?;
         let status = probe.wait().context("failed to wait for the probe")?;
         let took = line
             .filter(|_| status.success())
@@ -690,7 +831,10 @@ impl SizeBench<'_> {
     /// The agent programming N x `--program-endpoints` from nothing.
     fn agent_wide(&self, agent: &mut Agent, result: &mut AgentResult) -> Result<()> {
         let s = self.settings;
-        self.say(&format!("agent: {} services x {} endpoints", self.size, s.program_endpoints));
+        self.say(&format!(
+            "agent: {} services x {} endpoints",
+            self.size, s.program_endpoints
+        ));
         let wide = Workload::new(self.size, s.program_endpoints, &PODS).services_file();
         #[expect(clippy::cast_precision_loss, reason = "file sizes fit an f64")]
         let mib = wide.len() as f64 / 1_048_576.0;
@@ -700,11 +844,21 @@ impl SizeBench<'_> {
             check_interrupted()?;
             agent.program(EMPTY, self.budget())?;
             let perf = (self.args.profile && i == 0 && self.size >= 10_000)
-                .then(|| start_perf(agent.pid(), &self.out.join(format!("perf-{}.data", self.size))))
+                .then(|| {
+                    start_perf(
+                        agent.pid(),
+                        &self.out.join(format!("perf-{}.data", self.size)),
+                    )
+                })
                 .transpose()?;
             let programmed = agent.program(&wide, self.budget());
             if let Some(perf) = perf {
-                stop_perf(perf, &self.out.join(format!("perf-{}x{}.txt", self.size, s.program_endpoints)))?;
+                stop_perf(
+                    perf,
+                    &self
+                        .out
+                        .join(format!("perf-{}x{}.txt", self.size, s.program_endpoints)),
+                )?;
             }
             result.program_wide.push(programmed?);
         }
@@ -720,7 +874,12 @@ fn finish(mut run: PeerRun) -> PeerResult {
     r.conn_rate_2 = median(&run.conn2);
     r.rps = median(&run.rps);
     r.change_ms = Percentiles::of(&run.change);
-    let reload: Vec<f64> = run.reload.iter().copied().filter(|v| v.is_finite()).collect();
+    let reload: Vec<f64> = run
+        .reload
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
     r.change_reload_ms = Percentiles::of(&reload);
     run.result
 }
@@ -729,7 +888,8 @@ fn finish(mut run: PeerRun) -> PeerResult {
 /// defaults, or more when they do not fit.
 fn capacity(services: usize, endpoints: usize) -> (u32, u32) {
     let want_services = u32::try_from(services.next_power_of_two()).unwrap_or(u32::MAX);
-    let want_backends = u32::try_from((services * endpoints).next_power_of_two()).unwrap_or(u32::MAX);
+    let want_backends =
+        u32::try_from((services * endpoints).next_power_of_two()).unwrap_or(u32::MAX);
     (want_services.max(65_536), want_backends.max(262_144))
 }
 
@@ -738,9 +898,16 @@ fn load_command(peer: Peer, ns: &str, file: &Path) -> Result<Command> {
     let mut cmd = in_netns(ns);
     match peer {
         Peer::Iptables | Peer::IptablesLegacy => {
-            let tool = if peer == Peer::Iptables { "iptables-restore" } else { "iptables-legacy-restore" };
+            let tool = if peer == Peer::Iptables {
+                "iptables-restore"
+            } else {
+                "iptables-legacy-restore"
+            };
             cmd.args([tool, "-w", "5", "--noflush", "--counters"]);
-            cmd.stdin(fs::File::open(file).with_context(|| format!("failed to open {}", file.display()))?);
+            cmd.stdin(
+                fs::File::open(file)
+                    .with_context(|| format!("failed to open {}", file.display()))?,
+            );
         }
         Peer::Nftables => {
             cmd.arg("nft").arg("-f").arg(file);
@@ -780,7 +947,11 @@ fn timed(mut cmd: Command, budget: Duration) -> Result<Option<Duration>> {
         None => Ok(None),
         Some(at) => {
             if !out.status.success() {
-                bail!("{desc} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+                bail!(
+                    "{desc} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
             }
             Ok(Some(at - started))
         }
@@ -796,7 +967,9 @@ fn client_json(world: &World, run: &PeerRun, args: &[String]) -> Result<Value> {
         cmd.arg("--cgroup").arg(cg);
     }
     cmd.args(args);
-    let out = cmd.output().with_context(|| format!("failed to start {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "bench-client {} for {} failed ({}): {}",
@@ -812,12 +985,19 @@ fn client_json(world: &World, run: &PeerRun, args: &[String]) -> Result<Value> {
 }
 
 fn addrs(targets: &[SocketAddrV4]) -> String {
-    targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    targets
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds (what `bench-client probe` prints).
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
@@ -828,7 +1008,16 @@ fn start_perf(pid: Option<u32>, data: &Path) -> Result<(std::process::Child, Pat
     let pid = pid.context("the agent is not running")?;
     which::which("perf").context("--profile needs perf (apt-get install linux-perf)")?;
     let child = Command::new("perf")
-        .args(["record", "-q", "-F", "2999", "-g", "-p", &pid.to_string(), "-o"])
+        .args([
+            "record",
+            "-q",
+            "-F",
+            "2999",
+            "-g",
+            "-p",
+            &pid.to_string(),
+            "-o",
+        ])
         .arg(data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -843,11 +1032,21 @@ fn stop_perf((mut child, data): (std::process::Child, PathBuf), report: &Path) -
     unsafe { libc::kill(i32::try_from(child.id()).unwrap_or(0), libc::SIGINT) };
     child.wait().context("failed to wait for perf record")?;
     let out = Command::new("perf")
-        .args(["report", "--stdio", "--no-children", "--percent-limit", "0.5", "-g", "none", "-i"])
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "--percent-limit",
+            "0.5",
+            "-g",
+            "none",
+            "-i",
+        ])
         .arg(&data)
         .output()
         .context("failed to run perf report")?;
-    fs::write(report, &out.stdout).with_context(|| format!("failed to write {}", report.display()))?;
+    fs::write(report, &out.stdout)
+        .with_context(|| format!("failed to write {}", report.display()))?;
     let _ = fs::remove_file(&data);
     Ok(())
 }

@@ -82,7 +82,10 @@ impl Agent {
             // The file source's debug line splits parsing from translating.
             .env("RUST_LOG", "info,lb_agent::source::file=debug")
             .stdout(Stdio::null())
-            .stderr(File::create(&log).with_context(|| format!("failed to create {}", log.display()))?)
+            .stderr(
+                File::create(&log)
+                    .with_context(|| format!("failed to create {}", log.display()))?,
+            )
             .spawn()
             .with_context(|| format!("failed to start {}", bin.display()))?;
         let mut agent = Self {
@@ -95,7 +98,7 @@ impl Agent {
             last_loaded: None,
             last_parse: None,
         };
-        agent.wait_line("first full state programmed: ready", Duration::from_secs(60))?;
+        agent.wait_line("first full state programmed: ready", Duration::from_mins(1))?;
         Ok(agent)
     }
 
@@ -108,9 +111,8 @@ impl Agent {
         let loaded = self.last_loaded.take();
         let (parse_ms, translate_ms) = self.last_parse.take().unwrap_or((None, None));
         let synced_ts = line_time(&line).context("agent log line without a timestamp")?;
-        let sync_us = field(&line, "duration_us").unwrap_or(0);
         #[expect(clippy::cast_precision_loss, reason = "microseconds fit an f64")]
-        let sync_ms = sync_us as f64 / 1000.0;
+        let sync_ms = field(&line, "duration_us").unwrap_or(0) as f64 / 1000.0;
         let load_ms = loaded.map_or(f64::NAN, |l| (l - at_wall) * 1000.0);
         let handoff_ms = loaded.map_or(f64::NAN, |l| (synced_ts - l) * 1000.0 - sync_ms);
         Ok(Programmed {
@@ -142,8 +144,13 @@ impl Agent {
         let tmp = self.file.with_extension("tmp");
         let wall = unix_now();
         let at = Instant::now();
-        fs::rename(&tmp, &self.file)
-            .with_context(|| format!("failed to rename {} to {}", tmp.display(), self.file.display()))?;
+        fs::rename(&tmp, &self.file).with_context(|| {
+            format!(
+                "failed to rename {} to {}",
+                tmp.display(),
+                self.file.display()
+            )
+        })?;
         Ok((wall, at))
     }
 
@@ -157,9 +164,14 @@ impl Agent {
 
     /// Resident memory and the kernel memory of the maps it holds.
     pub fn memory(&self) -> Result<Memory> {
-        let pid = self.child.as_ref().context("the agent is not running")?.id();
+        let pid = self
+            .child
+            .as_ref()
+            .context("the agent is not running")?
+            .id();
         let status_path = format!("/proc/{pid}/status");
-        let status = fs::read_to_string(&status_path).with_context(|| format!("failed to read {status_path}"))?;
+        let status = fs::read_to_string(&status_path)
+            .with_context(|| format!("failed to read {status_path}"))?;
         let rss_kib = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -168,20 +180,28 @@ impl Agent {
         let mut seen = std::collections::BTreeSet::new();
         let mut memlock = 0u64;
         let fd_dir = format!("/proc/{pid}/fd");
-        for entry in fs::read_dir(&fd_dir).with_context(|| format!("failed to read {fd_dir}"))?.flatten() {
-            let is_map = fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:bpf-map");
+        for entry in fs::read_dir(&fd_dir)
+            .with_context(|| format!("failed to read {fd_dir}"))?
+            .flatten()
+        {
+            let is_map = fs::read_link(entry.path())
+                .is_ok_and(|t| t.to_string_lossy() == "anon_inode:bpf-map");
             if !is_map {
                 continue;
             }
             let info_path = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
-            let Ok(info) = fs::read_to_string(&info_path) else { continue };
-            let value = |key: &str| -> Option<u64> {
-                info.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok())
+            let Ok(info) = fs::read_to_string(&info_path) else {
+                continue;
             };
-            if let (Some(id), Some(bytes)) = (value("map_id:"), value("memlock:")) {
-                if seen.insert(id) {
-                    memlock += bytes;
-                }
+            let value = |key: &str| -> Option<u64> {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.trim().parse().ok())
+            };
+            if let (Some(id), Some(bytes)) = (value("map_id:"), value("memlock:"))
+                && seen.insert(id)
+            {
+                memlock += bytes;
             }
         }
         Ok(Memory {
@@ -193,12 +213,21 @@ impl Agent {
 
     /// CPU time the agent has used (user + system), in seconds.
     pub fn cpu_seconds(&self) -> Result<f64> {
-        let pid = self.child.as_ref().context("the agent is not running")?.id();
+        let pid = self
+            .child
+            .as_ref()
+            .context("the agent is not running")?
+            .id();
         let path = format!("/proc/{pid}/stat");
         let stat = fs::read_to_string(&path).with_context(|| format!("failed to read {path}"))?;
         // Fields after the command name (which may contain spaces): utime is the 12th, stime the 13th.
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
+        let fields: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse().ok())
+            .collect();
         // SAFETY: sysconf has no preconditions.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
         #[expect(clippy::cast_precision_loss, reason = "tick counts fit an f64")]
@@ -215,7 +244,8 @@ impl Agent {
         let deadline = Instant::now() + timeout;
         let mut pending = String::new();
         loop {
-            let mut f = File::open(&self.log).with_context(|| format!("failed to open {}", self.log.display()))?;
+            let mut f = File::open(&self.log)
+                .with_context(|| format!("failed to open {}", self.log.display()))?;
             f.seek(SeekFrom::Start(self.log_offset))
                 .with_context(|| format!("failed to read {}", self.log.display()))?;
             let mut chunk = String::new();
@@ -227,12 +257,16 @@ impl Agent {
             while let Some(end) = pending.find('\n') {
                 let line: String = pending.drain(..=end).collect();
                 if line.contains("parsed and translated services file") {
-                    self.last_parse = Some((float_field(&line, "parse_ms"), float_field(&line, "translate_ms")));
+                    self.last_parse = Some((
+                        float_field(&line, "parse_ms"),
+                        float_field(&line, "translate_ms"),
+                    ));
                 }
                 if line.contains("lb_agent::source::file: loaded services file") {
                     self.last_loaded = line_time(&line);
                 }
-                if line.contains("keeping the state programmed before") || line.contains(" ERROR ") {
+                if line.contains("keeping the state programmed before") || line.contains(" ERROR ")
+                {
                     bail!("lb-agent rejected the services file: {}", line.trim());
                 }
                 if line.contains(needle) {
@@ -240,11 +274,18 @@ impl Agent {
                     return Ok(line);
                 }
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!("lb-agent exited ({status}):\n{}", self.log_tail());
             }
             if Instant::now() > deadline {
-                bail!("lb-agent did not log {needle:?} within {timeout:?}:\n{}", self.log_tail());
+                bail!(
+                    "lb-agent did not log {needle:?} within {timeout:?}:\n{}",
+                    self.log_tail()
+                );
             }
             // Keep the unread tail of a partly written line.
             self.log_offset -= pending.len() as u64;
@@ -283,7 +324,10 @@ impl Drop for Agent {
 
 /// Seconds since the epoch, now.
 pub fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// The timestamp that starts a tracing line (`2026-11-24T02:57:27.548911Z`),
@@ -291,14 +335,13 @@ pub fn unix_now() -> f64 {
 fn line_time(line: &str) -> Option<f64> {
     let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
     let (date, time) = ts.split_once('T')?;
-    let mut d = date.split('-').map(str::parse::<i64>);
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':');
-    let (h, min) = (t.next()?.parse::<f64>().ok()?, t.next()?.parse::<f64>().ok()?);
-    let s = t.next()?.parse::<f64>().ok()?;
+    let mut ymd = date.split('-').map(str::parse::<i64>);
+    let (year, month, day) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
+    let mut hms = time.split(':').map(str::parse::<f64>);
+    let (hour, minute, second) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
     #[expect(clippy::cast_precision_loss, reason = "day counts are small")]
-    let days = days_from_civil(y, m, day) as f64;
-    Some(days * 86_400.0 + h * 3600.0 + min * 60.0 + s)
+    let days = days_from_civil(year, month, day) as f64;
+    Some(days * 86_400.0 + hour * 3600.0 + minute * 60.0 + second)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).

@@ -36,7 +36,11 @@ pub fn machine() -> Machine {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown".to_owned());
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
     #[expect(clippy::cast_precision_loss, reason = "memory sizes fit an f64")]
@@ -55,7 +59,10 @@ pub fn machine() -> Machine {
     Machine {
         cpu,
         cores: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
-        kernel: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+        kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
         memory_gib,
         iptables: version("iptables-restore"),
         nft: version("nft"),
@@ -110,7 +117,8 @@ pub fn utc_now() -> String {
 pub fn write(out: &Path, meta: &Meta, sizes: &[SizeResult]) -> Result<String> {
     let json = serde_json::to_string_pretty(&serde_json::json!({ "meta": meta, "sizes": sizes }))?;
     let json_path = out.join("results.json");
-    fs::write(&json_path, json).with_context(|| format!("failed to write {}", json_path.display()))?;
+    fs::write(&json_path, json)
+        .with_context(|| format!("failed to write {}", json_path.display()))?;
     let md = markdown(meta, sizes);
     let md_path = out.join("results.md");
     fs::write(&md_path, &md).with_context(|| format!("failed to write {}", md_path.display()))?;
@@ -123,7 +131,7 @@ fn n(size: usize) -> String {
     let s = size.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -165,6 +173,10 @@ fn program_cell(p: &PeerResult, budget: u64) -> String {
 }
 
 /// The tables of `results.md`.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one table after another, clearer in one place"
+)]
 pub fn markdown(meta: &Meta, sizes: &[SizeResult]) -> String {
     let m = &meta.machine;
     let s = &meta.settings;
@@ -212,7 +224,13 @@ pub fn markdown(meta: &Meta, sizes: &[SizeResult]) -> String {
         let d_lat = direct.and_then(|d| d.latency_us);
         for p in &size.peers {
             let Some(lat) = p.latency_us else {
-                let _ = writeln!(o, "| {} | {} | {} | | | | | | | | |", n(size.size), p.peer, p.notes.join("; "));
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | | | | | | | | |",
+                    n(size.size),
+                    p.peer,
+                    p.notes.join("; ")
+                );
                 continue;
             };
             let (c1, c2, rps) = (opt(p.conn_rate_1), opt(p.conn_rate_2), opt(p.rps));
@@ -243,7 +261,10 @@ pub fn markdown(meta: &Meta, sizes: &[SizeResult]) -> String {
          (iptables/nftables: the partial reload kube-proxy would run; lb-agent: file rename, which includes its \
          50 ms debounce). Reload: the `iptables-restore`/`nft -f` run alone, or the agent's sync.\n"
     );
-    let _ = writeln!(o, "| N | peer | program N | change p50 | change p99 | change max | reload p50 | samples | notes |");
+    let _ = writeln!(
+        o,
+        "| N | peer | program N | change p50 | change p99 | change max | reload p50 | samples | notes |"
+    );
     let _ = writeln!(o, "|---:|---|---:|---:|---:|---:|---:|---:|---|");
     for size in sizes {
         for p in size.peers.iter().filter(|p| p.peer != Peer::Direct.name()) {
@@ -257,7 +278,8 @@ pub fn markdown(meta: &Meta, sizes: &[SizeResult]) -> String {
                 c.map_or_else(|| "–".to_owned(), |c| ms(c.p50)),
                 c.map_or_else(|| "–".to_owned(), |c| ms(c.p99)),
                 c.map_or_else(|| "–".to_owned(), |c| ms(c.max)),
-                p.change_reload_ms.map_or_else(|| "–".to_owned(), |c| ms(c.p50)),
+                p.change_reload_ms
+                    .map_or_else(|| "–".to_owned(), |c| ms(c.p50)),
                 c.map_or(0, |c| c.n),
                 p.notes.join("; ")
             );
@@ -277,21 +299,40 @@ pub fn markdown(meta: &Meta, sizes: &[SizeResult]) -> String {
         "| N | endpoints | file | end-to-end | load | parse | translate | hand-over | sync | RSS | maps (memlock) | \
          capacity (services / backends) | CPU while idle |"
     );
-    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        o,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for size in sizes {
         if let Some(a) = &size.agent {
             for (eps, runs, mib, mem, idle) in [
-                (s.endpoints, &a.program, a.services_file_mib, &a.memory, format!("{:.1}%", a.idle_cpu_percent)),
-                (s.program_endpoints, &a.program_wide, a.services_file_wide_mib, &a.memory_wide, String::new()),
+                (
+                    s.endpoints,
+                    &a.program,
+                    a.services_file_mib,
+                    &a.memory,
+                    format!("{:.1}%", a.idle_cpu_percent),
+                ),
+                (
+                    s.program_endpoints,
+                    &a.program_wide,
+                    a.services_file_wide_mib,
+                    &a.memory_wide,
+                    String::new(),
+                ),
             ] {
                 if runs.is_empty() {
                     continue;
                 }
                 let med = |f: fn(&super::Programmed) -> f64| {
-                    super::stats::median(&runs.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+                    super::stats::median(&runs.iter().map(f).collect::<Vec<_>>())
+                        .unwrap_or(f64::NAN)
                 };
                 #[expect(clippy::cast_precision_loss, reason = "memory sizes fit an f64")]
-                let (rss, maps) = (mem.rss_kib as f64 / 1024.0, mem.maps_memlock_kib as f64 / 1024.0);
+                let (rss, maps) = (
+                    mem.rss_kib as f64 / 1024.0,
+                    mem.maps_memlock_kib as f64 / 1024.0,
+                );
                 let _ = writeln!(
                     o,
                     "| {} | {eps} | {mib:.1} MiB | {} | {} | {} | {} | {} | {} | {rss:.0} MiB | {maps:.0} MiB ({} maps) | \
@@ -336,11 +377,25 @@ fn targets(o: &mut String, s: &Settings, sizes: &[SizeResult]) {
             );
         }
         for (label, dv, av) in [
-            ("new conn/s >= 95% of direct, 1 thread", d.conn_rate_1, a.conn_rate_1),
-            ("new conn/s >= 95% of direct, 2 threads", d.conn_rate_2, a.conn_rate_2),
+            (
+                "new conn/s >= 95% of direct, 1 thread",
+                d.conn_rate_1,
+                a.conn_rate_1,
+            ),
+            (
+                "new conn/s >= 95% of direct, 2 threads",
+                d.conn_rate_2,
+                a.conn_rate_2,
+            ),
         ] {
             if let (Some(dv), Some(av)) = (dv, av) {
-                let _ = writeln!(o, "| {label} | {} | {:.1}% | {} |", n(size.size), av / dv * 100.0, yes(av / dv >= 0.95));
+                let _ = writeln!(
+                    o,
+                    "| {label} | {} | {:.1}% | {} |",
+                    n(size.size),
+                    av / dv * 100.0,
+                    yes(av / dv >= 0.95)
+                );
             }
         }
         if let Some(c) = a.change_ms {
@@ -359,8 +414,20 @@ fn targets(o: &mut String, s: &Settings, sizes: &[SizeResult]) {
                 _ => None,
             };
             if let Some(limit) = limit {
-                let e2e = super::stats::median(&agent.program_wide.iter().map(|p| p.end_to_end_ms).collect::<Vec<_>>());
-                let sync = super::stats::median(&agent.program_wide.iter().map(|p| p.sync_ms).collect::<Vec<_>>());
+                let e2e = super::stats::median(
+                    &agent
+                        .program_wide
+                        .iter()
+                        .map(|p| p.end_to_end_ms)
+                        .collect::<Vec<_>>(),
+                );
+                let sync = super::stats::median(
+                    &agent
+                        .program_wide
+                        .iter()
+                        .map(|p| p.sync_ms)
+                        .collect::<Vec<_>>(),
+                );
                 if let (Some(e2e), Some(sync)) = (e2e, sync) {
                     let _ = writeln!(
                         o,
@@ -393,6 +460,10 @@ fn colour(peer: &str) -> RGBColor {
 type Series = Vec<(String, Vec<(f64, f64)>)>;
 
 #[expect(clippy::cast_precision_loss, reason = "service counts fit an f64")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "two panels drawn one after the other"
+)]
 fn plot(path: &Path, meta: &Meta, sizes: &[SizeResult]) -> Result<()> {
     let peers: Vec<String> = sizes
         .first()
@@ -421,12 +492,20 @@ fn plot(path: &Path, meta: &Meta, sizes: &[SizeResult]) -> Result<()> {
         .iter()
         .filter_map(|s| {
             let a: &AgentResult = s.agent.as_ref()?;
-            let e2e = super::stats::median(&a.program_wide.iter().map(|p| p.end_to_end_ms).collect::<Vec<_>>())?;
+            let e2e = super::stats::median(
+                &a.program_wide
+                    .iter()
+                    .map(|p| p.end_to_end_ms)
+                    .collect::<Vec<_>>(),
+            )?;
             Some((s.size as f64, e2e))
         })
         .collect();
     if !wide.is_empty() {
-        program.push((format!("lb-agent, {} endpoints", meta.settings.program_endpoints), wide));
+        program.push((
+            format!("lb-agent, {} endpoints", meta.settings.program_endpoints),
+            wide,
+        ));
     }
     let stopped: Vec<(String, f64)> = sizes
         .iter()
@@ -442,11 +521,19 @@ fn plot(path: &Path, meta: &Meta, sizes: &[SizeResult]) -> Result<()> {
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(600);
     let max_n = sizes.iter().map(|s| s.size).max().unwrap_or(1).max(10) as f64 * 1.5;
-    let all = |series: &Series| series.iter().flat_map(|(_, v)| v.iter().map(|&(_, y)| y)).collect::<Vec<_>>();
+    let all = |series: &Series| {
+        series
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|&(_, y)| y))
+            .collect::<Vec<_>>()
+    };
     let lat = [all(&p50), all(&p99)].concat();
     let (lo, hi) = bounds(&lat);
     let mut chart = ChartBuilder::on(&left)
-        .caption("connect() latency (p50 solid, p99 dashed)", ("sans-serif", 18))
+        .caption(
+            "connect() latency (p50 solid, p99 dashed)",
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -455,7 +542,7 @@ fn plot(path: &Path, meta: &Meta, sizes: &[SizeResult]) -> Result<()> {
         .configure_mesh()
         .x_desc("services (N)")
         .y_desc("µs")
-        .x_label_formatter(&|v| n(v.round() as usize))
+        .x_label_formatter(&|v| n(axis_label(*v)))
         .draw()?;
     for ((name, points), (_, tail)) in p50.iter().zip(&p99) {
         let c = colour(name);
@@ -480,7 +567,10 @@ fn plot(path: &Path, meta: &Meta, sizes: &[SizeResult]) -> Result<()> {
     }
     let (lo, hi) = bounds(&prog_values);
     let mut chart = ChartBuilder::on(&right)
-        .caption("time to program N services from nothing", ("sans-serif", 18))
+        .caption(
+            "time to program N services from nothing",
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -489,10 +579,14 @@ fn plot(path: &Path, meta: &Meta, sizes: &[SizeResult]) -> Result<()> {
         .configure_mesh()
         .x_desc("services (N)")
         .y_desc("ms")
-        .x_label_formatter(&|v| n(v.round() as usize))
+        .x_label_formatter(&|v| n(axis_label(*v)))
         .draw()?;
     for (name, points) in &program {
-        let c = if name.starts_with("lb-agent,") { RGBColor(23, 190, 207) } else { colour(name) };
+        let c = if name.starts_with("lb-agent,") {
+            RGBColor(23, 190, 207)
+        } else {
+            colour(name)
+        };
         chart
             .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
             .label(name.clone())
@@ -501,7 +595,11 @@ fn plot(path: &Path, meta: &Meta, sizes: &[SizeResult]) -> Result<()> {
     }
     for (name, size) in &stopped {
         let c = colour(name);
-        chart.draw_series(std::iter::once(TriangleMarker::new((*size, budget_ms), 6, c.filled())))?;
+        chart.draw_series(std::iter::once(TriangleMarker::new(
+            (*size, budget_ms),
+            6,
+            c.filled(),
+        )))?;
         chart.draw_series(std::iter::once(Text::new(
             format!("{name}: stopped at {} s", meta.settings.budget_s),
             (*size * 0.12, budget_ms * 0.8),
@@ -518,13 +616,25 @@ fn plot(path: &Path, meta: &Meta, sizes: &[SizeResult]) -> Result<()> {
     Ok(())
 }
 
+/// A service count on the log axis, as a whole number.
+fn axis_label(v: f64) -> usize {
+    format!("{:.0}", v.max(0.0)).parse().unwrap_or(0)
+}
+
 /// Log-axis bounds around `values` (a decade of margin, rounded to powers of 10).
 fn bounds(values: &[f64]) -> (f64, f64) {
-    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite() && *v > 0.0).collect();
+    let finite: Vec<f64> = values
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .collect();
     let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = finite.iter().copied().fold(0.0, f64::max);
     if finite.is_empty() {
         return (1.0, 10.0);
     }
-    (10f64.powf(lo.log10().floor()), 10f64.powf(hi.log10().ceil()).max(lo * 10.0))
+    (
+        10f64.powf(lo.log10().floor()),
+        10f64.powf(hi.log10().ceil()).max(lo * 10.0),
+    )
 }

@@ -1,4 +1,4 @@
-//! What every peer is programmed with: N ClusterIP services, written as the
+//! What every peer is programmed with: N `ClusterIP` services, written as the
 //! agent's services file (a `v1 List` as `kubectl get
 //! services,endpointslices -A -o json` prints it) and as the rule sets
 //! kube-proxy would write for them in its iptables and nftables modes.
@@ -13,7 +13,7 @@
 //!
 //! So size N programs N + 1 services. The structure of the rule sets
 //! follows kube-proxy's proxiers (`pkg/proxy/iptables`, `pkg/proxy/nftables`):
-//! the same chains, maps, matches and jumps for ClusterIP services with a
+//! the same chains, maps, matches and jumps for `ClusterIP` services with a
 //! cluster CIDR; chain names hash the service port and endpoint as
 //! kube-proxy does, with a different (non-cryptographic) hash.
 
@@ -31,7 +31,7 @@ pub const TARGET_PORT: u16 = 8080;
 pub const CLUSTER_CIDR: &str = "10.0.0.0/8";
 /// The service CIDR (kube-proxy's nftables mode drops unallocated IPs in it).
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
-/// ClusterIPs of the two services that matter.
+/// Cluster IPs of the two services that matter.
 pub const MEASURED_VIP: Ipv4Addr = Ipv4Addr::new(10, 110, 0, 1);
 pub const CHURN_VIP: Ipv4Addr = Ipv4Addr::new(10, 110, 0, 2);
 
@@ -62,12 +62,15 @@ impl Workload {
         let mut services = Vec::with_capacity(size + 1);
         let mut next_endpoint: u32 = 0;
         for i in 0..size.saturating_sub(1) {
-            let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + u32::try_from(i).unwrap_or(0));
+            let vip = Ipv4Addr::from(
+                u32::from(Ipv4Addr::new(10, 96, 0, 1)) + u32::try_from(i).unwrap_or(0),
+            );
             let eps = (0..endpoints)
                 .map(|_| {
                     next_endpoint += 1;
                     // 10.128.0.0/10: never routed to, only programmed.
-                    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + next_endpoint);
+                    let ip =
+                        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + next_endpoint);
                     SocketAddrV4::new(ip, TARGET_PORT)
                 })
                 .collect();
@@ -85,7 +88,10 @@ impl Workload {
         services.push(Service {
             name: "measured".to_owned(),
             vip: MEASURED_VIP,
-            endpoints: pods.iter().map(|&ip| SocketAddrV4::new(ip, TARGET_PORT)).collect(),
+            endpoints: pods
+                .iter()
+                .map(|&ip| SocketAddrV4::new(ip, TARGET_PORT))
+                .collect(),
         });
         Self { services }
     }
@@ -106,7 +112,8 @@ impl Workload {
 
     /// The services file: one JSON `v1 List`, one object per line.
     pub fn services_file(&self) -> String {
-        let mut s = String::with_capacity(self.services.len() * (700 + 150 * self.endpoints_hint()));
+        let mut s =
+            String::with_capacity(self.services.len() * (700 + 150 * self.endpoints_hint()));
         s.push_str("{\"apiVersion\":\"v1\",\"kind\":\"List\",\"metadata\":{\"resourceVersion\":\"\"},\"items\":[");
         for (i, svc) in self.services.iter().enumerate() {
             if i > 0 {
@@ -249,7 +256,10 @@ impl Workload {
         for ep in &before.endpoints {
             if !after.endpoints.contains(ep) {
                 let chain = nft_endpoint_chain(before, *ep);
-                let _ = writeln!(s, "flush chain ip kube-proxy {chain}\ndelete chain ip kube-proxy {chain}");
+                let _ = writeln!(
+                    s,
+                    "flush chain ip kube-proxy {chain}\ndelete chain ip kube-proxy {chain}"
+                );
             }
         }
         s
@@ -323,22 +333,38 @@ fn iptables_rules(s: &mut String, svc: &Service) {
                 "-A {chain} -m comment --comment \"{name} -> {ep}\" -m statistic --mode random --probability {p:.10} -j {sep}"
             );
         } else {
-            let _ = writeln!(s, "-A {chain} -m comment --comment \"{name} -> {ep}\" -j {sep}");
+            let _ = writeln!(
+                s,
+                "-A {chain} -m comment --comment \"{name} -> {ep}\" -j {sep}"
+            );
         }
     }
     for ep in &svc.endpoints {
         let sep = sep_chain(svc, *ep);
-        let _ = writeln!(s, "-A {sep} -m comment --comment {name} -s {} -j KUBE-MARK-MASQ", ep.ip());
-        let _ = writeln!(s, "-A {sep} -m comment --comment {name} -m tcp -p tcp -j DNAT --to-destination {ep}");
+        let _ = writeln!(
+            s,
+            "-A {sep} -m comment --comment {name} -s {} -j KUBE-MARK-MASQ",
+            ep.ip()
+        );
+        let _ = writeln!(
+            s,
+            "-A {sep} -m comment --comment {name} -m tcp -p tcp -j DNAT --to-destination {ep}"
+        );
     }
 }
 
 fn svc_chain(svc: &Service) -> String {
-    format!("KUBE-SVC-{}", hash32(&format!("{}tcp", svc.port_name()), 16))
+    format!(
+        "KUBE-SVC-{}",
+        hash32(&format!("{}tcp", svc.port_name()), 16)
+    )
 }
 
 fn sep_chain(svc: &Service, ep: SocketAddrV4) -> String {
-    format!("KUBE-SEP-{}", hash32(&format!("{}tcp{ep}", svc.port_name()), 16))
+    format!(
+        "KUBE-SEP-{}",
+        hash32(&format!("{}tcp{ep}", svc.port_name()), 16)
+    )
 }
 
 /// kube-proxy's nftables base: table, sets, maps, base chains and their rules.
@@ -409,8 +435,15 @@ fn nft_service_chains(s: &mut String, svc: &Service, flush: bool) {
         if flush {
             let _ = writeln!(s, "flush chain ip kube-proxy {ep_chain}");
         }
-        let _ = writeln!(s, "add rule ip kube-proxy {ep_chain} ip saddr {} jump mark-for-masquerade", ep.ip());
-        let _ = writeln!(s, "add rule ip kube-proxy {ep_chain} meta l4proto tcp dnat to {ep}");
+        let _ = writeln!(
+            s,
+            "add rule ip kube-proxy {ep_chain} ip saddr {} jump mark-for-masquerade",
+            ep.ip()
+        );
+        let _ = writeln!(
+            s,
+            "add rule ip kube-proxy {ep_chain} meta l4proto tcp dnat to {ep}"
+        );
     }
     let _ = writeln!(s, "add chain ip kube-proxy {chain}");
     if flush {
@@ -421,7 +454,11 @@ fn nft_service_chains(s: &mut String, svc: &Service, flush: bool) {
         "add rule ip kube-proxy {chain} ip daddr {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
         svc.vip
     );
-    let _ = write!(s, "add rule ip kube-proxy {chain} numgen random mod {} vmap {{ ", svc.endpoints.len());
+    let _ = write!(
+        s,
+        "add rule ip kube-proxy {chain} numgen random mod {} vmap {{ ",
+        svc.endpoints.len()
+    );
     for (i, ep) in svc.endpoints.iter().enumerate() {
         if i > 0 {
             s.push_str(", ");
@@ -432,7 +469,11 @@ fn nft_service_chains(s: &mut String, svc: &Service, flush: bool) {
 }
 
 fn nft_service_chain(svc: &Service) -> String {
-    format!("service-{}-{NAMESPACE}/{}/tcp/http", hash32(&format!("{}tcp", svc.port_name()), 8), svc.name)
+    format!(
+        "service-{}-{NAMESPACE}/{}/tcp/http",
+        hash32(&format!("{}tcp", svc.port_name()), 8),
+        svc.name
+    )
 }
 
 fn nft_endpoint_chain(svc: &Service, ep: SocketAddrV4) -> String {
@@ -476,7 +517,11 @@ mod tests {
     use super::*;
 
     fn pods() -> Vec<Ipv4Addr> {
-        vec![Ipv4Addr::new(10, 200, 0, 11), Ipv4Addr::new(10, 200, 0, 12), Ipv4Addr::new(10, 200, 0, 13)]
+        vec![
+            Ipv4Addr::new(10, 200, 0, 11),
+            Ipv4Addr::new(10, 200, 0, 12),
+            Ipv4Addr::new(10, 200, 0, 13),
+        ]
     }
 
     #[test]
@@ -485,8 +530,7 @@ mod tests {
         let rules = w.iptables_full();
         let last = rules
             .lines()
-            .filter(|l| l.starts_with("-A KUBE-SERVICES") && l.contains("cluster IP"))
-            .last()
+            .rfind(|l| l.starts_with("-A KUBE-SERVICES") && l.contains("cluster IP"))
             .expect("service rules");
         assert!(last.contains(&MEASURED_VIP.to_string()), "{last}");
         assert_eq!(rules.matches("--probability 0.3333333333").count(), 5);
@@ -509,7 +553,10 @@ mod tests {
     fn chain_names_are_unique() {
         let w = Workload::new(20_000, 3, &pods());
         let rules = w.iptables_full();
-        let declared: Vec<&str> = rules.lines().filter(|l| l.starts_with(":KUBE-SVC-") || l.starts_with(":KUBE-SEP-")).collect();
+        let declared: Vec<&str> = rules
+            .lines()
+            .filter(|l| l.starts_with(":KUBE-SVC-") || l.starts_with(":KUBE-SEP-"))
+            .collect();
         let unique: std::collections::BTreeSet<&str> = declared.iter().copied().collect();
         assert_eq!(declared.len(), unique.len());
     }
@@ -522,4 +569,3 @@ mod tests {
         assert_eq!(v["items"][7]["endpoints"].as_array().map(Vec::len), Some(3));
     }
 }
-

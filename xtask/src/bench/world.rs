@@ -61,7 +61,8 @@ impl World {
         let cgroup = cgroup2_root()?.join(PREFIX);
         let base_cgroup = cgroup2_root()?.join(format!("{PREFIX}-base"));
         for cg in [&cgroup, &base_cgroup] {
-            fs::create_dir_all(cg).with_context(|| format!("failed to create cgroup {}", cg.display()))?;
+            fs::create_dir_all(cg)
+                .with_context(|| format!("failed to create cgroup {}", cg.display()))?;
         }
         let mut world = Self {
             client_bin: client_bin.to_path_buf(),
@@ -92,7 +93,10 @@ impl World {
             BufReader::new(stdout)
                 .read_line(&mut line)
                 .with_context(|| format!("the bench server in {ns} did not start"))?;
-            ensure!(line.trim() == "ready", "the bench server in {ns} did not start: {line:?}");
+            ensure!(
+                line.trim() == "ready",
+                "the bench server in {ns} did not start: {line:?}"
+            );
         }
         Ok(world)
     }
@@ -108,7 +112,12 @@ impl World {
         // Many short connections: use every port.
         run_cmd(
             in_netns(&name)
-                .args(["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65535"])
+                .args([
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv4.ip_local_port_range=1024 65535",
+                ])
                 .stdout(Stdio::null()),
         )?;
         Ok(ClientNs { name })
@@ -116,23 +125,38 @@ impl World {
 
     /// Deletes a client namespace (and every rule in it).
     pub fn remove_client(&mut self, client: &ClientNs) {
-        let _ = Command::new("ip").args(["netns", "del", &client.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &client.name])
+            .status();
         self.netns.retain(|n| n != &client.name);
     }
 
     fn attach(&mut self, ns: &str, host_if: &str, addr: Ipv4Addr) -> Result<()> {
         self.netns_add(ns)?;
-        ip(&["-n", NODE, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+        ip(&[
+            "-n", NODE, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ])?;
         ip(&["-n", NODE, "link", "set", host_if, "master", "br0", "up"])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", ns, "addr", "add", &format!("{addr}/16"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/16"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", ns, "route", "add", "default", "via", "10.200.0.1"])?;
         Ok(())
     }
 
     fn netns_add(&mut self, name: &str) -> Result<()> {
-        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
         ip(&["netns", "add", name])?;
         self.netns.push(name.to_owned());
         Ok(())

@@ -139,12 +139,22 @@ fn run(command: Command) -> Result<()> {
             addrs,
             threads,
             duration_ms,
-        } => parallel(&addrs, threads, Duration::from_millis(duration_ms), conn_loop),
+        } => parallel(
+            &addrs,
+            threads,
+            Duration::from_millis(duration_ms),
+            conn_loop,
+        ),
         Command::Rps {
             addrs,
             threads,
             duration_ms,
-        } => parallel(&addrs, threads, Duration::from_millis(duration_ms), rps_loop),
+        } => parallel(
+            &addrs,
+            threads,
+            Duration::from_millis(duration_ms),
+            rps_loop,
+        ),
         Command::Probe {
             addr,
             expect,
@@ -172,7 +182,7 @@ fn check(ret: libc::c_int, what: &str) -> io::Result<libc::c_int> {
 
 fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or_default(),
         sin_port: addr.port().to_be(),
         sin_addr: libc::in_addr {
             s_addr: u32::from(*addr.ip()).to_be(),
@@ -186,13 +196,27 @@ fn socklen<T>() -> libc::socklen_t {
     size_of::<T>() as libc::socklen_t
 }
 
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T, what: &str) -> io::Result<()> {
+fn setsockopt<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+    what: &str,
+) -> io::Result<()> {
     // SAFETY: value points to a live T of the given length.
-    let ret = unsafe { libc::setsockopt(fd, level, name, std::ptr::from_ref(value).cast(), socklen::<T>()) };
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            socklen::<T>(),
+        )
+    };
     check(ret, what).map(drop)
 }
 
-/// A TCP socket that resets on close (no TIME_WAIT), not yet connected.
+/// A TCP socket that resets on close (no `TIME_WAIT`), not yet connected.
 fn client_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the fd is owned right away.
     let fd = check(
@@ -205,16 +229,34 @@ fn client_socket() -> io::Result<OwnedFd> {
         l_onoff: 1,
         l_linger: 0,
     };
-    setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger, "SO_LINGER")?;
+    setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        &linger,
+        "SO_LINGER",
+    )?;
     let one: libc::c_int = 1;
-    setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, &one, "TCP_NODELAY")?;
+    setsockopt(
+        fd.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+        &one,
+        "TCP_NODELAY",
+    )?;
     Ok(fd)
 }
 
 fn connect(fd: &OwnedFd, addr: SocketAddrV4) -> io::Result<()> {
     let sa = sockaddr(addr);
     // SAFETY: sa is a valid sockaddr_in of the given length.
-    let ret = unsafe { libc::connect(fd.as_raw_fd(), std::ptr::from_ref(&sa).cast(), socklen::<libc::sockaddr_in>()) };
+    let ret = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&sa).cast(),
+            socklen::<libc::sockaddr_in>(),
+        )
+    };
     check(ret, &format!("connect {addr}")).map(drop)
 }
 
@@ -236,7 +278,12 @@ fn read_exact(fd: RawFd, buf: &mut [u8]) -> io::Result<()> {
         // SAFETY: the tail of buf is valid for writing.
         let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
         match n {
-            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed")),
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "server closed",
+                ));
+            }
             n if n < 0 => return Err(io::Error::last_os_error()),
             n => got += usize::try_from(n).unwrap_or(0),
         }
@@ -257,7 +304,10 @@ fn request(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
 
 /// `CLOCK_MONOTONIC` in nanoseconds: comparable across processes.
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
@@ -277,13 +327,18 @@ fn latency(addrs: &[SocketAddrV4], count: usize, warmup: usize) -> Result<()> {
         let took = start.elapsed();
         drop(fd);
         match result {
-            Ok(()) if i >= warmup => samples.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX)),
+            Ok(()) if i >= warmup => {
+                samples.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX))
+            }
             Ok(()) => {}
             Err(e) => {
                 errors += 1;
                 first_error.get_or_insert_with(|| e.to_string());
                 if errors > 100 && errors * 10 > u64::try_from(i).unwrap_or(0) {
-                    bail!("too many failed connects: {}", first_error.unwrap_or_default());
+                    bail!(
+                        "too many failed connects: {}",
+                        first_error.unwrap_or_default()
+                    );
                 }
             }
         }
@@ -325,7 +380,9 @@ fn parallel(addrs: &[SocketAddrV4], threads: usize, duration: Duration, body: Lo
     stop.store(true, Ordering::Relaxed);
     let mut total = Tally::default();
     for h in handles {
-        let t = h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))?;
+        let t = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))?;
         total.ok += t.ok;
         total.errors += t.errors;
         if total.first_error.is_none() {
@@ -385,7 +442,12 @@ fn rps_loop(addrs: &[SocketAddrV4], thread: usize, stop: &AtomicBool) -> Tally {
     tally
 }
 
-fn probe(addr: SocketAddrV4, expect: SocketAddrV4, timeout: Duration, interval: Duration) -> Result<()> {
+fn probe(
+    addr: SocketAddrV4,
+    expect: SocketAddrV4,
+    timeout: Duration,
+    interval: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut ready = false;
     let mut probes = 0u64;
@@ -399,7 +461,10 @@ fn probe(addr: SocketAddrV4, expect: SocketAddrV4, timeout: Duration, interval: 
         probes += 1;
         match result {
             Ok(who) if who == expect && ready => {
-                println!("{}", json!({ "switched_ns": started_ns, "probes": probes, "errors": errors }));
+                println!(
+                    "{}",
+                    json!({ "switched_ns": started_ns, "probes": probes, "errors": errors })
+                );
                 return Ok(());
             }
             Ok(_) if !ready => {
@@ -411,7 +476,9 @@ fn probe(addr: SocketAddrV4, expect: SocketAddrV4, timeout: Duration, interval: 
             Err(_) => errors += 1,
         }
         if Instant::now() > deadline {
-            bail!("{expect} did not answer {addr} within {timeout:?} ({probes} probes, {errors} errors)");
+            bail!(
+                "{expect} did not answer {addr} within {timeout:?} ({probes} probes, {errors} errors)"
+            );
         }
         thread::sleep(interval);
     }
@@ -431,7 +498,8 @@ fn serve(ports: &[u16], threads: usize) -> Result<()> {
     println!("ready");
     io::stdout().flush().context("failed to write to stdout")?;
     for w in workers {
-        w.join().map_err(|_| anyhow::anyhow!("a server thread panicked"))??;
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a server thread panicked"))??;
     }
     Ok(())
 }
@@ -451,12 +519,30 @@ fn listener(port: u16) -> io::Result<OwnedFd> {
     // SAFETY: fd was just returned by socket().
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let one: libc::c_int = 1;
-    setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, &one, "SO_REUSEADDR")?;
-    setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, &one, "SO_REUSEPORT")?;
+    setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        &one,
+        "SO_REUSEADDR",
+    )?;
+    setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_REUSEPORT,
+        &one,
+        "SO_REUSEPORT",
+    )?;
     let sa = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
     // SAFETY: sa is a valid sockaddr_in.
     check(
-        unsafe { libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&sa).cast(), socklen::<libc::sockaddr_in>()) },
+        unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                std::ptr::from_ref(&sa).cast(),
+                socklen::<libc::sockaddr_in>(),
+            )
+        },
         "bind",
     )?;
     // SAFETY: plain syscall on an owned fd.
@@ -484,16 +570,28 @@ fn epoll_ctl(epfd: RawFd, op: libc::c_int, fd: RawFd, data: u64) -> io::Result<(
         u64: data,
     };
     // SAFETY: ev is a valid epoll_event.
-    check(unsafe { libc::epoll_ctl(epfd, op, fd, &raw mut ev) }, "epoll_ctl").map(drop)
+    check(
+        unsafe { libc::epoll_ctl(epfd, op, fd, &raw mut ev) },
+        "epoll_ctl",
+    )
+    .map(drop)
 }
 
 fn serve_loop(listeners: &[OwnedFd]) -> Result<()> {
     // SAFETY: plain syscall; owned right away.
-    let epfd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }, "epoll_create1")?;
+    let epfd = check(
+        unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
+        "epoll_create1",
+    )?;
     // SAFETY: epfd was just returned by epoll_create1.
     let epfd = unsafe { OwnedFd::from_raw_fd(epfd) };
     for (i, l) in listeners.iter().enumerate() {
-        epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, l.as_raw_fd(), LISTENER_TAG | i as u64)?;
+        epoll_ctl(
+            epfd.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            l.as_raw_fd(),
+            LISTENER_TAG | i as u64,
+        )?;
     }
     let mut conns: HashMap<RawFd, (OwnedFd, [u8; REPLY_LEN])> = HashMap::new();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
@@ -518,12 +616,18 @@ fn serve_loop(listeners: &[OwnedFd]) -> Result<()> {
         for ev in &events[..usize::try_from(n).unwrap_or(0)] {
             let data = ev.u64;
             if data & LISTENER_TAG != 0 {
-                let Ok(index) = usize::try_from(data & !LISTENER_TAG) else { continue };
+                let Ok(index) = usize::try_from(data & !LISTENER_TAG) else {
+                    continue;
+                };
                 accept_all(epfd.as_raw_fd(), listeners[index].as_raw_fd(), &mut conns);
                 continue;
             }
-            let Ok(fd) = RawFd::try_from(data) else { continue };
-            let Some((conn, reply)) = conns.get(&fd) else { continue };
+            let Ok(fd) = RawFd::try_from(data) else {
+                continue;
+            };
+            let Some((conn, reply)) = conns.get(&fd) else {
+                continue;
+            };
             // SAFETY: buf is valid for its length.
             let got = unsafe { libc::read(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             let keep = match got {
@@ -539,7 +643,11 @@ fn serve_loop(listeners: &[OwnedFd]) -> Result<()> {
     }
 }
 
-fn accept_all(epfd: RawFd, listener: RawFd, conns: &mut HashMap<RawFd, (OwnedFd, [u8; REPLY_LEN])>) {
+fn accept_all(
+    epfd: RawFd,
+    listener: RawFd,
+    conns: &mut HashMap<RawFd, (OwnedFd, [u8; REPLY_LEN])>,
+) {
     loop {
         // SAFETY: null address pointers are allowed by accept4.
         let fd = unsafe {
@@ -556,7 +664,13 @@ fn accept_all(epfd: RawFd, listener: RawFd, conns: &mut HashMap<RawFd, (OwnedFd,
         // SAFETY: fd was just returned by accept4.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let one: libc::c_int = 1;
-        let _ = setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &one, "TCP_NODELAY");
+        let _ = setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            &one,
+            "TCP_NODELAY",
+        );
         let reply = local_reply(fd);
         let data = u64::try_from(fd).unwrap_or(0);
         if epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, data).is_ok() {
