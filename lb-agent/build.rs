@@ -1,5 +1,6 @@
-//! Builds the eBPF objects (`lb-ebpf`: the data path; `lb-probe`: kernel
-//! feature probes) with aya-build and leaves them in `OUT_DIR`, where
+//! Builds the eBPF objects (`lb-ebpf`: the data path; `lb-ebpf-legacy`: the
+//! same without fetching atomics, for kernels before 5.12; `lb-probe`:
+//! kernel feature probes) with aya-build and leaves them in `OUT_DIR`, where
 //! `src/bpf/object.rs` embeds them.
 //!
 //! Stub mode: with `LB_EBPF_STUB=1`, or when nightly/bpf-linker are missing,
@@ -11,7 +12,7 @@ use std::{env, fs, path::PathBuf, process::Command};
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
-const OBJECTS: [&str; 2] = ["lb-ebpf", "lb-probe"];
+const OBJECTS: [&str; 3] = ["lb-ebpf", "lb-ebpf-legacy", "lb-probe"];
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=LB_EBPF_STUB");
@@ -21,7 +22,9 @@ fn main() -> anyhow::Result<()> {
     let missing = missing_toolchain();
     if forced || missing.is_some() {
         if let Some(why) = missing.filter(|_| !forced) {
-            println!("cargo:warning=building lb-agent WITHOUT eBPF programs: {why}; run `cargo xtask setup`");
+            println!(
+                "cargo:warning=building lb-agent WITHOUT eBPF programs: {why}; run `cargo xtask setup`"
+            );
         }
         for name in OBJECTS {
             fs::write(out_dir.join(name), b"").with_context(|| format!("writing stub {name}"))?;

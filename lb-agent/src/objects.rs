@@ -36,6 +36,7 @@ use serde::{
     Deserialize, Deserializer,
     de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor},
 };
+use serde_json::value::RawValue;
 use serde_saphyr::{MessageFormatter as _, granit_parser};
 
 /// The Services and `EndpointSlices` of a file, in file order.
@@ -283,7 +284,7 @@ fn default_namespace(metadata: &mut ObjectMeta) {
 // and after an EndpointSlice's `endpoints`: we cannot dispatch on it first).
 
 /// The union of the fields of a Service, an `EndpointSlice` and a list.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawObject {
     api_version: Option<String>,
@@ -359,11 +360,65 @@ fn fast_yaml(text: &str) -> Option<Objects> {
 }
 
 fn fast_json(text: &str) -> Option<Objects> {
-    let documents = serde_json::Deserializer::from_str(text)
-        .into_iter::<RawObject>()
+    let raw = serde_json::Deserializer::from_str(text)
+        .into_iter::<&RawValue>()
         .collect::<Result<Vec<_>, _>>()
         .ok()?;
+    let mut documents = Vec::with_capacity(raw.len());
+    for doc in raw {
+        let shell: ListShell<'_> = serde_json::from_str(doc.get()).ok()?;
+        match shell.items {
+            // A list: one cheap scan split it, now its items are parsed on
+            // every core (they are independent).
+            Some(items) => documents.push(RawObject {
+                api_version: shell.api_version,
+                kind: shell.kind,
+                items: Some(parse_items(&items)?),
+                ..RawObject::default()
+            }),
+            None => documents.push(serde_json::from_str(doc.get()).ok()?),
+        }
+    }
     assemble(documents)
+}
+
+/// The top of a JSON document, with a list's items left unparsed.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListShell<'a> {
+    api_version: Option<String>,
+    kind: Option<String>,
+    #[serde(borrow)]
+    items: Option<Vec<&'a RawValue>>,
+}
+
+/// Below this many items one thread is faster than starting more.
+const PARALLEL_ITEMS: usize = 2_000;
+
+fn parse_items(items: &[&RawValue]) -> Option<Vec<RawObject>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(8);
+    let parse = |chunk: &[&RawValue]| -> Option<Vec<RawObject>> {
+        chunk
+            .iter()
+            .map(|i| serde_json::from_str(i.get()).ok())
+            .collect()
+    };
+    if threads == 1 || items.len() < PARALLEL_ITEMS {
+        return parse(items);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(items.len().div_ceil(threads))
+            .map(|chunk| scope.spawn(move || parse(chunk)))
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for handle in handles {
+            out.extend(handle.join().ok()??);
+        }
+        Some(out)
+    })
 }
 
 /// YAML options: the limits are sized for 100,000s of objects in one file

@@ -142,7 +142,10 @@ pub fn load(cfg: &Config) -> Result<Loaded> {
 
     let layout = PinLayout::new(&cfg.bpffs);
     for dir in [layout.maps_dir(), layout.links_dir()] {
-        fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
     }
     let adopted = check_pins(&layout, &cfg.capacity)?;
 
@@ -166,10 +169,14 @@ pub fn load(cfg: &Config) -> Result<Loaded> {
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader
-        .load(object::datapath()?)
-        .map_err(|source| Error::Load { what: "the data-path programs", source: Box::new(source) })?;
+        .load(object::datapath(features.has(FEATURE_ATOMIC_FETCH))?)
+        .map_err(|source| Error::Load {
+            what: "the data-path programs",
+            source: Box::new(source),
+        })?;
 
-    let mut active = features.supported & (FEATURE_SET_RETVAL | FEATURE_ATOMIC_FETCH | FEATURE_NETNS_COOKIE);
+    let mut active =
+        features.supported & (FEATURE_SET_RETVAL | FEATURE_ATOMIC_FETCH | FEATURE_NETNS_COOKIE);
     let new_links = attach_all(&mut ebpf, &features, &cfg.cgroup)?;
     for (hook, _) in &new_links {
         active |= hook_feature(hook);
@@ -189,13 +196,27 @@ pub fn load(cfg: &Config) -> Result<Loaded> {
         last_sync_unix_ms: previous.last_sync_unix_ms,
     })?;
     for hook in HOOKS.iter().filter(|h| !features.has(h.feature)) {
-        tracing::warn!(hook = hook.program, lost = hook.lost, "hook unsupported on this kernel");
+        tracing::warn!(
+            hook = hook.program,
+            lost = hook.lost,
+            "hook unsupported on this kernel"
+        );
     }
-    Ok(Loaded { maps, barrier, features, active, adopted, ebpf })
+    Ok(Loaded {
+        maps,
+        barrier,
+        features,
+        active,
+        adopted,
+        ebpf,
+    })
 }
 
 fn hook_feature(program: &str) -> u32 {
-    HOOKS.iter().find(|h| h.program == program).map_or(0, |h| h.feature)
+    HOOKS
+        .iter()
+        .find(|h| h.program == program)
+        .map_or(0, |h| h.feature)
 }
 
 fn known_features() -> u32 {
@@ -225,15 +246,30 @@ fn expected_shapes(c: &Capacity) -> Vec<(&'static str, MapShape)> {
         }
     }
     vec![
-        (map_names::SERVICES, shape::<ServiceKey, ServiceValue>(c.services)),
+        (
+            map_names::SERVICES,
+            shape::<ServiceKey, ServiceValue>(c.services),
+        ),
         (map_names::BACKENDS, shape::<u32, Backend>(c.backends)),
         (map_names::REVNAT, shape::<RevNatKey, RevNatValue>(c.revnat)),
-        (map_names::AFFINITY, shape::<AffinityKey, AffinityValue>(c.affinity)),
-        (map_names::AFFINITY_MEMBERS, shape::<MemberKey, u32>(c.backends)),
+        (
+            map_names::AFFINITY,
+            shape::<AffinityKey, AffinityValue>(c.affinity),
+        ),
+        (
+            map_names::AFFINITY_MEMBERS,
+            shape::<MemberKey, u32>(c.backends),
+        ),
         (map_names::RR_COUNTERS, shape::<u32, u64>(c.services)),
-        (map_names::SERVICE_STATS, shape::<u32, ServiceStats>(c.services)),
+        (
+            map_names::SERVICE_STATS,
+            shape::<u32, ServiceStats>(c.services),
+        ),
         (map_names::GLOBAL_STATS, shape::<u32, u64>(STAT_COUNT)),
-        (map_names::SERVICE_NAMES, shape::<u32, ServiceName>(c.services)),
+        (
+            map_names::SERVICE_NAMES,
+            shape::<u32, ServiceName>(c.services),
+        ),
         (map_names::META, shape::<u32, Meta>(1)),
     ]
 }
@@ -270,10 +306,12 @@ fn check_pins(layout: &PinLayout, capacity: &Capacity) -> Result<bool> {
     if found {
         let meta_path = layout.map(map_names::META);
         if let Ok(data) = aya::maps::MapData::from_pin(&meta_path) {
-            let meta: Option<Meta> = aya::maps::Array::<_, Meta>::try_from(aya::maps::Map::Array(data))
-                .ok()
-                .and_then(|a| a.get(&0, 0).ok());
-            if let Some(meta) = meta.filter(|m| m.abi_version != 0 && m.abi_version != ABI_VERSION) {
+            let meta: Option<Meta> =
+                aya::maps::Array::<_, Meta>::try_from(aya::maps::Map::Array(data))
+                    .ok()
+                    .and_then(|a| a.get(&0, 0).ok());
+            if let Some(meta) = meta.filter(|m| m.abi_version != 0 && m.abi_version != ABI_VERSION)
+            {
                 return Err(Error::IncompatiblePins {
                     dir: layout.root.clone(),
                     detail: format!(
@@ -289,26 +327,43 @@ fn check_pins(layout: &PinLayout, capacity: &Capacity) -> Result<bool> {
 
 /// Loads and attaches every hook the kernel supports. The links are held
 /// by file descriptor until [`swap_links`] pins them.
-fn attach_all(ebpf: &mut Ebpf, features: &Features, cgroup: &Path) -> Result<Vec<(&'static str, FdLink)>> {
-    let cgroup_file = File::open(cgroup).map_err(|source| Error::Io { path: cgroup.into(), source })?;
+fn attach_all(
+    ebpf: &mut Ebpf,
+    features: &Features,
+    cgroup: &Path,
+) -> Result<Vec<(&'static str, FdLink)>> {
+    let cgroup_file = File::open(cgroup).map_err(|source| Error::Io {
+        path: cgroup.into(),
+        source,
+    })?;
     let mut links = Vec::new();
     for hook in HOOKS.iter().filter(|h| features.has(h.feature)) {
         let program: &mut CgroupSockAddr = ebpf
             .program_mut(hook.program)
             .ok_or(Error::MissingMap { name: hook.program })?
             .try_into()
-            .map_err(|source| Error::Program { program: hook.program, source })?;
-        program
-            .load()
-            .map_err(|source| Error::Program { program: hook.program, source })?;
+            .map_err(|source| Error::Program {
+                program: hook.program,
+                source,
+            })?;
+        program.load().map_err(|source| Error::Program {
+            program: hook.program,
+            source,
+        })?;
         // With BPF links, the kernel always attaches in multi mode and
         // rejects any flag: `Single` is what asks for no flags.
         let id = program
             .attach(&cgroup_file, CgroupAttachMode::Single)
-            .map_err(|source| Error::Attach { program: hook.program, cgroup: cgroup.into(), source })?;
-        let link = program
-            .take_link(id)
-            .map_err(|source| Error::Attach { program: hook.program, cgroup: cgroup.into(), source })?;
+            .map_err(|source| Error::Attach {
+                program: hook.program,
+                cgroup: cgroup.into(),
+                source,
+            })?;
+        let link = program.take_link(id).map_err(|source| Error::Attach {
+            program: hook.program,
+            cgroup: cgroup.into(),
+            source,
+        })?;
         let link: FdLink = link.try_into().map_err(|_| Error::NoLinks)?;
         links.push((hook.program, link));
     }
@@ -323,7 +378,8 @@ fn swap_links(layout: &PinLayout, new_links: Vec<(&'static str, FdLink)>) -> Res
     remove_link_pins(layout)?;
     for (program, link) in new_links {
         let path = layout.link(program);
-        link.pin(&path).map_err(|source| Error::Pin { path, source })?;
+        link.pin(&path)
+            .map_err(|source| Error::Pin { path, source })?;
     }
     Ok(())
 }
@@ -345,7 +401,12 @@ fn remove_links(layout: &PinLayout, detach: bool) -> Result<Vec<PathBuf>> {
         Err(source) => return Err(Error::Io { path: dir, source }),
     };
     for entry in entries {
-        let path = entry.map_err(|source| Error::Io { path: dir.clone(), source })?.path();
+        let path = entry
+            .map_err(|source| Error::Io {
+                path: dir.clone(),
+                source,
+            })?
+            .path();
         if detach {
             match super::sys::obj_get(&path).and_then(|fd| super::sys::link_detach(&fd)) {
                 Ok(()) => {}
@@ -355,7 +416,10 @@ fn remove_links(layout: &PinLayout, detach: bool) -> Result<Vec<PathBuf>> {
                 Err(source) => return Err(Error::Io { path, source }),
             }
         }
-        fs::remove_file(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        fs::remove_file(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
         removed.push(path);
     }
     Ok(removed)
@@ -376,12 +440,23 @@ pub struct Cleaned {
 /// When a pin exists but cannot be removed.
 pub fn cleanup(bpffs: &Path) -> Result<Cleaned> {
     let layout = PinLayout::new(bpffs);
-    let mut cleaned = Cleaned { links: remove_links(&layout, true)?, maps: Vec::new() };
+    let mut cleaned = Cleaned {
+        links: remove_links(&layout, true)?,
+        maps: Vec::new(),
+    };
     let maps_dir = layout.maps_dir();
     if let Ok(entries) = fs::read_dir(&maps_dir) {
         for entry in entries {
-            let path = entry.map_err(|source| Error::Io { path: maps_dir.clone(), source })?.path();
-            fs::remove_file(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            let path = entry
+                .map_err(|source| Error::Io {
+                    path: maps_dir.clone(),
+                    source,
+                })?
+                .path();
+            fs::remove_file(&path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
             cleaned.maps.push(path);
         }
     }

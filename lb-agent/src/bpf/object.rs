@@ -3,11 +3,15 @@
 use super::Error;
 
 static DATAPATH: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+static DATAPATH_LEGACY: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf-legacy"));
 static PROBE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-probe"));
 
-/// The data-path programs and maps.
-pub fn datapath() -> Result<&'static [u8], Error> {
-    non_stub(DATAPATH)
+/// The data-path programs and maps. Kernels without fetching atomics
+/// (before 5.12) get the object built without them: their verifiers reject
+/// the instruction even in code that can never run.
+pub fn datapath(atomic_fetch: bool) -> Result<&'static [u8], Error> {
+    non_stub(if atomic_fetch { DATAPATH } else { DATAPATH_LEGACY })
 }
 
 /// The feature probes.

@@ -42,7 +42,10 @@ pub enum Error {
     #[error(transparent)]
     Parse(#[from] ParseError),
     #[error("{}", invalid_message(path, problems))]
-    Invalid { path: PathBuf, problems: Vec<Problem> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
     #[error("failed to watch {path}: {source}")]
     Watch {
         path: PathBuf,
@@ -87,8 +90,22 @@ impl FileSource {
     }
 
     fn load_text(&self, text: &str) -> Result<DesiredState, Error> {
+        let started = Instant::now();
         let objects = objects::parse(text, &self.path)?;
-        let t = translate::translate(&objects.services, &objects.endpoint_slices, &self.node, &self.options);
+        let parsed = started.elapsed();
+        let t = translate::translate(
+            &objects.services,
+            &objects.endpoint_slices,
+            &self.node,
+            &self.options,
+        );
+        tracing::debug!(
+            parse_ms = parsed.as_secs_f64() * 1e3,
+            translate_ms = (started.elapsed() - parsed).as_secs_f64() * 1e3,
+            services = objects.services.len(),
+            endpoint_slices = objects.endpoint_slices.len(),
+            "parsed and translated services file"
+        );
         if t.problems.is_empty() {
             Ok(t.state)
         } else {
@@ -104,7 +121,9 @@ impl FileSource {
     /// # Errors
     /// When the file's directory cannot be watched.
     pub async fn run(self, tx: Publisher, metrics: Arc<Metrics>) -> Result<(), Error> {
-        let labels = SourceLabels { source: "file".to_owned() };
+        let labels = SourceLabels {
+            source: "file".to_owned(),
+        };
         let (events_tx, mut events) = mpsc::unbounded_channel::<Instant>();
         let dir = self
             .path
@@ -120,10 +139,16 @@ impl FileSource {
                 }
             }
         })
-        .map_err(|source| Error::Watch { path: dir.clone(), source })?;
+        .map_err(|source| Error::Watch {
+            path: dir.clone(),
+            source,
+        })?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|source| Error::Watch { path: dir.clone(), source })?;
+            .map_err(|source| Error::Watch {
+                path: dir.clone(),
+                source,
+            })?;
         let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::Watch {
             path: dir.clone(),
             source: notify::Error::io(e),
@@ -151,7 +176,10 @@ impl FileSource {
                     last_text = Some(text);
                 }
                 Err(source) => {
-                    let e = Error::Read { path: self.path.clone(), source };
+                    let e = Error::Read {
+                        path: self.path.clone(),
+                        source,
+                    };
                     tracing::error!("{e}; keeping the state programmed before");
                     metrics.source_errors.get_or_create(&labels).inc();
                     metrics.source_stale.get_or_create(&labels).set(1);
