@@ -21,7 +21,11 @@ pub enum RejectReason {
     /// Every service id is in use (`--max-services`).
     ServicesFull { capacity: u32 },
     /// No free run of backend slots long enough (`--max-backends`).
-    BackendsFull { needed: u32, free: u32, capacity: u32 },
+    BackendsFull {
+        needed: u32,
+        free: u32,
+        capacity: u32,
+    },
 }
 
 impl fmt::Display for RejectReason {
@@ -31,7 +35,11 @@ impl fmt::Display for RejectReason {
                 f,
                 "the service table is full ({capacity} service ports); raise --max-services"
             ),
-            Self::BackendsFull { needed, free, capacity } => write!(
+            Self::BackendsFull {
+                needed,
+                free,
+                capacity,
+            } => write!(
                 f,
                 "the backend table has no room for {needed} backends ({free} of {capacity} slots free); raise --max-backends"
             ),
@@ -153,13 +161,17 @@ impl Dataplane for MemoryDataplane {
                     let old = self.state.get(&fe).map_or(0, |e| e.backends.len());
                     let is_new = !self.state.contains_key(&fe);
                     let needed = u32::try_from(entry.backends.len()).unwrap_or(u32::MAX);
-                    let used = self.backends_used()
-                        - u32::try_from(old).unwrap_or(0);
-                    if is_new && u32::try_from(self.state.len()).unwrap_or(u32::MAX) >= self.services_capacity {
+                    let used = self.backends_used() - u32::try_from(old).unwrap_or(0);
+                    if is_new
+                        && u32::try_from(self.state.len()).unwrap_or(u32::MAX)
+                            >= self.services_capacity
+                    {
                         report.rejected.push(Rejected {
                             frontend: fe,
                             name: entry.name.clone(),
-                            reason: RejectReason::ServicesFull { capacity: self.services_capacity },
+                            reason: RejectReason::ServicesFull {
+                                capacity: self.services_capacity,
+                            },
                         });
                         continue;
                     }

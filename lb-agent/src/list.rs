@@ -72,10 +72,13 @@ pub fn read(bpffs: &Path) -> Result<Listing, Error> {
                     || format!("{:?}", r.key.addr),
                     |f| SocketAddr::new(f.ip, f.port).to_string(),
                 ),
-                protocol: frontend.map_or_else(|| r.key.proto.to_string(), |f| f.protocol.to_string()),
+                protocol: frontend
+                    .map_or_else(|| r.key.proto.to_string(), |f| f.protocol.to_string()),
                 service: r.name.unwrap_or_default(),
-                algorithm: Algorithm::from_raw(r.value.algorithm)
-                    .map_or_else(|| format!("unknown({})", r.value.algorithm), |a| a.to_string()),
+                algorithm: Algorithm::from_raw(r.value.algorithm).map_or_else(
+                    || format!("unknown({})", r.value.algorithm),
+                    |a| a.to_string(),
+                ),
                 state: match &r.backends {
                     None => "corrupt",
                     Some(b) if b.is_empty() => "no-endpoints",
@@ -83,13 +86,20 @@ pub fn read(bpffs: &Path) -> Result<Listing, Error> {
                 },
                 affinity_timeout_s: (r.value.flags & FLAG_AFFINITY != 0)
                     .then_some(r.value.affinity_timeout_s),
-                backends: r.backends.unwrap_or_default().iter().map(socket_addr).collect(),
+                backends: r
+                    .backends
+                    .unwrap_or_default()
+                    .iter()
+                    .map(socket_addr)
+                    .collect(),
                 translated: r.stats.translated,
                 refused: r.stats.refused,
             }
         })
         .collect();
-    services.sort_by(|a, b| (&a.service, &a.frontend, &a.protocol).cmp(&(&b.service, &b.frontend, &b.protocol)));
+    services.sort_by(|a, b| {
+        (&a.service, &a.frontend, &a.protocol).cmp(&(&b.service, &b.frontend, &b.protocol))
+    });
     Ok(Listing {
         bpffs: bpffs.display().to_string(),
         generation: meta.generation,
@@ -112,12 +122,25 @@ pub fn render_table(l: &Listing) -> String {
         let t = UNIX_EPOCH + Duration::from_millis(l.last_sync_unix_ms);
         humantime_utc(t)
     };
-    let _ = writeln!(out, "data path pinned at {} (sync #{}, last {synced})", l.bpffs, l.generation);
+    let _ = writeln!(
+        out,
+        "data path pinned at {} (sync #{}, last {synced})",
+        l.bpffs, l.generation
+    );
     let _ = writeln!(out, "kernel features: {}", l.features);
     let counters: Vec<String> = l.counters.iter().map(|(n, v)| format!("{n}={v}")).collect();
     let _ = writeln!(out, "counters: {}", counters.join(" "));
     let _ = writeln!(out);
-    let headers = ["FRONTEND", "PROTO", "SERVICE", "ALGORITHM", "STATE", "CONNECTS", "REFUSED", "BACKENDS"];
+    let headers = [
+        "FRONTEND",
+        "PROTO",
+        "SERVICE",
+        "ALGORITHM",
+        "STATE",
+        "CONNECTS",
+        "REFUSED",
+        "BACKENDS",
+    ];
     let rows: Vec<[String; 8]> = l
         .services
         .iter()
@@ -129,7 +152,11 @@ pub fn render_table(l: &Listing) -> String {
             let backends = if r.backends.is_empty() {
                 "-".to_owned()
             } else {
-                r.backends.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                r.backends
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
             };
             [
                 r.frontend.clone(),

@@ -109,7 +109,9 @@ struct CleanupArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -149,7 +151,10 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::List(a) => {
             let listing = list::read(&a.bpffs).map_err(|e| {
-                anyhow::anyhow!("{e} (is `lb-agent run` pinning to {}? see --bpffs)", a.bpffs.display())
+                anyhow::anyhow!(
+                    "{e} (is `lb-agent run` pinning to {}? see --bpffs)",
+                    a.bpffs.display()
+                )
             })?;
             match a.output {
                 Output::Table => print!("{}", list::render_table(&listing)),

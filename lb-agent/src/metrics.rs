@@ -13,8 +13,8 @@ use std::{
     },
 };
 
-use aya::maps::{Map, MapData, PerCpuArray};
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use aya::maps::{Map, MapData, PerCpuArray};
 use lb_common::{
     meta::FEATURE_NAMES,
     stats::{STAT_COUNT, STAT_NAMES},
@@ -87,21 +87,81 @@ impl Metrics {
             ready: AtomicBool::new(false),
         };
         let r = &mut m.registry;
-        r.register("syncs", "Completed syncs of the maps to the desired state", m.syncs.clone());
-        r.register("sync_errors", "Syncs that failed (the kernel refused a map operation)", m.sync_errors.clone());
-        r.register("sync_duration_seconds", "Time to apply one sync to the maps", m.sync_duration.clone());
-        r.register("services", "Service ports (frontends) programmed", m.services.clone());
-        r.register("backends", "Backend slots in use, summed over services", m.backends.clone());
-        r.register("services_capacity", "Size of the service table (--max-services)", m.services_capacity.clone());
-        r.register("backends_capacity", "Size of the backend table (--max-backends)", m.backends_capacity.clone());
-        r.register("services_rejected", "Services left out because a table is full", m.rejected.clone());
-        r.register("service_rejections", "Times a service was left out because a table is full", m.rejections.clone());
-        r.register("last_sync_timestamp_seconds", "Unix time of the last completed sync", m.last_sync.clone());
-        r.register("source_errors", "Source inputs rejected (unparseable file, invalid objects, API errors)", m.source_errors.clone());
-        r.register("source_stale", "1 while the source cannot be read and the programmed state may be out of date", m.source_stale.clone());
-        r.register("source_updates", "Desired states published by the source", m.source_updates.clone());
-        r.register("update_latency_seconds", "From a source change (watch event, file change) to the maps", m.update_latency.clone());
-        r.register("kernel_feature", "Kernel features in use (1) or unsupported (0)", m.features.clone());
+        r.register(
+            "syncs",
+            "Completed syncs of the maps to the desired state",
+            m.syncs.clone(),
+        );
+        r.register(
+            "sync_errors",
+            "Syncs that failed (the kernel refused a map operation)",
+            m.sync_errors.clone(),
+        );
+        r.register(
+            "sync_duration_seconds",
+            "Time to apply one sync to the maps",
+            m.sync_duration.clone(),
+        );
+        r.register(
+            "services",
+            "Service ports (frontends) programmed",
+            m.services.clone(),
+        );
+        r.register(
+            "backends",
+            "Backend slots in use, summed over services",
+            m.backends.clone(),
+        );
+        r.register(
+            "services_capacity",
+            "Size of the service table (--max-services)",
+            m.services_capacity.clone(),
+        );
+        r.register(
+            "backends_capacity",
+            "Size of the backend table (--max-backends)",
+            m.backends_capacity.clone(),
+        );
+        r.register(
+            "services_rejected",
+            "Services left out because a table is full",
+            m.rejected.clone(),
+        );
+        r.register(
+            "service_rejections",
+            "Times a service was left out because a table is full",
+            m.rejections.clone(),
+        );
+        r.register(
+            "last_sync_timestamp_seconds",
+            "Unix time of the last completed sync",
+            m.last_sync.clone(),
+        );
+        r.register(
+            "source_errors",
+            "Source inputs rejected (unparseable file, invalid objects, API errors)",
+            m.source_errors.clone(),
+        );
+        r.register(
+            "source_stale",
+            "1 while the source cannot be read and the programmed state may be out of date",
+            m.source_stale.clone(),
+        );
+        r.register(
+            "source_updates",
+            "Desired states published by the source",
+            m.source_updates.clone(),
+        );
+        r.register(
+            "update_latency_seconds",
+            "From a source change (watch event, file change) to the maps",
+            m.update_latency.clone(),
+        );
+        r.register(
+            "kernel_feature",
+            "Kernel features in use (1) or unsupported (0)",
+            m.features.clone(),
+        );
         m
     }
 
@@ -109,7 +169,9 @@ impl Metrics {
     pub fn set_features(&self, active: u32) {
         for (bit, name) in FEATURE_NAMES {
             self.features
-                .get_or_create(&FeatureLabels { feature: name.to_owned() })
+                .get_or_create(&FeatureLabels {
+                    feature: name.to_owned(),
+                })
                 .set(i64::from(active & bit != 0));
         }
     }
@@ -121,7 +183,10 @@ impl Metrics {
     pub fn add_datapath(&mut self, pinned_stats: PathBuf) -> Result<(), aya::maps::MapError> {
         let data = MapData::from_pin(&pinned_stats)?;
         let map = PerCpuArray::try_from(Map::PerCpuArray(data))?;
-        self.registry.register_collector(Box::new(DatapathCollector { map: Mutex::new(map) }));
+        self.registry
+            .register_collector(Box::new(DatapathCollector {
+                map: Mutex::new(map),
+            }));
         Ok(())
     }
 
@@ -182,7 +247,10 @@ impl Collector for DatapathCollector {
 ///
 /// # Errors
 /// When the address cannot be bound.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
@@ -210,7 +278,10 @@ async fn ready_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     if m.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the first full state is not programmed yet\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the first full state is not programmed yet\n",
+        )
     }
 }
 
@@ -225,8 +296,14 @@ mod tests {
         m.set_features(1);
         let text = m.render();
         assert!(text.contains("lb_services 3"), "{text}");
-        assert!(text.contains("lb_kernel_feature{feature=\"connect4\"} 1"), "{text}");
-        assert!(text.contains("lb_kernel_feature{feature=\"getpeername4\"} 0"), "{text}");
+        assert!(
+            text.contains("lb_kernel_feature{feature=\"connect4\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lb_kernel_feature{feature=\"getpeername4\"} 0"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

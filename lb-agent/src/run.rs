@@ -84,8 +84,12 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         .with_context(|| format!("failed to open {}", stats_pin.display()))?;
     let metrics = Arc::new(metrics);
     let usage = dataplane.usage();
-    metrics.services_capacity.set(i64::from(usage.services_capacity));
-    metrics.backends_capacity.set(i64::from(usage.backends_capacity));
+    metrics
+        .services_capacity
+        .set(i64::from(usage.services_capacity));
+    metrics
+        .backends_capacity
+        .set(i64::from(usage.backends_capacity));
     metrics.services.set(i64::from(usage.services));
     metrics.backends.set(i64::from(usage.backends));
     let _server = metrics::serve(cfg.metrics_addr, Arc::clone(&metrics))
@@ -177,17 +181,25 @@ fn sync_once(syncer: &mut Syncer<BpfDataplane>, update: &Update, metrics: &Metri
     match result {
         Ok(outcome) => {
             metrics.syncs.inc();
-            metrics.sync_duration.observe(outcome.duration.as_secs_f64());
+            metrics
+                .sync_duration
+                .observe(outcome.duration.as_secs_f64());
             if outcome.changes > 0 {
-                metrics.update_latency.observe(update.noticed.elapsed().as_secs_f64());
+                metrics
+                    .update_latency
+                    .observe(update.noticed.elapsed().as_secs_f64());
             }
             let rejected_new = outcome.report.rejected.len() as u64;
             metrics.rejections.inc_by(rejected_new);
-            metrics.rejected.set(i64::try_from(outcome.rejected_now).unwrap_or(i64::MAX));
+            metrics
+                .rejected
+                .set(i64::try_from(outcome.rejected_now).unwrap_or(i64::MAX));
             let usage = syncer.dataplane().usage();
             metrics.services.set(i64::from(usage.services));
             metrics.backends.set(i64::from(usage.backends));
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
             metrics.last_sync.set(now.as_secs_f64());
             if let Err(e) = syncer.dataplane_mut().record_sync(now) {
                 tracing::warn!(error = %e, "failed to record the sync in lb_meta");

@@ -84,7 +84,9 @@ impl<D: Dataplane> Syncer<D> {
             rejected_now.insert(r.frontend, r.reason.clone());
         }
         for frontend in self.rejected.keys() {
-            if !rejected_now.contains_key(frontend) && self.dataplane.applied().contains_key(frontend) {
+            if !rejected_now.contains_key(frontend)
+                && self.dataplane.applied().contains_key(frontend)
+            {
                 tracing::info!(%frontend, "service programmed after being rejected earlier");
             }
         }
@@ -170,7 +172,10 @@ mod tests {
         let mut changed = entry("a", &["10.0.0.1:80"]);
         let applied = state(&[(fe(1, 80), changed.clone())]);
         changed.algorithm = Algorithm::RoundRobin;
-        assert_eq!(diff(&applied, &state(&[(fe(1, 80), changed.clone())])).len(), 1);
+        assert_eq!(
+            diff(&applied, &state(&[(fe(1, 80), changed.clone())])).len(),
+            1
+        );
         changed.algorithm = Algorithm::Random;
         changed.affinity_timeout_s = Some(10);
         assert_eq!(diff(&applied, &state(&[(fe(1, 80), changed)])).len(), 1);
@@ -184,7 +189,11 @@ mod tests {
         assert_eq!(first.report.upserted, 1);
         let second = syncer.sync(&desired).expect("sync");
         assert_eq!(second.changes, 0);
-        assert_eq!(syncer.dataplane().applies.len(), 1, "no apply for an unchanged state");
+        assert_eq!(
+            syncer.dataplane().applies.len(),
+            1,
+            "no apply for an unchanged state"
+        );
     }
 
     #[test]
@@ -201,9 +210,16 @@ mod tests {
         assert_eq!(out.rejected_now, 2);
         assert!(matches!(
             syncer.rejected()[&fe(2, 80)],
-            RejectReason::BackendsFull { needed: 2, free: 1, capacity: 3 }
+            RejectReason::BackendsFull {
+                needed: 2,
+                free: 1,
+                capacity: 3
+            }
         ));
-        assert!(matches!(syncer.rejected()[&fe(4, 80)], RejectReason::ServicesFull { capacity: 2 }));
+        assert!(matches!(
+            syncer.rejected()[&fe(4, 80)],
+            RejectReason::ServicesFull { capacity: 2 }
+        ));
         assert!(syncer.dataplane().state.contains_key(&fe(1, 80)));
         assert!(syncer.dataplane().state.contains_key(&fe(3, 80)));
 

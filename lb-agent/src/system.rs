@@ -24,7 +24,9 @@ pub enum Error {
         "lb-agent needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN to load and attach eBPF programs (and CAP_SYS_ADMIN to mount bpffs); run it as root (sudo) or as the DaemonSet in deploy/"
     )]
     NotPrivileged,
-    #[error("no cgroup2 filesystem is mounted (checked /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup` or pass --cgroup PATH")]
+    #[error(
+        "no cgroup2 filesystem is mounted (checked /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup` or pass --cgroup PATH"
+    )]
     NoCgroup2,
     #[error("{path}: not a cgroup2 directory; pass a directory of the cgroup2 mount with --cgroup")]
     NotCgroup2 { path: PathBuf },
@@ -38,7 +40,9 @@ pub enum Error {
         "{path} is not on a bpf filesystem and lb-agent only mounts one at {BPF_FS_DEFAULT}; mount it with `mount -t bpf bpf DIR` or pick a --bpffs path under {BPF_FS_DEFAULT}"
     )]
     NotBpffs { path: PathBuf },
-    #[error("failed to mount bpffs at {BPF_FS_DEFAULT}: {source}; mount it with `mount -t bpf bpf {BPF_FS_DEFAULT}`")]
+    #[error(
+        "failed to mount bpffs at {BPF_FS_DEFAULT}: {source}; mount it with `mount -t bpf bpf {BPF_FS_DEFAULT}`"
+    )]
     MountBpffs {
         #[source]
         source: nix::Error,
@@ -159,8 +163,14 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
             path: default.into(),
             source,
         })?;
-        mount(Some("bpf"), default, Some("bpf"), MsFlags::empty(), None::<&str>)
-            .map_err(|source| Error::MountBpffs { source })?;
+        mount(
+            Some("bpf"),
+            default,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|source| Error::MountBpffs { source })?;
         tracing::info!(path = BPF_FS_DEFAULT, "mounted bpffs");
     }
     fs::create_dir_all(dir).map_err(|source| Error::Io {
@@ -202,11 +212,17 @@ mod tests {
 50 24 0:38 /kubepods /host/cg rw - cgroup2 cgroup2 rw
 51 24 0:38 / /my\\040cgroup rw - cgroup2 cgroup2 rw
 ";
-        assert_eq!(cgroup2_from_mountinfo(mi), Some(PathBuf::from("/my cgroup")));
+        assert_eq!(
+            cgroup2_from_mountinfo(mi),
+            Some(PathBuf::from("/my cgroup"))
+        );
     }
 
     #[test]
     fn none_without_cgroup2() {
-        assert_eq!(cgroup2_from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+        assert_eq!(
+            cgroup2_from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n"),
+            None
+        );
     }
 }

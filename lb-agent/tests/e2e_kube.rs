@@ -64,7 +64,14 @@ impl Env {
             "metadata": { "name": "node-1", "labels": { "topology.kubernetes.io/zone": "zone-a" } },
         }));
         api.apply(&node);
-        Self { _in_node: in_node, cgroup, cluster, api, kubeconfig, _dir: dir }
+        Self {
+            _in_node: in_node,
+            cgroup,
+            cluster,
+            api,
+            kubeconfig,
+            _dir: dir,
+        }
     }
 
     fn agent(&self, extra: &[&str]) -> Agent {
@@ -75,7 +82,11 @@ impl Env {
     }
 
     fn ips(&self) -> Vec<String> {
-        self.cluster.pods.iter().map(|p| p.ip4.to_string()).collect()
+        self.cluster
+            .pods
+            .iter()
+            .map(|p| p.ip4.to_string())
+            .collect()
     }
 
     fn apply_service(&self, svc: Value) {
@@ -117,7 +128,9 @@ fn a_new_service_answers_on_its_cluster_ip_within_1s_of_creation() {
     let ips = env.ips();
     let created = Instant::now();
     env.web(&[ready(&ips[0]), ready(&ips[1])]);
-    wait_for("the new service to answer", Duration::from_secs(1), || client::tcp(vip(80)).is_ok());
+    wait_for("the new service to answer", Duration::from_secs(1), || {
+        client::tcp(vip(80)).is_ok()
+    });
     eprintln!("answered {:?} after creation", created.elapsed());
     assert_eq!(answering(10), set(&["pod-1", "pod-2"]));
 }
@@ -130,9 +143,13 @@ fn scaling_endpoints_up_and_down_changes_the_backends() {
     let _agent = env.agent(&[]);
     assert_eq!(answering(6), set(&["pod-1"]));
     env.web(&[ready(&ips[0]), ready(&ips[1]), ready(&ips[2])]);
-    wait_for("scale up", Duration::from_secs(2), || answering(6).len() == 3);
+    wait_for("scale up", Duration::from_secs(2), || {
+        answering(6).len() == 3
+    });
     env.web(&[ready(&ips[2])]);
-    wait_for("scale down", Duration::from_secs(2), || answering(6) == set(&["pod-3"]));
+    wait_for("scale down", Duration::from_secs(2), || {
+        answering(6) == set(&["pod-3"])
+    });
 }
 
 #[test]
@@ -141,11 +158,17 @@ fn terminating_endpoints_get_new_connections_only_when_none_is_ready() {
     let ips = env.ips();
     env.web(&[ready(&ips[0]), terminating(&ips[1])]);
     let _agent = env.agent(&[]);
-    assert_eq!(answering(10), set(&["pod-1"]), "a ready endpoint exists: terminating ones get nothing");
+    assert_eq!(
+        answering(10),
+        set(&["pod-1"]),
+        "a ready endpoint exists: terminating ones get nothing"
+    );
     env.web(&[terminating(&ips[1]), terminating(&ips[2])]);
-    wait_for("the fallback to terminating endpoints", Duration::from_secs(2), || {
-        answering(10) == set(&["pod-2", "pod-3"])
-    });
+    wait_for(
+        "the fallback to terminating endpoints",
+        Duration::from_secs(2),
+        || answering(10) == set(&["pod-2", "pod-3"]),
+    );
 }
 
 #[test]
@@ -156,9 +179,14 @@ fn a_service_whose_endpoints_are_all_gone_refuses_connections() {
     let agent = env.agent(&[]);
     assert!(client::tcp(vip(80)).is_ok());
     env.web(&[]);
-    wait_for("refusal", Duration::from_secs(2), || client::tcp(vip(80)).is_err());
+    wait_for("refusal", Duration::from_secs(2), || {
+        client::tcp(vip(80)).is_err()
+    });
     let err = client::tcp(vip(80)).expect_err("refused");
-    let features = agent.list()["features"].as_str().unwrap_or_default().to_owned();
+    let features = agent.list()["features"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let expected = if features.split(' ').any(|f| f == "set_retval") {
         ErrorKind::ConnectionRefused
     } else {
@@ -171,7 +199,11 @@ fn a_service_whose_endpoints_are_all_gone_refuses_connections() {
 fn internal_traffic_policy_local_uses_only_this_nodes_endpoints() {
     let env = Env::new(3);
     let ips = env.ips();
-    let mut svc = annotate(service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]), "lb-agent.io/algorithm", "round-robin");
+    let mut svc = annotate(
+        service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]),
+        "lb-agent.io/algorithm",
+        "round-robin",
+    );
     svc["spec"]["internalTrafficPolicy"] = json!("Local");
     env.apply_service(svc);
     env.apply_slice(slice(
@@ -183,8 +215,17 @@ fn internal_traffic_policy_local_uses_only_this_nodes_endpoints() {
     let _agent = env.agent(&[]);
     assert_eq!(answering(12), set(&["pod-1", "pod-3"]));
     // No local endpoint left: refuse rather than send traffic off-node.
-    env.apply_slice(slice("web", "web-1", &[ready(&ips[1]).on("node-2")], &[("http", 8080, "TCP")]));
-    wait_for("refusal without local endpoints", Duration::from_secs(2), || client::tcp(vip(80)).is_err());
+    env.apply_slice(slice(
+        "web",
+        "web-1",
+        &[ready(&ips[1]).on("node-2")],
+        &[("http", 8080, "TCP")],
+    ));
+    wait_for(
+        "refusal without local endpoints",
+        Duration::from_secs(2),
+        || client::tcp(vip(80)).is_err(),
+    );
 }
 
 #[test]
@@ -197,10 +238,20 @@ fn zone_hints_pick_this_zones_endpoints_only_when_every_endpoint_has_one() {
         ready(&ips[2]).hinted("zone-a"),
     ]);
     let _agent = env.agent(&[]);
-    assert_eq!(answering(12), set(&["pod-1", "pod-3"]), "node-1 is in zone-a");
+    assert_eq!(
+        answering(12),
+        set(&["pod-1", "pod-3"]),
+        "node-1 is in zone-a"
+    );
     // One endpoint without a hint: kube-proxy ignores hints altogether.
-    env.web(&[ready(&ips[0]).hinted("zone-a"), ready(&ips[1]), ready(&ips[2]).hinted("zone-a")]);
-    wait_for("hints ignored", Duration::from_secs(2), || answering(12).len() == 3);
+    env.web(&[
+        ready(&ips[0]).hinted("zone-a"),
+        ready(&ips[1]),
+        ready(&ips[2]).hinted("zone-a"),
+    ]);
+    wait_for("hints ignored", Duration::from_secs(2), || {
+        answering(12).len() == 3
+    });
 }
 
 #[test]
@@ -208,27 +259,60 @@ fn client_ip_affinity_holds_across_changes_and_expires() {
     let env = Env::new(3);
     let ips = env.ips();
     let with_affinity = |timeout: u32| {
-        let mut svc = annotate(service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]), "lb-agent.io/algorithm", "round-robin");
+        let mut svc = annotate(
+            service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]),
+            "lb-agent.io/algorithm",
+            "round-robin",
+        );
         svc["spec"]["sessionAffinity"] = json!("ClientIP");
         svc["spec"]["sessionAffinityConfig"] = json!({ "clientIP": { "timeoutSeconds": timeout } });
         svc
     };
     env.apply_service(with_affinity(2));
-    env.apply_slice(slice("web", "web-1", &[ready(&ips[0]), ready(&ips[1])], &[("http", 8080, "TCP")]));
+    env.apply_slice(slice(
+        "web",
+        "web-1",
+        &[ready(&ips[0]), ready(&ips[1])],
+        &[("http", 8080, "TCP")],
+    ));
     let agent = env.agent(&[]);
-    if !agent.list()["features"].as_str().unwrap_or_default().split(' ').any(|f| f == "netns_cookie") {
-        support::skip("client_ip_affinity_holds_across_changes_and_expires", "no bpf_get_netns_cookie for sock_addr programs (Linux 5.7+)");
+    if !agent.list()["features"]
+        .as_str()
+        .unwrap_or_default()
+        .split(' ')
+        .any(|f| f == "netns_cookie")
+    {
+        support::skip(
+            "client_ip_affinity_holds_across_changes_and_expires",
+            "no bpf_get_netns_cookie for sock_addr programs (Linux 5.7+)",
+        );
         return;
     }
     let first = client::tcp(vip(80)).expect("connect").body;
-    assert_eq!(answering(10), set(&[&first]), "round-robin would rotate; affinity keeps {first}");
+    assert_eq!(
+        answering(10),
+        set(&[&first]),
+        "round-robin would rotate; affinity keeps {first}"
+    );
 
     // A new endpoint does not move the client.
-    env.apply_slice(slice("web", "web-1", &[ready(&ips[0]), ready(&ips[1]), ready(&ips[2])], &[("http", 8080, "TCP")]));
+    env.apply_slice(slice(
+        "web",
+        "web-1",
+        &[ready(&ips[0]), ready(&ips[1]), ready(&ips[2])],
+        &[("http", 8080, "TCP")],
+    ));
     wait_for("the third backend", Duration::from_secs(2), || {
-        agent.list()["services"][0]["backends"].as_array().map(Vec::len) == Some(3)
+        agent.list()["services"][0]["backends"]
+            .as_array()
+            .map(Vec::len)
+            == Some(3)
     });
-    assert_eq!(answering(10), set(&[&first]), "still sticky after the backend set changed");
+    assert_eq!(
+        answering(10),
+        set(&[&first]),
+        "still sticky after the backend set changed"
+    );
 
     // Idle past the timeout: the next connection is chosen afresh.
     std::thread::sleep(Duration::from_millis(2500));
@@ -237,15 +321,26 @@ fn client_ip_affinity_holds_across_changes_and_expires() {
         seen.insert(client::tcp(vip(80)).expect("connect").body);
         std::thread::sleep(Duration::from_millis(2500));
     }
-    assert!(seen.iter().any(|p| *p != first), "after expiry round-robin moves on, got only {seen:?}");
+    assert!(
+        seen.iter().any(|p| *p != first),
+        "after expiry round-robin moves on, got only {seen:?}"
+    );
 
     // The sticky backend removed: the client moves at once.
     let now = client::tcp(vip(80)).expect("connect").body;
-    let keep: Vec<Endpoint> = env.cluster.pods.iter().filter(|p| p.name != now).map(|p| ready(p.ip4)).collect();
+    let keep: Vec<Endpoint> = env
+        .cluster
+        .pods
+        .iter()
+        .filter(|p| p.name != now)
+        .map(|p| ready(p.ip4))
+        .collect();
     env.apply_slice(slice("web", "web-1", &keep, &[("http", 8080, "TCP")]));
-    wait_for("the client to leave the removed backend", Duration::from_secs(2), || {
-        client::tcp(vip(80)).is_ok_and(|r| r.body != now)
-    });
+    wait_for(
+        "the client to leave the removed backend",
+        Duration::from_secs(2),
+        || client::tcp(vip(80)).is_ok_and(|r| r.body != now),
+    );
 }
 
 #[test]
@@ -259,17 +354,35 @@ fn api_server_down_for_10s_keeps_connects_working_and_the_agent_catches_up() {
     env.api.stop();
     // A change made while the agent cannot see it.
     env.web(&[ready(&ips[2])]);
-    let stale = |a: &Agent| a.metrics().contains("lb_source_stale{source=\"kubernetes\"} 1");
-    wait_for("the source to be reported stale", Duration::from_secs(10), || stale(&agent));
+    let stale = |a: &Agent| {
+        a.metrics()
+            .contains("lb_source_stale{source=\"kubernetes\"} 1")
+    };
+    wait_for(
+        "the source to be reported stale",
+        Duration::from_secs(10),
+        || stale(&agent),
+    );
     let down_until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < down_until {
-        assert_eq!(answering(4), set(&["pod-1", "pod-2"]), "the programmed state must stay while the API is down");
-        assert!(client::http_get(agent.metrics, "/readyz").is_ok_and(|(s, _)| s == 200), "ready while stale");
+        assert_eq!(
+            answering(4),
+            set(&["pod-1", "pod-2"]),
+            "the programmed state must stay while the API is down"
+        );
+        assert!(
+            client::http_get(agent.metrics, "/readyz").is_ok_and(|(s, _)| s == 200),
+            "ready while stale"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     env.api.restart().expect("restart the API server");
-    wait_for("the agent to catch up", Duration::from_secs(30), || answering(4) == set(&["pod-3"]));
-    wait_for("staleness to clear", Duration::from_secs(10), || !stale(&agent));
+    wait_for("the agent to catch up", Duration::from_secs(30), || {
+        answering(4) == set(&["pod-3"])
+    });
+    wait_for("staleness to clear", Duration::from_secs(10), || {
+        !stale(&agent)
+    });
 }
 
 #[test]
@@ -277,8 +390,17 @@ fn a_relist_after_410_removes_what_was_deleted() {
     let env = Env::new(2);
     let ips = env.ips();
     env.web(&[ready(&ips[0])]);
-    env.apply_service(service("gone", &["10.96.0.101"], &[manifests::tcp("http", 80, 8080)]));
-    env.apply_slice(slice("gone", "gone-1", &[ready(&ips[1])], &[("http", 8080, "TCP")]));
+    env.apply_service(service(
+        "gone",
+        &["10.96.0.101"],
+        &[manifests::tcp("http", 80, 8080)],
+    ));
+    env.apply_slice(slice(
+        "gone",
+        "gone-1",
+        &[ready(&ips[1])],
+        &[("http", 8080, "TCP")],
+    ));
     let agent = env.agent(&[]);
     let gone: SocketAddr = "10.96.0.101:80".parse().expect("addr");
     assert!(client::tcp(gone).is_ok());
@@ -289,16 +411,24 @@ fn a_relist_after_410_removes_what_was_deleted() {
     env.api.delete::<EndpointSlice>("default", "gone-1");
     env.api.compact();
     env.api.restart().expect("restart");
-    wait_for("the deleted service to disappear", Duration::from_secs(30), || {
-        agent.list()["services"].as_array().map(Vec::len) == Some(1)
-    });
+    wait_for(
+        "the deleted service to disappear",
+        Duration::from_secs(30),
+        || agent.list()["services"].as_array().map(Vec::len) == Some(1),
+    );
     let err = client::tcp(gone).expect_err("no longer translated");
     assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{err:?}");
     let requests = env.api.take_requests();
     assert!(
-        requests.iter().any(|r| r.is(apiserver::Verb::List, "services")),
+        requests
+            .iter()
+            .any(|r| r.is(apiserver::Verb::List, "services")),
         "the watcher had to relist services: {}",
-        requests.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+        requests
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(client::tcp(vip(80)).is_ok());
 }
@@ -317,15 +447,28 @@ fn agent_restarted_while_objects_change_converges_without_failed_connects() {
         let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
         support::net::spawn_in(&env.cluster.node.path(), move || {
             while !stop.load(Ordering::Relaxed) {
-                let c = if client::tcp(vip(80)).is_ok() { &ok } else { &failed };
+                let c = if client::tcp(vip(80)).is_ok() {
+                    &ok
+                } else {
+                    &failed
+                };
                 c.fetch_add(1, Ordering::Relaxed);
             }
         })
     };
     agent.kill();
     env.web(&[ready(&ips[1]), ready(&ips[2])]);
-    env.apply_service(service("new", &["10.96.0.102"], &[manifests::tcp("http", 80, 8080)]));
-    env.apply_slice(slice("new", "new-1", &[ready(&ips[0])], &[("http", 8080, "TCP")]));
+    env.apply_service(service(
+        "new",
+        &["10.96.0.102"],
+        &[manifests::tcp("http", 80, 8080)],
+    ));
+    env.apply_slice(slice(
+        "new",
+        "new-1",
+        &[ready(&ips[0])],
+        &[("http", 8080, "TCP")],
+    ));
     agent.restart();
     agent.wait_ready();
     wait_for("convergence", Duration::from_secs(5), || {
@@ -333,12 +476,19 @@ fn agent_restarted_while_objects_change_converges_without_failed_connects() {
         let services = list["services"].as_array().cloned().unwrap_or_default();
         services.len() == 2
             && services.iter().any(|s| {
-                s["frontend"] == "10.96.0.100:80" && s["backends"] == json!([format!("{}:8080", ips[1]), format!("{}:8080", ips[2])])
+                s["frontend"] == "10.96.0.100:80"
+                    && s["backends"]
+                        == json!([format!("{}:8080", ips[1]), format!("{}:8080", ips[2])])
             })
     });
     stop.store(true, Ordering::Relaxed);
     clients.join().expect("clients");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "connects failed ({} ok)", ok.load(Ordering::Relaxed));
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "connects failed ({} ok)",
+        ok.load(Ordering::Relaxed)
+    );
     assert!(client::tcp("10.96.0.102:80".parse().expect("addr")).is_ok());
 }
 
@@ -347,21 +497,46 @@ fn services_of_another_proxy_and_headless_ones_are_not_served() {
     let env = Env::new(1);
     let ips = env.ips();
     env.web(&[ready(&ips[0])]);
-    let mut other = service("other", &["10.96.0.101"], &[manifests::tcp("http", 80, 8080)]);
-    other["metadata"]["labels"] = json!({ "service.kubernetes.io/service-proxy-name": "other-proxy" });
+    let mut other = service(
+        "other",
+        &["10.96.0.101"],
+        &[manifests::tcp("http", 80, 8080)],
+    );
+    other["metadata"]["labels"] =
+        json!({ "service.kubernetes.io/service-proxy-name": "other-proxy" });
     env.apply_service(other);
-    let mut other_slice = slice("other", "other-1", &[ready(&ips[0])], &[("http", 8080, "TCP")]);
-    other_slice["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] = json!("other-proxy");
+    let mut other_slice = slice(
+        "other",
+        "other-1",
+        &[ready(&ips[0])],
+        &[("http", 8080, "TCP")],
+    );
+    other_slice["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] =
+        json!("other-proxy");
     env.apply_slice(other_slice);
 
     let agent = env.agent(&[]);
-    let services: Vec<Value> = agent.list()["services"].as_array().cloned().unwrap_or_default();
-    assert_eq!(services.len(), 1, "only the service without a proxy name: {services:?}");
+    let services: Vec<Value> = agent.list()["services"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        services.len(),
+        1,
+        "only the service without a proxy name: {services:?}"
+    );
     drop(agent);
 
     let agent = env.agent(&["--service-proxy-name", "other-proxy"]);
-    let services: Vec<Value> = agent.list()["services"].as_array().cloned().unwrap_or_default();
-    assert_eq!(services.len(), 1, "only other-proxy's service: {services:?}");
+    let services: Vec<Value> = agent.list()["services"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        services.len(),
+        1,
+        "only other-proxy's service: {services:?}"
+    );
     assert_eq!(services[0]["frontend"], "10.96.0.101:80");
 }
 

@@ -22,8 +22,8 @@ use lb_common::{
     service::{ALGORITHM_ROUND_ROBIN, FLAG_AFFINITY, ServiceKey, ServiceName, ServiceValue},
     stats::{
         STAT_AFFINITY_HIT, STAT_BACKEND_MISSING, STAT_CONNECT, STAT_COUNT,
-        STAT_GETPEERNAME_REVERSED, STAT_RECVMSG_REVERSED, STAT_REFUSED,
-        STAT_REVNAT_UPDATE_FAILED, STAT_SENDMSG, ServiceStats,
+        STAT_GETPEERNAME_REVERSED, STAT_RECVMSG_REVERSED, STAT_REFUSED, STAT_REVNAT_UPDATE_FAILED,
+        STAT_SENDMSG, ServiceStats,
     },
 };
 
@@ -67,8 +67,7 @@ static RR: Array<u64, { capacity::SERVICES as usize }, MMAPABLE> = Array::new();
 
 /// Per-service counters (mmapable: the agent reads and zeroes them in place).
 #[btf_map(name = "lb_svc_stats")]
-static SERVICE_STATS: Array<ServiceStats, { capacity::SERVICES as usize }, MMAPABLE> =
-    Array::new();
+static SERVICE_STATS: Array<ServiceStats, { capacity::SERVICES as usize }, MMAPABLE> = Array::new();
 
 #[btf_map(name = "lb_stats")]
 static STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
@@ -192,7 +191,10 @@ fn v4_dest(ctx: &SockAddrContext) -> Dest {
         // `user_port` holds the port in network order in its low 16 bits.
         #[expect(clippy::cast_possible_truncation, reason = "the port is 16 bits")]
         port_be: sa.user_port as u16,
-        #[expect(clippy::cast_possible_truncation, reason = "IP protocol numbers are 8 bits")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "IP protocol numbers are 8 bits"
+        )]
         proto: sa.protocol as u8,
     }
 }
@@ -204,7 +206,10 @@ fn v6_dest(ctx: &SockAddrContext) -> Dest {
         addr: addr::from_words(sa.user_ip6),
         #[expect(clippy::cast_possible_truncation, reason = "the port is 16 bits")]
         port_be: sa.user_port as u16,
-        #[expect(clippy::cast_possible_truncation, reason = "IP protocol numbers are 8 bits")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "IP protocol numbers are 8 bits"
+        )]
         proto: sa.protocol as u8,
     }
 }

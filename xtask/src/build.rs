@@ -25,7 +25,8 @@ pub fn run(args: &Args) -> Result<Built> {
     setup::ensure_all()?;
     let root = workspace_root();
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(&root).args(["build", "--package", "lb-agent", "--bin", "lb-agent"]);
+    cmd.current_dir(&root)
+        .args(["build", "--package", "lb-agent", "--bin", "lb-agent"]);
     if args.release {
         cmd.arg("--release");
     }
@@ -41,7 +42,14 @@ pub fn run(args: &Args) -> Result<Built> {
 /// When it has not been built.
 pub fn agent_path(release: bool) -> Result<PathBuf> {
     let profile = if release { "release" } else { "debug" };
-    let path = workspace_root().join("target").join(profile).join("lb-agent");
-    anyhow::ensure!(path.exists(), "{} is not built; run `cargo xtask build`", path.display());
+    let path = workspace_root()
+        .join("target")
+        .join(profile)
+        .join("lb-agent");
+    anyhow::ensure!(
+        path.exists(),
+        "{} is not built; run `cargo xtask build`",
+        path.display()
+    );
     Ok(path)
 }

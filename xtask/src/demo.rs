@@ -31,7 +31,11 @@ use crate::{
 };
 
 const NODE: &str = "lb-demo-node";
-const PODS: [(&str, &str); 3] = [("pod-1", "10.200.0.11"), ("pod-2", "10.200.0.12"), ("pod-3", "10.200.0.13")];
+const PODS: [(&str, &str); 3] = [
+    ("pod-1", "10.200.0.11"),
+    ("pod-2", "10.200.0.12"),
+    ("pod-3", "10.200.0.13"),
+];
 const CLUSTER_IP: &str = "10.96.0.100:80";
 const BPFFS: &str = "/sys/fs/bpf/lb-demo";
 const METRICS: &str = "127.0.0.1:9464";
@@ -51,13 +55,21 @@ pub enum Helper {
     /// Serve `NAME\n` to every TCP connection on PORT.
     PodServer { name: String, port: u16 },
     /// Join CGROUP, then make N requests to ADDR and print who answered.
-    Client { cgroup: PathBuf, addr: SocketAddr, n: usize },
+    Client {
+        cgroup: PathBuf,
+        addr: SocketAddr,
+        n: usize,
+    },
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    ensure!(is_root(), "the demo creates network namespaces and loads eBPF programs: run `sudo cargo xtask demo`");
+    ensure!(
+        is_root(),
+        "the demo creates network namespaces and loads eBPF programs: run `sudo cargo xtask demo`"
+    );
     let built = build::run(&build::Args::default())?;
-    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).context("failed to handle Ctrl-C")?;
+    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
+        .context("failed to handle Ctrl-C")?;
 
     let mut demo = Demo::default();
     let result = demo.run(&built.agent, args.requests);
@@ -94,10 +106,21 @@ impl Demo {
             let ns = format!("lb-demo-{pod}");
             self.netns_add(&ns)?;
             let host_if = format!("veth{}", i + 1);
-            ip(&["-n", NODE, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&[
+                "-n", NODE, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ])?;
             ip(&["-n", NODE, "link", "set", &host_if, "master", "br0", "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &ns, "route", "add", "default", "via", "10.200.0.1"])?;
             let server = in_netns(&ns)
@@ -110,10 +133,15 @@ impl Demo {
         }
 
         let cgroup = cgroup2_root()?.join("lb-demo");
-        fs::create_dir_all(&cgroup).with_context(|| format!("failed to create {}", cgroup.display()))?;
+        fs::create_dir_all(&cgroup)
+            .with_context(|| format!("failed to create {}", cgroup.display()))?;
         self.cgroup = Some(cgroup.clone());
 
-        step(&format!("starting lb-agent on {} (cgroup {})", rel(&services, &root), cgroup.display()));
+        step(&format!(
+            "starting lb-agent on {} (cgroup {})",
+            rel(&services, &root),
+            cgroup.display()
+        ));
         let log = std::env::temp_dir().join("lb-demo-agent.log");
         let agent = in_netns(NODE)
             .arg(agent_bin)
@@ -124,14 +152,19 @@ impl Demo {
             .arg(&cgroup)
             .args(["--bpffs", BPFFS, "--metrics-addr", METRICS])
             .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).with_context(|| format!("failed to create {}", log.display()))?)
+            .stderr(
+                fs::File::create(&log)
+                    .with_context(|| format!("failed to create {}", log.display()))?,
+            )
             .spawn()
             .context("failed to start lb-agent")?;
         self.agent = Some((agent, log.clone()));
         self.wait_ready(&log)?;
         println!("  ready (log: {})", log.display());
 
-        step(&format!("{requests} requests to the ClusterIP {CLUSTER_IP} from a client in the cgroup"));
+        step(&format!(
+            "{requests} requests to the ClusterIP {CLUSTER_IP} from a client in the cgroup"
+        ));
         let status = in_netns(NODE)
             .arg(&xtask)
             .args(["demo-helper", "client"])
@@ -148,7 +181,10 @@ impl Demo {
 
     fn netns_add(&mut self, name: &str) -> Result<()> {
         // A namespace left by an interrupted earlier run is replaced.
-        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
         ip(&["netns", "add", name])?;
         self.netns.push(name.to_owned());
         Ok(())
@@ -160,13 +196,20 @@ impl Demo {
             check_interrupted()?;
             if let Some((child, _)) = self.agent.as_mut() {
                 if let Some(status) = child.try_wait()? {
-                    bail!("lb-agent exited ({status}):\n{}", fs::read_to_string(log).unwrap_or_default());
+                    bail!(
+                        "lb-agent exited ({status}):\n{}",
+                        fs::read_to_string(log).unwrap_or_default()
+                    );
                 }
             }
             if readyz() {
                 return Ok(());
             }
-            ensure!(Instant::now() < deadline, "lb-agent was not ready after 30 s:\n{}", fs::read_to_string(log).unwrap_or_default());
+            ensure!(
+                Instant::now() < deadline,
+                "lb-agent was not ready after 30 s:\n{}",
+                fs::read_to_string(log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -187,11 +230,15 @@ impl Drop for Demo {
     fn drop(&mut self) {
         step("cleaning up");
         if let Some((mut agent, _)) = self.agent.take() {
-            let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &agent.id().to_string()])
+                .status();
             let _ = agent.wait();
         }
         if let Ok(agent) = build::agent_path(false) {
-            let _ = Command::new(agent).args(["cleanup", "--bpffs", BPFFS]).status();
+            let _ = Command::new(agent)
+                .args(["cleanup", "--bpffs", BPFFS])
+                .status();
         }
         for mut child in self.children.drain(..) {
             let _ = child.kill();
@@ -216,7 +263,8 @@ impl Drop for Demo {
 pub fn helper(h: &Helper) -> Result<()> {
     match h {
         Helper::PodServer { name, port } => {
-            let listener = TcpListener::bind(("0.0.0.0", *port)).with_context(|| format!("bind :{port}"))?;
+            let listener =
+                TcpListener::bind(("0.0.0.0", *port)).with_context(|| format!("bind :{port}"))?;
             for stream in listener.incoming() {
                 let mut s = stream?;
                 let _ = s.write_all(format!("{name}\n").as_bytes());
@@ -234,7 +282,10 @@ pub fn helper(h: &Helper) -> Result<()> {
                 s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")?;
                 let mut r = String::new();
                 s.read_to_string(&mut r)?;
-                ensure!(r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"), "not ready");
+                ensure!(
+                    r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"),
+                    "not ready"
+                );
                 return Ok(());
             }
             for i in 1..=*n {
@@ -243,7 +294,10 @@ pub fn helper(h: &Helper) -> Result<()> {
                 let peer = s.peer_addr()?;
                 let mut reply = String::new();
                 s.read_to_string(&mut reply)?;
-                println!("  request {i}: connect({addr}) -> answered by {} (getpeername: {peer})", reply.trim());
+                println!(
+                    "  request {i}: connect({addr}) -> answered by {} (getpeername: {peer})",
+                    reply.trim()
+                );
             }
             Ok(())
         }
@@ -276,18 +330,23 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 fn rel(path: &Path, root: &Path) -> String {
-    path.strip_prefix(root).unwrap_or(path).display().to_string()
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 /// The cgroup2 mount point, from `/proc/self/mountinfo`.
 pub fn cgroup2_root() -> Result<PathBuf> {
-    let mi = fs::read_to_string("/proc/self/mountinfo").context("failed to read /proc/self/mountinfo")?;
+    let mi = fs::read_to_string("/proc/self/mountinfo")
+        .context("failed to read /proc/self/mountinfo")?;
     mi.lines()
         .find_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
             let mut fields = pre.split_whitespace();
             let (root, mount_point) = (fields.nth(3)?, fields.next()?);
-            (post.split_whitespace().next()? == "cgroup2" && root == "/").then(|| PathBuf::from(mount_point))
+            (post.split_whitespace().next()? == "cgroup2" && root == "/")
+                .then(|| PathBuf::from(mount_point))
         })
         .context("no cgroup2 filesystem is mounted")
 }

@@ -117,7 +117,10 @@ fn nightly_sysroot() -> Result<PathBuf> {
 }
 
 fn rust_src_installed() -> bool {
-    nightly_sysroot().is_ok_and(|s| s.join("lib/rustlib/src/rust/library/core/Cargo.toml").exists())
+    nightly_sysroot().is_ok_and(|s| {
+        s.join("lib/rustlib/src/rust/library/core/Cargo.toml")
+            .exists()
+    })
 }
 
 fn ensure_rust_src() -> Result<()> {
@@ -149,7 +152,11 @@ fn ensure_bpf_linker() -> Result<()> {
         .with_context(|| format!("failed to read {}", lib_dir.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
         .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
     let major = llvm_major(&sysroot)?;
@@ -160,21 +167,39 @@ fn ensure_bpf_linker() -> Result<()> {
     let llvm_config = prefix.join("bin/llvm-config");
     fs::write(&llvm_config, "#!/bin/sh\nexit 0\n")?;
     set_executable(&llvm_config)?;
-    let file_name = libllvm.file_name().context("libLLVM path has no file name")?;
+    let file_name = libllvm
+        .file_name()
+        .context("libLLVM path has no file name")?;
     for name in [Path::new("libLLVM.so"), Path::new(file_name)] {
         let link = prefix.join("lib").join(name);
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(&libllvm, &link)
             .with_context(|| format!("failed to link {}", link.display()))?;
     }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)", libllvm.display());
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)",
+        libllvm.display()
+    );
     run_cmd(
         Command::new("cargo")
             .env("LLVM_PREFIX", &prefix)
-            .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", &format!("llvm-{major}")]),
+            .args([
+                "install",
+                "--locked",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ]),
     )?;
-    ensure!(bpf_linker_ok(), "bpf-linker was installed but `bpf-linker --version` does not work");
+    ensure!(
+        bpf_linker_ok(),
+        "bpf-linker was installed but `bpf-linker --version` does not work"
+    );
     Ok(())
 }
 
@@ -184,7 +209,12 @@ fn llvm_major(sysroot: &Path) -> Result<u32> {
     let version = out
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
-        .with_context(|| format!("`{} --version --verbose` does not name its LLVM", rustc.display()))?;
+        .with_context(|| {
+            format!(
+                "`{} --version --verbose` does not name its LLVM",
+                rustc.display()
+            )
+        })?;
     version
         .split('.')
         .next()

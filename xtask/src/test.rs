@@ -67,20 +67,35 @@ pub fn run(args: &Args) -> Result<()> {
             Ok(note) => (true, note),
             Err(e) => (false, format!("{e:#}")),
         };
-        steps.push(Step { name: name.to_owned(), took: started.elapsed(), ok, note });
+        steps.push(Step {
+            name: name.to_owned(),
+            took: started.elapsed(),
+            ok,
+            note,
+        });
     };
 
     run_step("formatting (cargo fmt --check)", &mut || {
         cargo(&root, &["fmt", "--all", "--check"], &[]).map(|()| String::new())
     });
     run_step("lints (cargo clippy -D warnings)", &mut || {
-        cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"], &[]).map(|()| String::new())
+        cargo(
+            &root,
+            &["clippy", "--all-targets", "--", "-D", "warnings"],
+            &[],
+        )
+        .map(|()| String::new())
     });
     run_step("unit tests", &mut || {
         cargo(&root, &["test", "--lib", "--bins"], &[]).map(|()| String::new())
     });
     run_step("API server protocol tests", &mut || {
-        cargo(&root, &["test", "-p", "lb-agent", "--test", "apiserver"], &[]).map(|()| String::new())
+        cargo(
+            &root,
+            &["test", "-p", "lb-agent", "--test", "apiserver"],
+            &[],
+        )
+        .map(|()| String::new())
     });
     let targets = e2e_targets()?;
     for target in &targets {
@@ -90,7 +105,9 @@ pub fn run(args: &Args) -> Result<()> {
         });
     }
     if !args.no_vm {
-        run_step("end-to-end suites in a VM (Linux 6.1)", &mut || vm_e2e(&targets, args.filter.as_deref()));
+        run_step("end-to-end suites in a VM (Linux 6.1)", &mut || {
+            vm_e2e(&targets, args.filter.as_deref())
+        });
     }
 
     eprintln!("\n==> summary");
@@ -101,7 +118,11 @@ pub fn run(args: &Args) -> Result<()> {
             eprintln!("              {line}");
         }
     }
-    let failed: Vec<&str> = steps.iter().filter(|s| !s.ok).map(|s| s.name.as_str()).collect();
+    let failed: Vec<&str> = steps
+        .iter()
+        .filter(|s| !s.ok)
+        .map(|s| s.name.as_str())
+        .collect();
     if !failed.is_empty() {
         bail!("{} step(s) failed: {}", failed.len(), failed.join(", "));
     }
@@ -114,8 +135,14 @@ fn cargo(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let status = cmd.status().with_context(|| format!("failed to run cargo {}", args.join(" ")))?;
-    ensure!(status.success(), "cargo {} failed ({status})", args.join(" "));
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to run cargo {}", args.join(" ")))?;
+    ensure!(
+        status.success(),
+        "cargo {} failed ({status})",
+        args.join(" ")
+    );
     Ok(())
 }
 
@@ -130,13 +157,19 @@ fn host_e2e(root: &Path, target: &str, filter: Option<&str>) -> Result<String> {
         args.push(f);
     }
     args.push("--test-threads=1");
-    let result = cargo(root, &args, &[("LB_TEST_REPORT", &report_str), ("RUST_BACKTRACE", "1")]);
+    let result = cargo(
+        root,
+        &args,
+        &[("LB_TEST_REPORT", &report_str), ("RUST_BACKTRACE", "1")],
+    );
     let skipped = skipped_tests(&report);
     result.map(|()| skipped)
 }
 
 fn report_path(target: &str) -> PathBuf {
-    workspace_root().join("target").join(format!("{target}.report"))
+    workspace_root()
+        .join("target")
+        .join(format!("{target}.report"))
 }
 
 /// `skipped: NAME (REASON)` lines from a report file.
@@ -146,7 +179,13 @@ pub fn skipped_tests(report: &Path) -> String {
         .lines()
         .filter_map(|l| {
             let mut parts = l.splitn(3, '\t');
-            (parts.next()? == "SKIP").then(|| format!("skipped: {} ({})", parts.next().unwrap_or("?"), parts.next().unwrap_or("")))
+            (parts.next()? == "SKIP").then(|| {
+                format!(
+                    "skipped: {} ({})",
+                    parts.next().unwrap_or("?"),
+                    parts.next().unwrap_or("")
+                )
+            })
         })
         .collect::<Vec<_>>()
         .join("\n")

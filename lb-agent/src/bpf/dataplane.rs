@@ -120,9 +120,9 @@ impl BpfDataplane {
                         .iter()
                         .any(|r| range.start < r.end && r.start < range.end);
                     if overlaps || !dp.ids.mark_used(v.id) {
-                        adopted
-                            .discarded
-                            .push(format!("{frontend}: shares its id or backend range with another entry"));
+                        adopted.discarded.push(format!(
+                            "{frontend}: shares its id or backend range with another entry"
+                        ));
                         continue;
                     }
                     if !range.is_empty() {
@@ -237,9 +237,11 @@ impl BpfDataplane {
         }
         // Ids retired by this apply become usable after a barrier.
         self.flush_retired()?;
-        self.ids.allocate().ok_or(UpsertError::Rejected(RejectReason::ServicesFull {
-            capacity: self.ids.capacity,
-        }))
+        self.ids
+            .allocate()
+            .ok_or(UpsertError::Rejected(RejectReason::ServicesFull {
+                capacity: self.ids.capacity,
+            }))
     }
 
     /// Stages one upsert: allocates its id and range and writes what no
@@ -276,7 +278,9 @@ impl BpfDataplane {
         };
         if new_id {
             self.maps.rr.write(id, &[0]);
-            self.maps.service_stats.write(id, &[ServiceStats::default()]);
+            self.maps
+                .service_stats
+                .write(id, &[ServiceStats::default()]);
         }
         Ok(Staged {
             frontend,
@@ -333,12 +337,22 @@ impl BpfDataplane {
                 report.removed += 1;
             }
         }
-        self.delete_many(maps::fd(&self.maps.members), &members_gone, map_names::AFFINITY_MEMBERS)
+        self.delete_many(
+            maps::fd(&self.maps.members),
+            &members_gone,
+            map_names::AFFINITY_MEMBERS,
+        )
     }
 
     /// Writes many elements: batched where the kernel can (5.6+), one by
     /// one otherwise.
-    fn update_many<K, V>(&self, fd: BorrowedFd<'_>, keys: &[K], values: &[V], map: &'static str) -> Result<()> {
+    fn update_many<K, V>(
+        &self,
+        fd: BorrowedFd<'_>,
+        keys: &[K],
+        values: &[V],
+        map: &'static str,
+    ) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
@@ -346,11 +360,21 @@ impl BpfDataplane {
             match sys::update_batch(fd, keys, values) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.unsupported() => self.batch_ops.set(false),
-                Err(e) => return Err(Error::Sys { op: "update", map, source: e.error }),
+                Err(e) => {
+                    return Err(Error::Sys {
+                        op: "update",
+                        map,
+                        source: e.error,
+                    });
+                }
             }
         }
         for (k, v) in keys.iter().zip(values) {
-            sys::update_elem(fd, k, v).map_err(|source| Error::Sys { op: "update", map, source })?;
+            sys::update_elem(fd, k, v).map_err(|source| Error::Sys {
+                op: "update",
+                map,
+                source,
+            })?;
         }
         Ok(())
     }
@@ -373,7 +397,11 @@ impl BpfDataplane {
 
     fn delete_each<K>(&self, fd: BorrowedFd<'_>, keys: &[K], map: &'static str) -> Result<()> {
         for k in keys {
-            sys::delete_elem(fd, k).map_err(|source| Error::Sys { op: "delete", map, source })?;
+            sys::delete_elem(fd, k).map_err(|source| Error::Sys {
+                op: "delete",
+                map,
+                source,
+            })?;
         }
         Ok(())
     }
@@ -386,7 +414,11 @@ impl BpfDataplane {
         // An owned duplicate: `self` is mutated while it is in use.
         let fd = maps::fd(&self.maps.services)
             .try_clone_to_owned()
-            .map_err(|source| Error::Sys { op: "dup", map: map_names::SERVICES, source })?;
+            .map_err(|source| Error::Sys {
+                op: "dup",
+                map: map_names::SERVICES,
+                source,
+            })?;
         let fd = fd.as_fd();
         let done = if self.batch_ops.get() {
             match sys::update_batch(fd, &keys, &values) {
@@ -417,12 +449,18 @@ impl BpfDataplane {
                     report.rejected.push(Rejected {
                         frontend: staged.frontend,
                         name: staged.entry.name.clone(),
-                        reason: RejectReason::ServicesFull { capacity: self.ids.capacity },
+                        reason: RejectReason::ServicesFull {
+                            capacity: self.ids.capacity,
+                        },
                     });
                 }
                 Err(source) => {
                     self.unstage(&staged);
-                    failure = Some(Error::Sys { op: "update", map: map_names::SERVICES, source });
+                    failure = Some(Error::Sys {
+                        op: "update",
+                        map: map_names::SERVICES,
+                        source,
+                    });
                 }
             }
         }
@@ -435,11 +473,14 @@ impl BpfDataplane {
         if needed == 0 {
             return Ok(0..0);
         }
-        let range = self.ranges.allocate_range(needed).map_err(|_| RejectReason::BackendsFull {
-            needed,
-            free: self.ranges.total_available(),
-            capacity: self.maps.backends.capacity(),
-        })?;
+        let range = self
+            .ranges
+            .allocate_range(needed)
+            .map_err(|_| RejectReason::BackendsFull {
+                needed,
+                free: self.ranges.total_available(),
+                capacity: self.maps.backends.capacity(),
+            })?;
         let entries: Vec<Backend> = backends.iter().map(backend).collect();
         self.maps.backends.write(range.start, &entries);
         self.backends_used += needed;
@@ -465,7 +506,9 @@ impl BpfDataplane {
 
         let mut staged = Vec::new();
         for change in changes {
-            let Change::Upsert(frontend, entry) = *change else { continue };
+            let Change::Upsert(frontend, entry) = *change else {
+                continue;
+            };
             match self.stage(frontend, entry) {
                 Ok(s) => staged.push(s),
                 Err(UpsertError::Rejected(reason)) => report.rejected.push(Rejected {
@@ -498,9 +541,19 @@ impl BpfDataplane {
         }
         let ones = vec![1u32; members_new.len()];
         let prepared = self
-            .update_many(maps::fd(&self.maps.names), &name_ids, &names, map_names::SERVICE_NAMES)
+            .update_many(
+                maps::fd(&self.maps.names),
+                &name_ids,
+                &names,
+                map_names::SERVICE_NAMES,
+            )
             .and_then(|()| {
-                self.update_many(maps::fd(&self.maps.members), &members_new, &ones, map_names::AFFINITY_MEMBERS)
+                self.update_many(
+                    maps::fd(&self.maps.members),
+                    &members_new,
+                    &ones,
+                    map_names::AFFINITY_MEMBERS,
+                )
             });
         if let Err(e) = prepared {
             for s in &staged {
@@ -513,7 +566,11 @@ impl BpfDataplane {
 
         // Stale members go now, so that once the barrier has passed no
         // affinity entry can lead to a removed backend.
-        self.delete_many(maps::fd(&self.maps.members), &members_gone, map_names::AFFINITY_MEMBERS)
+        self.delete_many(
+            maps::fd(&self.maps.members),
+            &members_gone,
+            map_names::AFFINITY_MEMBERS,
+        )
     }
 }
 
@@ -536,7 +593,11 @@ fn service_value(s: &Staged) -> ServiceValue {
         },
         id: s.slot.id,
         algorithm: s.entry.algorithm.to_raw(),
-        flags: if s.entry.affinity_timeout_s.is_some() { FLAG_AFFINITY } else { 0 },
+        flags: if s.entry.affinity_timeout_s.is_some() {
+            FLAG_AFFINITY
+        } else {
+            0
+        },
         pad: [0; 2],
         affinity_timeout_s: s.entry.affinity_timeout_s.unwrap_or(0),
         pad2: [0; 4],
@@ -570,8 +631,12 @@ impl Dataplane for BpfDataplane {
 }
 
 /// Rebuilds a frontend and entry from one record of the service table.
-fn adopt_record(r: &ServiceRecord, service_capacity: u32) -> Result<(Frontend, ServiceEntry), String> {
-    let frontend = frontend_of(&r.key).ok_or_else(|| format!("unknown protocol {} in {:?}", r.key.proto, r.key))?;
+fn adopt_record(
+    r: &ServiceRecord,
+    service_capacity: u32,
+) -> Result<(Frontend, ServiceEntry), String> {
+    let frontend = frontend_of(&r.key)
+        .ok_or_else(|| format!("unknown protocol {} in {:?}", r.key.proto, r.key))?;
     if r.value.id >= service_capacity {
         return Err(format!("{frontend}: id {} beyond the table", r.value.id));
     }
@@ -587,7 +652,8 @@ fn adopt_record(r: &ServiceRecord, service_capacity: u32) -> Result<(Frontend, S
         ServiceEntry {
             name,
             algorithm,
-            affinity_timeout_s: (r.value.flags & FLAG_AFFINITY != 0).then_some(r.value.affinity_timeout_s),
+            affinity_timeout_s: (r.value.flags & FLAG_AFFINITY != 0)
+                .then_some(r.value.affinity_timeout_s),
             backends: backends.iter().map(socket_addr).collect(),
         },
     ))
@@ -756,16 +822,26 @@ mod tests {
             IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)),
         ] {
             assert_eq!(ip_of(addr16(ip)), ip);
-            let fe = Frontend { ip, port: 8080, protocol: Protocol::Udp };
+            let fe = Frontend {
+                ip,
+                port: 8080,
+                protocol: Protocol::Udp,
+            };
             assert_eq!(frontend_of(&service_key(&fe)), Some(fe));
         }
-        assert_eq!(&addr16("10.0.0.1".parse().expect("ip"))[..12], &lb_common::addr::V4_MAPPED_PREFIX);
+        assert_eq!(
+            &addr16("10.0.0.1".parse().expect("ip"))[..12],
+            &lb_common::addr::V4_MAPPED_PREFIX
+        );
     }
 
     #[test]
     fn names_parse_back() {
         let n = parse_name("default/web:http");
-        assert_eq!((n.namespace.as_str(), n.name.as_str(), n.port.as_str()), ("default", "web", "http"));
+        assert_eq!(
+            (n.namespace.as_str(), n.name.as_str(), n.port.as_str()),
+            ("default", "web", "http")
+        );
         assert_eq!(parse_name("kube-system/dns").to_string(), "kube-system/dns");
     }
 }

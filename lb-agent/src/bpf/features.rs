@@ -8,8 +8,8 @@ use aya::{
 };
 use lb_common::meta::{
     FEATURE_ATOMIC_FETCH, FEATURE_CONNECT4, FEATURE_CONNECT6, FEATURE_GETPEERNAME4,
-    FEATURE_GETPEERNAME6, FEATURE_NAMES, FEATURE_NETNS_COOKIE, FEATURE_RECVMSG4,
-    FEATURE_RECVMSG6, FEATURE_SENDMSG4, FEATURE_SENDMSG6, FEATURE_SET_RETVAL,
+    FEATURE_GETPEERNAME6, FEATURE_NAMES, FEATURE_NETNS_COOKIE, FEATURE_RECVMSG4, FEATURE_RECVMSG6,
+    FEATURE_SENDMSG4, FEATURE_SENDMSG6, FEATURE_SET_RETVAL,
 };
 
 use super::{Error, object};
@@ -26,14 +26,62 @@ pub struct Hook {
 }
 
 pub const HOOKS: [Hook; 8] = [
-    Hook { program: "connect4", probe: "p_connect4", feature: FEATURE_CONNECT4, required: true, lost: "IPv4 TCP and connected UDP" },
-    Hook { program: "connect6", probe: "p_connect6", feature: FEATURE_CONNECT6, required: false, lost: "IPv6 and IPv4-mapped TCP and connected UDP" },
-    Hook { program: "sendmsg4", probe: "p_sendmsg4", feature: FEATURE_SENDMSG4, required: false, lost: "unconnected IPv4 UDP" },
-    Hook { program: "sendmsg6", probe: "p_sendmsg6", feature: FEATURE_SENDMSG6, required: false, lost: "unconnected IPv6 UDP" },
-    Hook { program: "recvmsg4", probe: "p_recvmsg4", feature: FEATURE_RECVMSG4, required: false, lost: "ClusterIP as the source of unconnected IPv4 UDP replies" },
-    Hook { program: "recvmsg6", probe: "p_recvmsg6", feature: FEATURE_RECVMSG6, required: false, lost: "ClusterIP as the source of unconnected IPv6 UDP replies" },
-    Hook { program: "getpeername4", probe: "p_getpeername4", feature: FEATURE_GETPEERNAME4, required: false, lost: "ClusterIP from getpeername() on IPv4 sockets" },
-    Hook { program: "getpeername6", probe: "p_getpeername6", feature: FEATURE_GETPEERNAME6, required: false, lost: "ClusterIP from getpeername() on IPv6 sockets" },
+    Hook {
+        program: "connect4",
+        probe: "p_connect4",
+        feature: FEATURE_CONNECT4,
+        required: true,
+        lost: "IPv4 TCP and connected UDP",
+    },
+    Hook {
+        program: "connect6",
+        probe: "p_connect6",
+        feature: FEATURE_CONNECT6,
+        required: false,
+        lost: "IPv6 and IPv4-mapped TCP and connected UDP",
+    },
+    Hook {
+        program: "sendmsg4",
+        probe: "p_sendmsg4",
+        feature: FEATURE_SENDMSG4,
+        required: false,
+        lost: "unconnected IPv4 UDP",
+    },
+    Hook {
+        program: "sendmsg6",
+        probe: "p_sendmsg6",
+        feature: FEATURE_SENDMSG6,
+        required: false,
+        lost: "unconnected IPv6 UDP",
+    },
+    Hook {
+        program: "recvmsg4",
+        probe: "p_recvmsg4",
+        feature: FEATURE_RECVMSG4,
+        required: false,
+        lost: "ClusterIP as the source of unconnected IPv4 UDP replies",
+    },
+    Hook {
+        program: "recvmsg6",
+        probe: "p_recvmsg6",
+        feature: FEATURE_RECVMSG6,
+        required: false,
+        lost: "ClusterIP as the source of unconnected IPv6 UDP replies",
+    },
+    Hook {
+        program: "getpeername4",
+        probe: "p_getpeername4",
+        feature: FEATURE_GETPEERNAME4,
+        required: false,
+        lost: "ClusterIP from getpeername() on IPv4 sockets",
+    },
+    Hook {
+        program: "getpeername6",
+        probe: "p_getpeername6",
+        feature: FEATURE_GETPEERNAME6,
+        required: false,
+        lost: "ClusterIP from getpeername() on IPv6 sockets",
+    },
 ];
 
 /// The probed features, a bit set of `FEATURE_*`.
@@ -51,7 +99,10 @@ impl Features {
         let mut ebpf = EbpfLoader::new()
             .verifier_log_level(VerifierLogLevel::DISABLE)
             .load(object::probe()?)
-            .map_err(|source| Error::Load { what: "the feature probes", source: Box::new(source) })?;
+            .map_err(|source| Error::Load {
+                what: "the feature probes",
+                source: Box::new(source),
+            })?;
         let mut supported = 0;
         for hook in &HOOKS {
             if loads(&mut ebpf, hook.probe) {

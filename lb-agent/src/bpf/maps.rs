@@ -87,18 +87,30 @@ impl Maps {
     pub fn open(source: &mut impl MapSource) -> Result<Self> {
         Ok(Self {
             services: typed(map_names::SERVICES, source.take(map_names::SERVICES)?)?,
-            backends: MmapArray::new(typed(map_names::BACKENDS, source.take(map_names::BACKENDS)?)?)?,
+            backends: MmapArray::new(typed(
+                map_names::BACKENDS,
+                source.take(map_names::BACKENDS)?,
+            )?)?,
             members: typed(
                 map_names::AFFINITY_MEMBERS,
                 source.take(map_names::AFFINITY_MEMBERS)?,
             )?,
-            rr: MmapArray::new(typed(map_names::RR_COUNTERS, source.take(map_names::RR_COUNTERS)?)?)?,
+            rr: MmapArray::new(typed(
+                map_names::RR_COUNTERS,
+                source.take(map_names::RR_COUNTERS)?,
+            )?)?,
             service_stats: MmapArray::new(typed(
                 map_names::SERVICE_STATS,
                 source.take(map_names::SERVICE_STATS)?,
             )?)?,
-            stats: typed(map_names::GLOBAL_STATS, source.take(map_names::GLOBAL_STATS)?)?,
-            names: typed(map_names::SERVICE_NAMES, source.take(map_names::SERVICE_NAMES)?)?,
+            stats: typed(
+                map_names::GLOBAL_STATS,
+                source.take(map_names::GLOBAL_STATS)?,
+            )?,
+            names: typed(
+                map_names::SERVICE_NAMES,
+                source.take(map_names::SERVICE_NAMES)?,
+            )?,
             meta: typed(map_names::META, source.take(map_names::META)?)?,
         })
     }
@@ -112,7 +124,9 @@ impl Maps {
     /// # Errors
     /// When the map cannot be read.
     pub fn read_meta(&self) -> Result<Meta> {
-        self.meta.get(&0, 0).map_err(|source| Error::map("read", map_names::META, source))
+        self.meta
+            .get(&0, 0)
+            .map_err(|source| Error::map("read", map_names::META, source))
     }
 
     /// # Errors
@@ -154,7 +168,9 @@ impl Maps {
         for item in self.services.iter() {
             let (key, value) =
                 item.map_err(|source| Error::map("read", map_names::SERVICES, source))?;
-            let backends = self.backends.read(value.backends.first, value.backends.count);
+            let backends = self
+                .backends
+                .read(value.backends.first, value.backends.count);
             let stats = self.service_stats.get(value.id).unwrap_or_default();
             out.push(ServiceRecord {
                 key,
@@ -182,7 +198,11 @@ pub struct ServiceRecord {
 /// The UTF-8 text of a NUL-padded name.
 #[must_use]
 pub fn name_str(name: &ServiceName) -> String {
-    let end = name.name.iter().position(|&b| b == 0).unwrap_or(name.name.len());
+    let end = name
+        .name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(name.name.len());
     String::from_utf8_lossy(&name.name[..end]).into_owned()
 }
 
@@ -218,7 +238,12 @@ unsafe impl<T: aya::Pod + Sync> Sync for MmapArray<T> {}
 
 impl<T: aya::Pod> MmapArray<T> {
     fn new(map: Array<MapData, T>) -> Result<Self> {
-        const { assert!(size_of::<T>() % 8 == 0, "BPF array stride is a multiple of 8") };
+        const {
+            assert!(
+                size_of::<T>() % 8 == 0,
+                "BPF array stride is a multiple of 8"
+            )
+        };
         let len = map.len();
         let page = page_size();
         let bytes = (len as usize * size_of::<T>()).div_ceil(page) * page;
@@ -239,7 +264,12 @@ impl<T: aya::Pod> MmapArray<T> {
             )
         }
         .map_err(|source| Error::Mmap { source })?;
-        Ok(Self { _map: map, ptr: addr.cast(), len, mapped_bytes: bytes })
+        Ok(Self {
+            _map: map,
+            ptr: addr.cast(),
+            len,
+            mapped_bytes: bytes,
+        })
     }
 
     /// Number of entries.
@@ -256,7 +286,10 @@ impl<T: aya::Pod> MmapArray<T> {
     /// If the range is outside the array (an allocator bug).
     pub fn write(&mut self, first: u32, values: &[T]) {
         let end = first as usize + values.len();
-        assert!(end <= self.len as usize, "range {first}..{end} outside the array");
+        assert!(
+            end <= self.len as usize,
+            "range {first}..{end} outside the array"
+        );
         for (i, v) in values.iter().enumerate() {
             // SAFETY: in bounds (checked above), aligned (stride = size).
             unsafe { self.ptr.as_ptr().add(first as usize + i).write_volatile(*v) };

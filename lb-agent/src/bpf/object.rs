@@ -11,7 +11,11 @@ static PROBE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-
 /// (before 5.12) get the object built without them: their verifiers reject
 /// the instruction even in code that can never run.
 pub fn datapath(atomic_fetch: bool) -> Result<&'static [u8], Error> {
-    non_stub(if atomic_fetch { DATAPATH } else { DATAPATH_LEGACY })
+    non_stub(if atomic_fetch {
+        DATAPATH
+    } else {
+        DATAPATH_LEGACY
+    })
 }
 
 /// The feature probes.

@@ -36,14 +36,8 @@ struct LinkDetachAttr {
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid `bpf_attr` prefix for `cmd`, and its size is
     // passed; the kernel checks that it knows every byte given.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr),
-            size_of::<T>(),
-        )
-    };
+    let ret =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -113,7 +107,11 @@ impl BatchError {
     #[must_use]
     pub fn unsupported(&self) -> bool {
         // ENOTSUPP (524) is kernel-internal but reaches user space from bpf().
-        self.done == 0 && matches!(self.error.raw_os_error(), Some(libc::EINVAL | 524 | libc::EOPNOTSUPP))
+        self.done == 0
+            && matches!(
+                self.error.raw_os_error(),
+                Some(libc::EINVAL | 524 | libc::EOPNOTSUPP)
+            )
     }
 }
 
@@ -124,12 +122,25 @@ impl BatchError {
 /// # Errors
 /// With the number done when an element fails (that element and the ones
 /// after it were not written).
-pub fn update_batch<K, V>(map_fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> Result<(), BatchError> {
+pub fn update_batch<K, V>(
+    map_fd: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), BatchError> {
     assert_eq!(keys.len(), values.len(), "one value per key");
     let mut done = 0;
     for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
-        let sent = batch(BPF_MAP_UPDATE_BATCH, map_fd, k.as_ptr() as u64, v.as_ptr() as u64, k.len())
-            .map_err(|(n, error)| BatchError { done: done + n, error })?;
+        let sent = batch(
+            BPF_MAP_UPDATE_BATCH,
+            map_fd,
+            k.as_ptr() as u64,
+            v.as_ptr() as u64,
+            k.len(),
+        )
+        .map_err(|(n, error)| BatchError {
+            done: done + n,
+            error,
+        })?;
         done += sent;
     }
     Ok(())
@@ -142,14 +153,24 @@ pub fn update_batch<K, V>(map_fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> R
 pub fn delete_batch<K>(map_fd: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchError> {
     let mut done = 0;
     for k in keys.chunks(BATCH) {
-        let sent = batch(BPF_MAP_DELETE_BATCH, map_fd, k.as_ptr() as u64, 0, k.len())
-            .map_err(|(n, error)| BatchError { done: done + n, error })?;
+        let sent = batch(BPF_MAP_DELETE_BATCH, map_fd, k.as_ptr() as u64, 0, k.len()).map_err(
+            |(n, error)| BatchError {
+                done: done + n,
+                error,
+            },
+        )?;
         done += sent;
     }
     Ok(())
 }
 
-fn batch(cmd: libc::c_long, map_fd: BorrowedFd<'_>, keys: u64, values: u64, count: usize) -> Result<usize, (usize, io::Error)> {
+fn batch(
+    cmd: libc::c_long,
+    map_fd: BorrowedFd<'_>,
+    keys: u64,
+    values: u64,
+    count: usize,
+) -> Result<usize, (usize, io::Error)> {
     use std::os::fd::AsRawFd as _;
     let mut attr = BatchAttr {
         in_batch: 0,

@@ -87,9 +87,14 @@ pub async fn client(conn: &Connection) -> Result<Client, Error> {
             })?;
             Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
-                .map_err(|source| Error::Kubeconfig { path: path.clone(), source })?
+                .map_err(|source| Error::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
         }
-        None => Config::infer().await.map_err(|source| Error::Infer { source })?,
+        None => Config::infer()
+            .await
+            .map_err(|source| Error::Infer { source })?,
     };
     Client::try_from(config).map_err(Error::Client)
 }
@@ -132,18 +137,30 @@ impl KubeSource {
     /// Runs the reflectors and publishes every change. Returns only if all
     /// watch streams end (they retry forever).
     pub async fn run(self, tx: Publisher, metrics: Arc<Metrics>) {
-        let labels = SourceLabels { source: "kubernetes".to_owned() };
+        let labels = SourceLabels {
+            source: "kubernetes".to_owned(),
+        };
         let selector = label_selector(self.options.service_proxy_name.as_deref());
         let config = watcher::Config::default().labels(&selector);
         let (signals, mut rx) = mpsc::unbounded_channel();
 
         let (services, writer) = reflector::store::<Service>();
-        let stream = watcher(Api::<Service>::all(self.client.clone()), config.clone()).default_backoff();
-        tokio::spawn(drive(Watch::Services, stream.reflect(writer), signals.clone()));
+        let stream =
+            watcher(Api::<Service>::all(self.client.clone()), config.clone()).default_backoff();
+        tokio::spawn(drive(
+            Watch::Services,
+            stream.reflect(writer),
+            signals.clone(),
+        ));
 
         let (slices, writer) = reflector::store::<EndpointSlice>();
-        let stream = watcher(Api::<EndpointSlice>::all(self.client.clone()), config).default_backoff();
-        tokio::spawn(drive(Watch::Slices, stream.reflect(writer), signals.clone()));
+        let stream =
+            watcher(Api::<EndpointSlice>::all(self.client.clone()), config).default_backoff();
+        tokio::spawn(drive(
+            Watch::Slices,
+            stream.reflect(writer),
+            signals.clone(),
+        ));
 
         let node_store = self.node_name.as_ref().map(|name| {
             let (store, writer) = reflector::store::<Node>();
@@ -152,7 +169,11 @@ impl KubeSource {
             tokio::spawn(drive(Watch::Node, stream.reflect(writer), signals.clone()));
             store
         });
-        let probe = Prober { client: self.client.clone(), signals: signals.clone(), running: Arc::default() };
+        let probe = Prober {
+            client: self.client.clone(),
+            signals: signals.clone(),
+            running: Arc::default(),
+        };
         drop(signals);
         let note = |s: &Signal, stale: &mut bool| note(s, stale, &metrics, &labels, &probe);
 
@@ -185,7 +206,16 @@ impl KubeSource {
         let mut reported: HashSet<String> = HashSet::new();
         let mut noticed = Instant::now();
         loop {
-            self.publish(&services, &slices, node_store.as_ref(), noticed, &tx, &metrics, &labels, &mut reported);
+            self.publish(
+                &services,
+                &slices,
+                node_store.as_ref(),
+                noticed,
+                &tx,
+                &metrics,
+                &labels,
+                &mut reported,
+            );
             // Wait for the next change, then let a burst settle briefly.
             let Some(first) = rx.recv().await else { return };
             note(&first, &mut stale);
@@ -200,7 +230,10 @@ impl KubeSource {
         }
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one call site; grouping would only rename them")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site; grouping would only rename them"
+    )]
     fn publish(
         &self,
         services: &Store<Service>,
@@ -234,12 +267,21 @@ impl KubeSource {
         }
         *reported = now;
         metrics.source_updates.get_or_create(labels).inc();
-        tx.send_replace(Some(Arc::new(Update { state: t.state, noticed })));
+        tx.send_replace(Some(Arc::new(Update {
+            state: t.state,
+            noticed,
+        })));
     }
 }
 
 /// Tracks staleness from watcher signals.
-fn note(signal: &Signal, stale: &mut bool, metrics: &Metrics, labels: &SourceLabels, probe: &Prober) {
+fn note(
+    signal: &Signal,
+    stale: &mut bool,
+    metrics: &Metrics,
+    labels: &SourceLabels,
+    probe: &Prober,
+) {
     match signal {
         Signal::Failed(watch, error) => {
             if !*stale {
@@ -259,7 +301,10 @@ fn note(signal: &Signal, stale: &mut bool, metrics: &Metrics, labels: &SourceLab
             *stale = false;
         }
     }
-    metrics.source_stale.get_or_create(labels).set(i64::from(*stale));
+    metrics
+        .source_stale
+        .get_or_create(labels)
+        .set(i64::from(*stale));
 }
 
 /// Polls `/version` after a failure until the API server answers.
@@ -275,7 +320,11 @@ impl Prober {
         if self.running.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (client, signals, running) = (self.client.clone(), self.signals.clone(), Arc::clone(&self.running));
+        let (client, signals, running) = (
+            self.client.clone(),
+            self.signals.clone(),
+            Arc::clone(&self.running),
+        );
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;

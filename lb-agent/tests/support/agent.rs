@@ -17,13 +17,18 @@ use super::{client::http_get, unique, wait_for};
 
 /// The agent binary: `LB_AGENT_BIN` (VM runs), else the one cargo built.
 pub fn bin() -> PathBuf {
-    std::env::var_os("LB_AGENT_BIN")
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lb-agent")), PathBuf::from)
+    std::env::var_os("LB_AGENT_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_lb-agent")),
+        PathBuf::from,
+    )
 }
 
 /// Runs `lb-agent ARGS` to completion.
 pub fn run_cli(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().expect("run lb-agent")
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run lb-agent")
 }
 
 /// A running agent with its own pin directory, cleaned up on drop.
@@ -96,14 +101,21 @@ impl Agent {
         let metrics = self.metrics;
         let mut exited = None;
         wait_for("the agent to be ready", Duration::from_secs(30), || {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 exited = Some(status);
                 return true;
             }
             matches!(http_get(metrics, "/readyz"), Ok((200, _)))
         });
         if let Some(status) = exited {
-            panic!("lb-agent exited ({status}) before it was ready:\n{}", self.log());
+            panic!(
+                "lb-agent exited ({status}) before it was ready:\n{}",
+                self.log()
+            );
         }
     }
 
@@ -127,8 +139,18 @@ impl Agent {
 
     /// `lb-agent list -o json` for this agent's pins.
     pub fn list(&self) -> serde_json::Value {
-        let out = run_cli(&["list", "-o", "json", "--bpffs", &self.bpffs.display().to_string()]);
-        assert!(out.status.success(), "lb-agent list failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run_cli(&[
+            "list",
+            "-o",
+            "json",
+            "--bpffs",
+            &self.bpffs.display().to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "lb-agent list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("list json")
     }
 
@@ -162,7 +184,10 @@ impl Agent {
     }
 
     fn signal_child(&self, child: &Child, signal: Signal) {
-        let _ = kill(Pid::from_raw(i32::try_from(child.id()).expect("pid")), signal);
+        let _ = kill(
+            Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+            signal,
+        );
     }
 
     /// Starts the same agent again (after `kill` or `stop`), without waiting.
@@ -173,14 +198,19 @@ impl Agent {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Waits for the process to exit on its own and returns its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let mut status = None;
         wait_for("lb-agent to exit", timeout, || {
-            status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            status = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             status.is_some()
         });
         self.child = None;

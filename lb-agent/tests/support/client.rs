@@ -24,7 +24,10 @@ pub fn tcp(addr: SocketAddr) -> io::Result<Reply> {
     let peer = s.peer_addr()?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
-    Ok(Reply { body: body.trim().to_owned(), peer })
+    Ok(Reply {
+        body: body.trim().to_owned(),
+        peer,
+    })
 }
 
 /// Connected UDP: `connect()`, `send()`, `recv_from()`.
@@ -37,7 +40,13 @@ pub fn udp_connected(addr: SocketAddr) -> io::Result<(Reply, SocketAddr)> {
     let mut buf = [0u8; 256];
     let (n, from) = s.recv_from(&mut buf)?;
     let peer = s.peer_addr()?;
-    Ok((Reply { body: String::from_utf8_lossy(&buf[..n]).trim().to_owned(), peer }, from))
+    Ok((
+        Reply {
+            body: String::from_utf8_lossy(&buf[..n]).trim().to_owned(),
+            peer,
+        },
+        from,
+    ))
 }
 
 /// Unconnected UDP: `sendto()` the service, `recvfrom()` the answer.
@@ -82,6 +91,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| io::Error::other(format!("bad HTTP response: {text:.200}")))?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
     Ok((status, body))
 }

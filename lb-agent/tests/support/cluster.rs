@@ -66,7 +66,10 @@ impl Cluster {
         node.ip(&["addr", "add", "10.200.0.1/24", "dev", "br0"]);
         node.ip(&["addr", "add", "fd00:200::1/64", "dev", "br0", "nodad"]);
         node.ip(&["link", "set", "br0", "up"]);
-        let mut cluster = Self { node, pods: Vec::new() };
+        let mut cluster = Self {
+            node,
+            pods: Vec::new(),
+        };
         for i in 1..=pods {
             cluster.add_pod(&format!("pod-{i}"));
         }
@@ -78,10 +81,24 @@ impl Cluster {
         let index = u8::try_from(self.pods.len() + 1).expect("at most 200 pods");
         let netns = Netns::new("pod");
         let host_if = format!("v{index}");
-        self.node.ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns.name]);
-        self.node.ip(&["link", "set", &host_if, "master", "br0", "up"]);
+        self.node.ip(&[
+            "link",
+            "add",
+            &host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns.name,
+        ]);
+        self.node
+            .ip(&["link", "set", &host_if, "master", "br0", "up"]);
         let ip4 = Ipv4Addr::new(10, 200, 0, 10 + index);
-        let ip6: Ipv6Addr = format!("fd00:200::{}", 10 + u16::from(index)).parse().expect("ipv6");
+        let ip6: Ipv6Addr = format!("fd00:200::{}", 10 + u16::from(index))
+            .parse()
+            .expect("ipv6");
         netns.ip(&["addr", "add", &format!("{ip4}/24"), "dev", "eth0"]);
         netns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
         netns.ip(&["link", "set", "eth0", "up"]);
@@ -94,19 +111,34 @@ impl Cluster {
         for port in POD_PORTS {
             let (reply, s, c) = (name.to_owned(), Arc::clone(&stop), Arc::clone(&served));
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            threads.push(spawn_in(&netns.path(), move || serve_tcp(port, &reply, &s, &c, &ready_tx)));
+            threads.push(spawn_in(&netns.path(), move || {
+                serve_tcp(port, &reply, &s, &c, &ready_tx)
+            }));
             ready_rx.recv().expect("tcp server started");
             let (reply, s, c) = (name.to_owned(), Arc::clone(&stop), Arc::clone(&served));
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            threads.push(spawn_in(&netns.path(), move || serve_udp(port, &reply, &s, &c, &ready_tx)));
+            threads.push(spawn_in(&netns.path(), move || {
+                serve_udp(port, &reply, &s, &c, &ready_tx)
+            }));
             ready_rx.recv().expect("udp server started");
         }
-        self.pods.push(Pod { name: name.to_owned(), ip4, ip6, netns, served, stop, threads });
+        self.pods.push(Pod {
+            name: name.to_owned(),
+            ip4,
+            ip6,
+            netns,
+            served,
+            stop,
+            threads,
+        });
         self.pods.last().expect("just pushed")
     }
 
     pub fn pod(&self, name: &str) -> &Pod {
-        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
     }
 }
 
@@ -116,7 +148,13 @@ fn readable(fd: &impl std::os::fd::AsFd) -> bool {
     matches!(poll(&mut fds, PollTimeout::from(50u16)), Ok(n) if n > 0)
 }
 
-fn serve_tcp(port: u16, reply: &str, stop: &AtomicBool, served: &AtomicU64, ready: &std::sync::mpsc::Sender<()>) {
+fn serve_tcp(
+    port: u16,
+    reply: &str,
+    stop: &AtomicBool,
+    served: &AtomicU64,
+    ready: &std::sync::mpsc::Sender<()>,
+) {
     // `[::]` with the default bindv6only=0 serves IPv4 too.
     let listener = TcpListener::bind(("::", port)).expect("bind tcp");
     let _ = ready.send(());
@@ -137,7 +175,13 @@ fn serve_tcp(port: u16, reply: &str, stop: &AtomicBool, served: &AtomicU64, read
     }
 }
 
-fn serve_udp(port: u16, reply: &str, stop: &AtomicBool, served: &AtomicU64, ready: &std::sync::mpsc::Sender<()>) {
+fn serve_udp(
+    port: u16,
+    reply: &str,
+    stop: &AtomicBool,
+    served: &AtomicU64,
+    ready: &std::sync::mpsc::Sender<()>,
+) {
     let socket = UdpSocket::bind(("::", port)).expect("bind udp");
     let _ = ready.send(());
     let mut buf = [0u8; 1500];

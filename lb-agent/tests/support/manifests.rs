@@ -15,11 +15,21 @@ pub struct Port {
 }
 
 pub fn tcp(name: &'static str, port: u16, target: u16) -> Port {
-    Port { name, port, target: json!(target), protocol: "TCP" }
+    Port {
+        name,
+        port,
+        target: json!(target),
+        protocol: "TCP",
+    }
 }
 
 pub fn udp(name: &'static str, port: u16, target: u16) -> Port {
-    Port { name, port, target: json!(target), protocol: "UDP" }
+    Port {
+        name,
+        port,
+        target: json!(target),
+        protocol: "UDP",
+    }
 }
 
 /// A ClusterIP service in `default`.
@@ -73,7 +83,11 @@ pub fn ready(ip: impl ToString) -> Endpoint {
 }
 
 pub fn terminating(ip: impl ToString) -> Endpoint {
-    Endpoint { ready: false, terminating: true, ..ready(ip) }
+    Endpoint {
+        ready: false,
+        terminating: true,
+        ..ready(ip)
+    }
 }
 
 impl Endpoint {
@@ -98,8 +112,17 @@ pub fn typed<T: serde::de::DeserializeOwned>(value: Value) -> T {
 }
 
 /// An EndpointSlice for `service` with `ports` = (name, port, protocol).
-pub fn slice(service: &str, name: &str, endpoints: &[Endpoint], ports: &[(&str, u16, &str)]) -> Value {
-    let family = if endpoints.first().is_some_and(|e| e.ip.contains(':')) { "IPv6" } else { "IPv4" };
+pub fn slice(
+    service: &str,
+    name: &str,
+    endpoints: &[Endpoint],
+    ports: &[(&str, u16, &str)],
+) -> Value {
+    let family = if endpoints.first().is_some_and(|e| e.ip.contains(':')) {
+        "IPv6"
+    } else {
+        "IPv4"
+    };
     json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",

@@ -46,7 +46,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -92,13 +94,19 @@ impl Cgroup {
             .find_map(|l| l.strip_prefix("0::"))
             .unwrap_or("/")
             .trim_start_matches('/');
-        Self { path, original: root.join(rel) }
+        Self {
+            path,
+            original: root.join(rel),
+        }
     }
 
     /// Moves the whole test process into this cgroup.
     pub fn join(&self) {
-        fs::write(self.path.join("cgroup.procs"), std::process::id().to_string())
-            .unwrap_or_else(|e| panic!("join {}: {e}", self.path.display()));
+        fs::write(
+            self.path.join("cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .unwrap_or_else(|e| panic!("join {}: {e}", self.path.display()));
     }
 }
 
@@ -127,7 +135,8 @@ pub fn cgroup2_root() -> PathBuf {
             let (pre, post) = l.split_once(" - ")?;
             let mut fields = pre.split_whitespace();
             let (root, mount_point) = (fields.nth(3)?, fields.next()?);
-            (post.split_whitespace().next()? == "cgroup2" && root == "/").then(|| PathBuf::from(mount_point))
+            (post.split_whitespace().next()? == "cgroup2" && root == "/")
+                .then(|| PathBuf::from(mount_point))
         })
         .expect("no cgroup2 mount")
 }
