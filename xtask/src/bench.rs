@@ -33,6 +33,7 @@ mod workload;
 mod world;
 
 use std::{
+    fmt::Write as _,
     fs,
     io::{BufRead as _, BufReader, Read as _},
     net::SocketAddrV4,
@@ -235,17 +236,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mut sizes = args.sizes.clone();
     sizes.sort_unstable();
     sizes.dedup();
-    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 8 });
-    let settings = Settings {
-        rounds,
-        latency_per_batch: if args.quick { 300 } else { 2000 },
-        rate_batch_ms: if args.quick { 300 } else { 700 },
-        changes: if args.quick { 5 } else { 20 },
-        change_seconds: if args.quick { 15 } else { 60 },
-        budget_s: args.budget,
-        endpoints: args.endpoints,
-        program_endpoints: args.program_endpoints,
-    };
+    let settings = settings(args);
 
     let agent_bin = match &args.agent_bin {
         Some(path) => {
@@ -322,6 +313,21 @@ pub fn run(args: &Args) -> Result<()> {
         eprintln!("bench: results in {}", out.display());
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// How much to measure, from the flags.
+fn settings(args: &Args) -> Settings {
+    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 8 });
+    Settings {
+        rounds,
+        latency_per_batch: if args.quick { 300 } else { 2000 },
+        rate_batch_ms: if args.quick { 300 } else { 700 },
+        changes: if args.quick { 5 } else { 20 },
+        change_seconds: if args.quick { 15 } else { 60 },
+        budget_s: args.budget,
+        endpoints: args.endpoints,
+        program_endpoints: args.program_endpoints,
+    }
 }
 
 /// Builds `bench-client` in release mode.
@@ -455,8 +461,10 @@ impl SizeBench<'_> {
         }
         self.progress.inc(1);
         drop(agent);
+        self.say("removing the client namespaces");
         for run in &runs {
             if let Some(client) = &run.client {
+                flush_rules(run.peer, &client.name);
                 self.world.remove_client(client);
             }
         }
@@ -535,6 +543,7 @@ impl SizeBench<'_> {
             check_interrupted()?;
             if i > 0 {
                 if let Some(old) = run.client.take() {
+                    flush_rules(peer, &old.name);
                     self.world.remove_client(&old);
                 }
                 run.client = Some(self.world.client(peer.name())?);
@@ -681,8 +690,7 @@ impl SizeBench<'_> {
                     let r = &runs[i];
                     r.usable
                         && r.peer != Peer::Direct
-                        && (r.change.len() < 3
-                            || r.change_time < Duration::from_secs(s.change_seconds))
+                        && r.change_time < Duration::from_secs(s.change_seconds)
                 })
                 .collect();
             if active
@@ -840,27 +848,25 @@ impl SizeBench<'_> {
         let mib = wide.len() as f64 / 1_048_576.0;
         result.services_file_wide_mib = mib;
         let samples = if self.size <= 10_000 { 3 } else { 2 };
-        for i in 0..samples {
+        for _ in 0..samples {
             check_interrupted()?;
             agent.program(EMPTY, self.budget())?;
-            let perf = (self.args.profile && i == 0 && self.size >= 10_000)
-                .then(|| {
-                    start_perf(
-                        agent.pid(),
-                        &self.out.join(format!("perf-{}.data", self.size)),
-                    )
-                })
-                .transpose()?;
+            result
+                .program_wide
+                .push(agent.program(&wide, self.budget())?);
+        }
+        if self.args.profile && self.size >= 10_000 {
+            // One more run under perf, kept out of the numbers above.
+            self.say("agent: programming under perf");
+            agent.program(EMPTY, self.budget())?;
+            let data = self.out.join(format!("perf-{}.data", self.size));
+            let perf = start_perf(agent.pid(), &data)?;
             let programmed = agent.program(&wide, self.budget());
-            if let Some(perf) = perf {
-                stop_perf(
-                    perf,
-                    &self
-                        .out
-                        .join(format!("perf-{}x{}.txt", self.size, s.program_endpoints)),
-                )?;
-            }
-            result.program_wide.push(programmed?);
+            let report = self
+                .out
+                .join(format!("perf-{}x{}.txt", self.size, s.program_endpoints));
+            stop_perf(perf, &report)?;
+            programmed?;
         }
         result.memory_wide = agent.memory()?;
         Ok(())
@@ -915,6 +921,29 @@ fn load_command(peer: Peer, ns: &str, file: &Path) -> Result<Command> {
         _ => bail!("{} loads no rules", peer.name()),
     }
     Ok(cmd)
+}
+
+/// Empties a rules peer's tables before its namespace goes: deleting a
+/// namespace frees its rules later, in the background, where the cleanup
+/// would steal CPU from the next measurements; a flush frees them now.
+fn flush_rules(peer: Peer, ns: &str) {
+    let script: &[&[&str]] = match peer {
+        Peer::Iptables | Peer::Nftables => &[&["nft", "flush", "ruleset"]],
+        Peer::IptablesLegacy => &[
+            &["iptables-legacy", "-t", "nat", "-F"],
+            &["iptables-legacy", "-t", "nat", "-X"],
+            &["iptables-legacy", "-t", "filter", "-F"],
+            &["iptables-legacy", "-t", "filter", "-X"],
+        ],
+        Peer::Direct | Peer::LbAgent => &[],
+    };
+    for args in script {
+        let _ = in_netns(ns)
+            .args(*args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// Runs `cmd` to completion, timed; None if it took longer than `budget`
@@ -1031,22 +1060,32 @@ fn stop_perf((mut child, data): (std::process::Child, PathBuf), report: &Path) -
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(i32::try_from(child.id()).unwrap_or(0), libc::SIGINT) };
     child.wait().context("failed to wait for perf record")?;
-    let out = Command::new("perf")
-        .args([
-            "report",
-            "--stdio",
-            "--no-children",
-            "--percent-limit",
-            "0.5",
-            "-g",
-            "none",
-            "-i",
-        ])
-        .arg(&data)
-        .output()
-        .context("failed to run perf report")?;
-    fs::write(report, &out.stdout)
-        .with_context(|| format!("failed to write {}", report.display()))?;
+    let mut text = String::new();
+    for (title, mode) in [
+        (
+            "inclusive time (children): where the time goes, by caller",
+            "--children",
+        ),
+        ("self time: the leaves", "--no-children"),
+    ] {
+        let out = Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                mode,
+                "--sort",
+                "symbol",
+                "--percent-limit",
+                "1",
+            ])
+            .args(["-g", "none", "-i"])
+            .arg(&data)
+            .output()
+            .context("failed to run perf report")?;
+        let _ = writeln!(text, "==== {title} ====");
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    fs::write(report, text).with_context(|| format!("failed to write {}", report.display()))?;
     let _ = fs::remove_file(&data);
     Ok(())
 }

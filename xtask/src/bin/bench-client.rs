@@ -328,7 +328,7 @@ fn latency(addrs: &[SocketAddrV4], count: usize, warmup: usize) -> Result<()> {
         drop(fd);
         match result {
             Ok(()) if i >= warmup => {
-                samples.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX))
+                samples.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
             }
             Ok(()) => {}
             Err(e) => {
