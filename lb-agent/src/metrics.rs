@@ -6,7 +6,7 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -180,8 +180,8 @@ impl Metrics {
     ///
     /// # Errors
     /// When the pinned map cannot be opened.
-    pub fn add_datapath(&mut self, pinned_stats: PathBuf) -> Result<(), aya::maps::MapError> {
-        let data = MapData::from_pin(&pinned_stats)?;
+    pub fn add_datapath(&mut self, pinned_stats: &Path) -> Result<(), aya::maps::MapError> {
+        let data = MapData::from_pin(pinned_stats)?;
         let map = PerCpuArray::try_from(Map::PerCpuArray(data))?;
         self.registry
             .register_collector(Box::new(DatapathCollector {

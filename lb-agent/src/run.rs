@@ -80,7 +80,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     metrics.set_features(active);
     let stats_pin = PinLayout::new(&cfg.bpffs).map(lb_common::map_names::GLOBAL_STATS);
     metrics
-        .add_datapath(stats_pin.clone())
+        .add_datapath(&stats_pin)
         .with_context(|| format!("failed to open {}", stats_pin.display()))?;
     let metrics = Arc::new(metrics);
     let usage = dataplane.usage();
@@ -102,46 +102,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         })?;
 
     let (tx, mut rx) = watch::channel::<Option<Arc<Update>>>(None);
-    let options = Options {
-        default_algorithm: cfg.algorithm,
-        service_proxy_name: cfg.service_proxy_name.clone(),
-    };
-    let node = NodeContext {
-        node_name: cfg.node_name.clone(),
-        zone: None,
-    };
-    let source = match &cfg.services_file {
-        Some(path) => {
-            let source = FileSource {
-                path: path.clone(),
-                node,
-                options,
-            };
-            let m = Arc::clone(&metrics);
-            tokio::spawn(async move { source.run(tx, m).await.map_err(anyhow::Error::from) })
-        }
-        None => {
-            let client = kube_source::client(&Connection {
-                kubeconfig: cfg.kubeconfig.clone(),
-            })
-            .await?;
-            if cfg.node_name.is_none() {
-                tracing::warn!(
-                    "no --node-name (or NODE_NAME): internalTrafficPolicy: Local services refuse connections and topology hints are ignored"
-                );
-            }
-            let source = KubeSource {
-                client,
-                node_name: cfg.node_name.clone(),
-                options,
-            };
-            let m = Arc::clone(&metrics);
-            tokio::spawn(async move {
-                source.run(tx, m).await;
-                Ok(())
-            })
-        }
-    };
+    let source = start_source(&cfg, tx, Arc::clone(&metrics)).await?;
 
     let mut syncer = Syncer::new(dataplane);
     let mut term = signal(SignalKind::terminate())?;
@@ -174,6 +135,49 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     );
     drop(ebpf);
     Ok(())
+}
+
+/// Starts the configured source on its own task.
+async fn start_source(
+    cfg: &RunConfig,
+    tx: watch::Sender<Option<Arc<Update>>>,
+    metrics: Arc<Metrics>,
+) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    let options = Options {
+        default_algorithm: cfg.algorithm,
+        service_proxy_name: cfg.service_proxy_name.clone(),
+    };
+    if let Some(path) = &cfg.services_file {
+        let source = FileSource {
+            path: path.clone(),
+            node: NodeContext {
+                node_name: cfg.node_name.clone(),
+                zone: None,
+            },
+            options,
+        };
+        return Ok(tokio::spawn(async move {
+            source.run(tx, metrics).await.map_err(anyhow::Error::from)
+        }));
+    }
+    let client = kube_source::client(&Connection {
+        kubeconfig: cfg.kubeconfig.clone(),
+    })
+    .await?;
+    if cfg.node_name.is_none() {
+        tracing::warn!(
+            "no --node-name (or NODE_NAME): internalTrafficPolicy: Local services refuse connections and topology hints are ignored"
+        );
+    }
+    let source = KubeSource {
+        client,
+        node_name: cfg.node_name.clone(),
+        options,
+    };
+    Ok(tokio::spawn(async move {
+        source.run(tx, metrics).await;
+        Ok(())
+    }))
 }
 
 fn sync_once(syncer: &mut Syncer<BpfDataplane>, update: &Update, metrics: &Metrics) {

@@ -123,12 +123,11 @@ fn unescape_mountinfo(s: &str) -> String {
     while let Some(c) = chars.next() {
         if c == '\\' {
             let oct: String = chars.by_ref().take(3).collect();
-            match u8::from_str_radix(&oct, 8) {
-                Ok(b) => out.push(char::from(b)),
-                Err(_) => {
-                    out.push('\\');
-                    out.push_str(&oct);
-                }
+            if let Ok(b) = u8::from_str_radix(&oct, 8) {
+                out.push(char::from(b));
+            } else {
+                out.push('\\');
+                out.push_str(&oct);
             }
         } else {
             out.push(c);

@@ -1,4 +1,8 @@
 //! 16-byte addresses: IPv6 as is, IPv4 as IPv4-mapped IPv6.
+#![expect(
+    clippy::inline_always,
+    reason = "called from BPF programs, where an out-of-line call costs verifier state"
+)]
 
 /// The prefix of an IPv4-mapped IPv6 address (`::ffff:0:0/96`).
 pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
@@ -56,13 +60,13 @@ pub const fn words(addr: &[u8; 16]) -> [u32; 4] {
 #[inline(always)]
 #[must_use]
 pub const fn from_words(w: [u32; 4]) -> [u8; 16] {
-    let a = w[0].to_ne_bytes();
-    let b = w[1].to_ne_bytes();
-    let c = w[2].to_ne_bytes();
-    let d = w[3].to_ne_bytes();
+    let w0 = w[0].to_ne_bytes();
+    let w1 = w[1].to_ne_bytes();
+    let w2 = w[2].to_ne_bytes();
+    let w3 = w[3].to_ne_bytes();
     [
-        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
-        d[3],
+        w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0],
+        w3[1], w3[2], w3[3],
     ]
 }
 

@@ -194,13 +194,13 @@ impl Demo {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             check_interrupted()?;
-            if let Some((child, _)) = self.agent.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "lb-agent exited ({status}):\n{}",
-                        fs::read_to_string(log).unwrap_or_default()
-                    );
-                }
+            if let Some((child, _)) = self.agent.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "lb-agent exited ({status}):\n{}",
+                    fs::read_to_string(log).unwrap_or_default()
+                );
             }
             if readyz() {
                 return Ok(());

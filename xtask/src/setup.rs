@@ -157,7 +157,7 @@ fn ensure_bpf_linker() -> Result<()> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("libLLVM.so."))
         })
-        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .max_by_key(|p| fs::metadata(p).map_or(0, |m| m.len()))
         .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
     let major = llvm_major(&sysroot)?;
 

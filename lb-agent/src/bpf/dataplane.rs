@@ -128,7 +128,7 @@ impl BpfDataplane {
                     if !range.is_empty() {
                         used_ranges.push(range.clone());
                     }
-                    dp.backends_used += range.len() as u32;
+                    dp.backends_used += range.end - range.start;
                     adopted.services += 1;
                     adopted.backends += entry.backends.len();
                     dp.slots.insert(frontend, Slot { id: v.id, range });
@@ -389,13 +389,13 @@ impl BpfDataplane {
                 Ok(()) => return Ok(()),
                 Err(e) if e.unsupported() => self.batch_ops.set(false),
                 // A key already gone stops the batch: finish one by one.
-                Err(e) => return self.delete_each(fd, &keys[e.done..], map),
+                Err(e) => return Self::delete_each(fd, &keys[e.done..], map),
             }
         }
-        self.delete_each(fd, keys, map)
+        Self::delete_each(fd, keys, map)
     }
 
-    fn delete_each<K>(&self, fd: BorrowedFd<'_>, keys: &[K], map: &'static str) -> Result<()> {
+    fn delete_each<K>(fd: BorrowedFd<'_>, keys: &[K], map: &'static str) -> Result<()> {
         for k in keys {
             sys::delete_elem(fd, k).map_err(|source| Error::Sys {
                 op: "delete",
@@ -489,7 +489,7 @@ impl BpfDataplane {
 
     fn release_range(&mut self, range: Range<u32>) {
         if !range.is_empty() {
-            self.backends_used -= range.len() as u32;
+            self.backends_used -= range.end - range.start;
             self.ranges.free_range(range);
         }
     }
@@ -589,7 +589,7 @@ fn service_value(s: &Staged) -> ServiceValue {
     ServiceValue {
         backends: BackendRange {
             first: s.slot.range.start,
-            count: s.slot.range.len() as u32,
+            count: s.slot.range.end - s.slot.range.start,
         },
         id: s.slot.id,
         algorithm: s.entry.algorithm.to_raw(),

@@ -177,7 +177,7 @@ pub fn load(cfg: &Config) -> Result<Loaded> {
 
     let mut active =
         features.supported & (FEATURE_SET_RETVAL | FEATURE_ATOMIC_FETCH | FEATURE_NETNS_COOKIE);
-    let new_links = attach_all(&mut ebpf, &features, &cfg.cgroup)?;
+    let new_links = attach_all(&mut ebpf, features, &cfg.cgroup)?;
     for (hook, _) in &new_links {
         active |= hook_feature(hook);
     }
@@ -329,7 +329,7 @@ fn check_pins(layout: &PinLayout, capacity: &Capacity) -> Result<bool> {
 /// by file descriptor until [`swap_links`] pins them.
 fn attach_all(
     ebpf: &mut Ebpf,
-    features: &Features,
+    features: Features,
     cgroup: &Path,
 ) -> Result<Vec<(&'static str, FdLink)>> {
     let cgroup_file = File::open(cgroup).map_err(|source| Error::Io {

@@ -159,13 +159,13 @@ impl Maps {
     /// When a map cannot be read.
     pub fn read_services(&self) -> Result<Vec<ServiceRecord>> {
         let mut names = BTreeMap::new();
-        for item in self.names.iter() {
+        for item in &self.names {
             let (id, name) =
                 item.map_err(|source| Error::map("read", map_names::SERVICE_NAMES, source))?;
             names.insert(id, name);
         }
         let mut out = Vec::new();
-        for item in self.services.iter() {
+        for item in &self.services {
             let (key, value) =
                 item.map_err(|source| Error::map("read", map_names::SERVICES, source))?;
             let backends = self
@@ -240,10 +240,10 @@ impl<T: aya::Pod> MmapArray<T> {
     fn new(map: Array<MapData, T>) -> Result<Self> {
         const {
             assert!(
-                size_of::<T>() % 8 == 0,
+                size_of::<T>().is_multiple_of(8),
                 "BPF array stride is a multiple of 8"
-            )
-        };
+            );
+        }
         let len = map.len();
         let page = page_size();
         let bytes = (len as usize * size_of::<T>()).div_ceil(page) * page;

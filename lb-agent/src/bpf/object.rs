@@ -10,6 +10,9 @@ static PROBE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-
 /// The data-path programs and maps. Kernels without fetching atomics
 /// (before 5.12) get the object built without them: their verifiers reject
 /// the instruction even in code that can never run.
+///
+/// # Errors
+/// [`Error::StubBuild`] when the agent was built without its programs.
 pub fn datapath(atomic_fetch: bool) -> Result<&'static [u8], Error> {
     non_stub(if atomic_fetch {
         DATAPATH
@@ -19,6 +22,9 @@ pub fn datapath(atomic_fetch: bool) -> Result<&'static [u8], Error> {
 }
 
 /// The feature probes.
+///
+/// # Errors
+/// [`Error::StubBuild`] when the agent was built without its programs.
 pub fn probe() -> Result<&'static [u8], Error> {
     non_stub(PROBE)
 }

@@ -40,7 +40,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Parse(#[from] ParseError),
+    Parse(#[from] Box<ParseError>),
     #[error("{}", invalid_message(path, problems))]
     Invalid {
         path: PathBuf,
@@ -91,7 +91,7 @@ impl FileSource {
 
     fn load_text(&self, text: &str) -> Result<DesiredState, Error> {
         let started = Instant::now();
-        let objects = objects::parse(text, &self.path)?;
+        let objects = objects::parse(text, &self.path).map_err(Box::new)?;
         let parsed = started.elapsed();
         let t = translate::translate(
             &objects.services,
@@ -101,7 +101,7 @@ impl FileSource {
         );
         tracing::debug!(
             parse_ms = parsed.as_secs_f64() * 1e3,
-            translate_ms = (started.elapsed() - parsed).as_secs_f64() * 1e3,
+            translate_ms = started.elapsed().saturating_sub(parsed).as_secs_f64() * 1e3,
             services = objects.services.len(),
             endpoint_slices = objects.endpoint_slices.len(),
             "parsed and translated services file"
@@ -133,10 +133,10 @@ impl FileSource {
             .to_path_buf();
         let name = self.path.file_name().map(ToOwned::to_owned);
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res {
-                if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
-                    let _ = events_tx.send(Instant::now());
-                }
+            if let Ok(event) = res
+                && event.paths.iter().any(|p| p.file_name() == name.as_deref())
+            {
+                let _ = events_tx.send(Instant::now());
             }
         })
         .map_err(|source| Error::Watch {

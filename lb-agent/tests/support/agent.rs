@@ -178,12 +178,12 @@ impl Agent {
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            self.signal_child(&child, Signal::SIGTERM);
+            Self::signal_child(&child, Signal::SIGTERM);
             let _ = child.wait();
         }
     }
 
-    fn signal_child(&self, child: &Child, signal: Signal) {
+    fn signal_child(child: &Child, signal: Signal) {
         let _ = kill(
             Pid::from_raw(i32::try_from(child.id()).expect("pid")),
             signal,

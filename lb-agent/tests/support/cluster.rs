@@ -2,8 +2,8 @@
 //! bridge, and pods (each its own namespace, joined to the bridge by a veth
 //! pair) running servers that answer with the pod's name.
 //!
-//! Addresses: node bridge 10.200.0.1/24 and fd00:200::1/64; pod `i` (from 1)
-//! 10.200.0.(10+i) and fd00:200::(10+i).
+//! Addresses: node bridge `10.200.0.1/24` and `fd00:200::1/64`; pod `i`
+//! (from 1) `10.200.0.(10+i)` and `fd00:200::(10+i)`.
 
 use std::{
     io::{Read as _, Write as _},
@@ -112,13 +112,13 @@ impl Cluster {
             let (reply, s, c) = (name.to_owned(), Arc::clone(&stop), Arc::clone(&served));
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             threads.push(spawn_in(&netns.path(), move || {
-                serve_tcp(port, &reply, &s, &c, &ready_tx)
+                serve_tcp(port, &reply, &s, &c, &ready_tx);
             }));
             ready_rx.recv().expect("tcp server started");
             let (reply, s, c) = (name.to_owned(), Arc::clone(&stop), Arc::clone(&served));
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             threads.push(spawn_in(&netns.path(), move || {
-                serve_udp(port, &reply, &s, &c, &ready_tx)
+                serve_udp(port, &reply, &s, &c, &ready_tx);
             }));
             ready_rx.recv().expect("udp server started");
         }

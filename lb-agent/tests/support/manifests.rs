@@ -7,6 +7,10 @@ use serde_json::{Value, json};
 
 /// A service port: name, port, targetPort (number or name), protocol.
 #[derive(Clone, Debug)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "the Kubernetes field is called port"
+)]
 pub struct Port {
     pub name: &'static str,
     pub port: u16,
@@ -71,6 +75,10 @@ pub struct Endpoint {
     pub hint_zones: Vec<String>,
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "tests pass owned addresses and references alike"
+)]
 pub fn ready(ip: impl ToString) -> Endpoint {
     Endpoint {
         ip: ip.to_string(),

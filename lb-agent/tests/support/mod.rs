@@ -40,10 +40,10 @@ pub fn unique(prefix: &str) -> String {
 /// (`LB_TEST_REPORT`) and show the test as skipped, not passed.
 pub fn skip(test: &str, reason: &str) {
     eprintln!("SKIPPED {test}: {reason}");
-    if let Some(path) = std::env::var_os("LB_TEST_REPORT") {
-        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
-            let _ = writeln!(f, "SKIP\t{test}\t{reason}");
-        }
+    if let Some(path) = std::env::var_os("LB_TEST_REPORT")
+        && let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path)
+    {
+        let _ = writeln!(f, "SKIP\t{test}\t{reason}");
     }
 }
 
