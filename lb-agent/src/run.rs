@@ -62,7 +62,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         capacity: cfg.capacity,
         default_algorithm: cfg.algorithm,
     })?;
-    let (active, adopted_pins, ebpf) = (loaded.active, loaded.adopted, loaded.ebpf);
+    let (active, adopted_pins, mut ebpf) = (loaded.active, loaded.adopted, loaded.ebpf);
+    forward_program_logs(&mut ebpf);
     let (dataplane, adopted) = BpfDataplane::adopt(loaded.maps, loaded.barrier)?;
     tracing::info!(
         cgroup = %cgroup.display(),
@@ -135,6 +136,32 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     );
     drop(ebpf);
     Ok(())
+}
+
+/// Forwards what the programs log (aya-log's ring buffer; only events that
+/// should never happen) into the agent's log, while the agent runs.
+fn forward_program_logs(ebpf: &mut aya::Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(e) => {
+            tracing::warn!(error = %e, "program logs unavailable");
+            return;
+        }
+    };
+    // SAFETY: the logger owns the ring buffer's descriptor and the AsyncFd
+    // owns the logger, so the descriptor stays open while registered.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let Ok(mut fd) = registered else {
+        return;
+    };
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
 }
 
 /// Starts the configured source on its own task.

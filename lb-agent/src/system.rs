@@ -80,16 +80,34 @@ pub fn check_privileges() -> Result<()> {
 
 /// Lifts `RLIMIT_MEMLOCK`: before Linux 5.11, BPF maps are charged to it
 /// and the default (often 64 KiB or 8 MiB) is far too small for the maps.
-/// Later kernels charge the memory cgroup instead; failure is only logged.
+/// Unlimited needs `CAP_SYS_RESOURCE`; without it the soft limit is raised
+/// to the hard one. Later kernels charge the memory cgroup instead, so a
+/// failure here is only logged.
 pub fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: a valid rlimit struct for the call.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) } != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK");
+    // SAFETY: a valid, writable rlimit struct for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut current) } != 0 {
+        return;
     }
+    for wanted in [
+        libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        },
+        libc::rlimit {
+            rlim_cur: current.rlim_max,
+            rlim_max: current.rlim_max,
+        },
+    ] {
+        // SAFETY: a valid rlimit struct for the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const wanted) } == 0 {
+            return;
+        }
+    }
+    tracing::debug!(error = %std::io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK");
 }
 
 /// The root of the cgroup2 mount, found in `/proc/self/mountinfo` (it is

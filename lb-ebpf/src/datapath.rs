@@ -324,8 +324,17 @@ fn forward(ctx: &SockAddrContext, dest: Dest, stat: u32) -> Outcome {
             };
             let Some(b) = BACKENDS.get(first.wrapping_add(slot)) else {
                 // Cannot happen while the update protocol holds; leave the
-                // connection alone rather than fail it, and count it.
+                // connection alone rather than fail it, count it, and say
+                // so in the agent's log.
                 count_stat(STAT_BACKEND_MISSING);
+                aya_log_ebpf::error!(
+                    ctx,
+                    "service id {} has no backend at slot {} of {} (first {}): update protocol broken",
+                    id,
+                    slot,
+                    count,
+                    first
+                );
                 return Outcome::Untouched;
             };
             let b = *b;
