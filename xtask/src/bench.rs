@@ -1052,7 +1052,8 @@ fn start_perf(pid: Option<u32>, data: &Path) -> Result<(std::process::Child, Pat
         .stderr(Stdio::null())
         .spawn()
         .context("failed to start perf record")?;
-    std::thread::sleep(Duration::from_millis(300));
+    // perf takes a while to attach on a busy machine (reading symbols).
+    std::thread::sleep(Duration::from_secs(2));
     Ok((child, data.to_path_buf()))
 }
 
