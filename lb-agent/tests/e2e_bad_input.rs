@@ -6,7 +6,8 @@
 //! - `every_bad_file_is_one_clear_line`: the parser and translation, as the
 //!   file source runs them (`FileSource::load`), without root: every input is
 //!   rejected with one line that names the file, the object where there is
-//!   one, and the field or value that is wrong.
+//!   one, and the field or value that is wrong (the two million-item lists,
+//!   half a minute in a debug build, are left to the agent test);
 //! - `bad_files_crash_nothing_and_change_nothing`: the real agent on a good
 //!   file; each bad input is swapped in (renamed over the file, as editors
 //!   do). The agent counts the error, logs it as one line, keeps running, and
@@ -283,7 +284,12 @@ fn check_error(line: &str, file: &Path, case: &Case) -> Result<(), String> {
 fn every_bad_file_is_one_clear_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut failures = Vec::new();
-    for case in all_cases() {
+    // The million-item lists take half a minute in a debug build; the agent
+    // test below parses them (the same code, the same message checks).
+    for case in all_cases()
+        .into_iter()
+        .filter(|c| !c.name.starts_with("million-empty-items"))
+    {
         let path = dir.path().join(&case.name);
         std::fs::write(&path, &case.bytes).expect("write case");
         let source = FileSource {
@@ -400,13 +406,16 @@ impl Env {
 
 const VIP: &str = "10.96.0.100";
 
-fn source_errors(agent: &Agent) -> u64 {
-    agent
-        .metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix("lb_source_errors_total{source=\"file\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+/// `lb_source_errors_total{source="file"}`, or `None` when /metrics does
+/// not answer within the client's timeout (3 s).
+fn source_errors(agent: &Agent) -> Option<u64> {
+    let (_, text) = client::http_get(agent.metrics, "/metrics").ok()?;
+    Some(
+        text.lines()
+            .find_map(|l| l.strip_prefix("lb_source_errors_total{source=\"file\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0),
+    )
 }
 
 /// What `lb-agent list` says is programmed, without the counters.
@@ -427,6 +436,86 @@ fn programmed(agent: &Agent) -> Vec<Value> {
         .collect()
 }
 
+/// Swaps one bad input in and checks the agent's reaction: one error
+/// counted and logged, nothing programmed changed, connects still work.
+/// Returns a failure of the error line, and how long /metrics was silent.
+fn reject_one(
+    env: &Env,
+    agent: &Agent,
+    case: &Case,
+    before: &[Value],
+) -> (Option<String>, Duration) {
+    // TCG is slow with the big files.
+    let wait = if in_vm() {
+        Duration::from_mins(2)
+    } else {
+        Duration::from_secs(30)
+    };
+    let errors = source_errors(agent).expect("/metrics answers");
+    let log_len = agent.log().len();
+    let t = Instant::now();
+    env.write_bytes(&case.bytes);
+    // /metrics may not answer while the agent parses: wait it out, and
+    // say how long it went silent.
+    let mut silent = Duration::ZERO;
+    wait_for(&format!("the agent to reject {}", case.name), wait, || {
+        let asked = Instant::now();
+        if let Some(n) = source_errors(agent) {
+            n > errors
+        } else {
+            silent += asked.elapsed();
+            false
+        }
+    });
+    let took = t.elapsed();
+    assert_eq!(
+        source_errors(agent),
+        Some(errors + 1),
+        "{}: counted more than once",
+        case.name
+    );
+    let log = agent.log();
+    assert!(
+        !log.contains("panicked"),
+        "{}: the agent panicked:\n{log}",
+        case.name
+    );
+    let new = log.get(log_len..).unwrap_or_default();
+    let lines: Vec<&str> = new
+        .lines()
+        .filter(|l| l.contains("keeping the state programmed before"))
+        .collect();
+    let failure = if let [line] = lines.as_slice() {
+        eprintln!(
+            "{:>8.1} ms  {}: {:.300}",
+            took.as_secs_f64() * 1e3,
+            case.name,
+            line
+        );
+        check_error(line, &env.file, case).err()
+    } else {
+        Some(format!(
+            "{}: expected one error line, the log has {}:\n{new}",
+            case.name,
+            lines.len()
+        ))
+    };
+    assert_eq!(
+        programmed(agent),
+        before,
+        "{}: the programmed state changed",
+        case.name
+    );
+    let reply = client::tcp(vip())
+        .unwrap_or_else(|e| panic!("{}: connect failed after it: {e}", case.name));
+    assert!(reply.body.starts_with("pod-"), "{reply:?}");
+    (failure, silent)
+}
+
+fn vip() -> std::net::SocketAddr {
+    format!("{VIP}:80").parse().expect("addr")
+}
+
 #[test]
 fn bad_files_crash_nothing_and_change_nothing() {
     let env = Env::new(2);
@@ -434,88 +523,48 @@ fn bad_files_crash_nothing_and_change_nothing() {
     let agent = env.agent_on_file();
     let before = programmed(&agent);
     assert_eq!(before.len(), 1, "{before:?}");
-    let vip = format!("{VIP}:80").parse().expect("addr");
-    assert_eq!(tally(vip, 4).len(), 2);
+    assert_eq!(tally(vip(), 4).len(), 2);
 
-    let wait = if std::env::var_os("LB_AGENT_BIN").is_some() {
-        Duration::from_secs(120) // TCG is slow with the million-item files
-    } else {
-        Duration::from_secs(30)
-    };
-    let file = env.file.display().to_string();
     let mut failures = Vec::new();
+    let mut stalls = Vec::new();
     let started = Instant::now();
     let cases = all_cases();
     for case in &cases {
-        let errors = source_errors(&agent);
-        let log_len = agent.log().len();
-        let t = Instant::now();
-        env.write_bytes(&case.bytes);
-        wait_for(&format!("the agent to reject {}", case.name), wait, || {
-            source_errors(&agent) > errors
-        });
-        let took = t.elapsed();
-        assert_eq!(
-            source_errors(&agent),
-            errors + 1,
-            "{}: counted more than once",
-            case.name
-        );
-        let log = agent.log();
-        let new = log.get(log_len..).unwrap_or_default();
-        let lines: Vec<&str> = new
-            .lines()
-            .filter(|l| l.contains("keeping the state programmed before"))
-            .collect();
-        match lines.as_slice() {
-            [line] => {
-                eprintln!(
-                    "{:>8.1} ms  {}: {:.300}",
-                    took.as_secs_f64() * 1e3,
-                    case.name,
-                    line
-                );
-                if let Err(why) = check_error(line, &env.file, case) {
-                    failures.push(why);
-                }
-            }
-            other => failures.push(format!(
-                "{}: expected one error line, the log has {}:\n{new}",
+        let (failure, silent) = reject_one(&env, &agent, case, &before);
+        failures.extend(failure);
+        if !silent.is_zero() {
+            stalls.push(format!(
+                "{}: /metrics did not answer for {:.1} s",
                 case.name,
-                other.len()
-            )),
+                silent.as_secs_f64()
+            ));
         }
-        assert_eq!(
-            programmed(&agent),
-            before,
-            "{}: the programmed state changed",
-            case.name
-        );
-        let reply = client::tcp(vip)
-            .unwrap_or_else(|e| panic!("{}: connect failed after it: {e}", case.name));
-        assert!(reply.body.starts_with("pod-"), "{reply:?}");
-        assert!(
-            !log.contains("panicked"),
-            "{}: the agent panicked:\n{log}",
-            case.name
-        );
     }
     eprintln!(
-        "{} bad inputs rejected in {:.1} s; `lb-agent list` unchanged after each",
+        "{} bad inputs rejected in {:.1} s; `lb-agent list` unchanged and connects working after each",
         cases.len(),
         started.elapsed().as_secs_f64()
     );
+    // Not asserted (the agent blocks a runtime thread while it parses),
+    // reported: a liveness probe on /healthz would see the same silence.
+    if !stalls.is_empty() {
+        eprintln!(
+            "the agent's HTTP endpoints stalled while it parsed:\n{}",
+            stalls.join("\n")
+        );
+    }
 
     // Still working: a good edit is applied.
     manifests::write(&env.file, &env.web(1));
     wait_for("the good edit", Duration::from_secs(10), || {
         programmed(&agent)[0]["backends"].as_array().map(Vec::len) == Some(1)
     });
-    assert_eq!(tally(vip, 4).keys().collect::<Vec<_>>(), vec!["pod-1"]);
+    assert_eq!(tally(vip(), 4).keys().collect::<Vec<_>>(), vec!["pod-1"]);
     assert!(
         failures.is_empty(),
-        "{} bad input(s) without a clear error line in the agent's log ({file}):\n{}",
+        "{} bad input(s) without a clear error line in the agent's log ({}):\n{}",
         failures.len(),
+        env.file.display(),
         failures.join("\n")
     );
 }
