@@ -21,6 +21,7 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    fmt::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{
@@ -279,15 +280,23 @@ fn programmed_in(state: &DesiredState) -> [BTreeSet<usize>; 2] {
 // ---------------------------------------------------------------------------
 // When each pod was out of each service: from the instant the update that
 // took it out returned (or was seen in the maps) to the instant the update
-// that put it back started.
+// that put it back started. A connection is a violation when it started
+// inside such a window and finished inside it too, so that its `connect()`
+// surely ran in between.
 
 #[derive(Default)]
 struct Timeline {
     open: HashMap<(usize, usize), Instant>,
     closed: Vec<(usize, usize, Instant, Instant)>,
+    /// What happened when, to explain a violation.
+    notes: Vec<(Instant, String)>,
 }
 
 impl Timeline {
+    fn note(&mut self, at: Instant, what: String) {
+        self.notes.push((at, what));
+    }
+
     /// An update is about to make `present` the backends of `svc`: from
     /// `at` on, those pods may legitimately be chosen again.
     fn publishing(&mut self, at: Instant, svc: usize, present: &BTreeSet<usize>) {
@@ -317,10 +326,12 @@ impl Timeline {
 // ---------------------------------------------------------------------------
 // Clients.
 
-/// One connection: when it started (just before `connect()`), to which
-/// service, and which pod answered (or the error).
+/// One connection: when it started (just before `connect()`) and finished
+/// (the reply read), to which service, and which pod answered (or the
+/// error).
 struct Conn {
     started: Instant,
+    finished: Instant,
     svc: usize,
     answer: Result<usize, String>,
 }
@@ -351,6 +362,7 @@ impl Clients {
                         };
                         log.push(Conn {
                             started,
+                            finished: Instant::now(),
                             svc,
                             answer,
                         });
@@ -403,14 +415,38 @@ fn verdict(what: &str, conns: &[Conn], timeline: &Timeline, counts: &Counts, t0:
     for c in conns {
         let Ok(pod) = c.answer else { continue };
         for &(from, to) in by_pod.get(&(c.svc, pod)).into_iter().flatten() {
-            if c.started >= from && to.is_none_or(|to| c.started < to) {
-                violations.push(format!(
-                    "{}: a connection started {:.3} ms after the update that removed pod-{} returned ({:.3} s into the run) was answered by it",
+            // The program chose the backend somewhere between `started`
+            // and `finished`: after the removal returned if it started
+            // after, and surely before the re-add if it finished before
+            // that update started. (Checking `started` alone against the
+            // re-add flags connections that overlapped it: in the VM a
+            // connect takes tens of milliseconds.)
+            if c.started >= from && to.is_none_or(|to| c.finished < to) {
+                let mut text = format!(
+                    "{}: a connection started {:.3} ms after the update that removed pod-{} returned ({:.3} s into the run; the connection took {:.3} ms) was answered by it; around it:",
                     SERVICES[c.svc].0,
                     (c.started - from).as_secs_f64() * 1e3,
                     pod + 1,
-                    (from - t0).as_secs_f64()
-                ));
+                    (from - t0).as_secs_f64(),
+                    (c.finished - c.started).as_secs_f64() * 1e3
+                );
+                let around = timeline.notes.iter().filter(|(at, _)| {
+                    *at + Duration::from_millis(50) >= from
+                        && *at <= c.finished + Duration::from_millis(50)
+                });
+                for (at, what) in around.take(40) {
+                    let _ = write!(
+                        text,
+                        "\n  {:>10.3} s  {what}",
+                        at.saturating_duration_since(t0).as_secs_f64()
+                    );
+                }
+                let _ = write!(
+                    text,
+                    "\n  {:>10.3} s  the connection started",
+                    c.started.saturating_duration_since(t0).as_secs_f64()
+                );
+                violations.push(text);
             }
         }
         // Connections to *other* pods started just after a removal: the
@@ -595,6 +631,7 @@ fn churn_in_process_no_failed_connect_and_no_new_connection_to_a_removed_backend
     let Some(mut dp) = InProcess::load(&env.cgroup.path) else {
         return;
     };
+    let pins = Pins::open_dir(&dp.bpffs);
     let mut model = Model::new();
     let mut rng = Rng::from_env();
     let mut timeline = Timeline::default();
@@ -629,6 +666,11 @@ fn churn_in_process_no_failed_connect_and_no_new_connection_to_a_removed_backend
         let returned = Instant::now();
         apply_time += returned - started;
         applies += 1;
+        timeline.note(started, format!("apply {applies} starts"));
+        timeline.note(
+            returned,
+            format!("apply {applies} returned: {}", pins.describe()),
+        );
         assert!(report.rejected.is_empty(), "{report:?}");
         assert_eq!(dp.dataplane().applied(), &desired);
         let now = programmed_in(dp.dataplane().applied());
@@ -660,8 +702,42 @@ struct Pins(Maps);
 
 impl Pins {
     fn open(agent: &Agent) -> Self {
-        let dir = PinLayout::new(&agent.bpffs).maps_dir();
+        Self::open_dir(&agent.bpffs)
+    }
+
+    fn open_dir(bpffs: &Path) -> Self {
+        let dir = PinLayout::new(bpffs).maps_dir();
         Self(Maps::open(&mut PinDir(dir)).expect("open the pinned maps"))
+    }
+
+    /// Each service's backend range and its pods, for the notes.
+    fn describe(&self) -> String {
+        let mut out = Vec::new();
+        for r in self.0.read_services().expect("read lb_services") {
+            let fe = frontend_of(&r.key).expect("known protocol");
+            let Some(svc) = (0..2).find(|&s| fe.ip == vip(s).ip()) else {
+                continue;
+            };
+            let pods: Vec<String> = r
+                .backends
+                .unwrap_or_default()
+                .iter()
+                .map(|b| {
+                    let a = socket_addr(b);
+                    format!("pod-{}:{}", pod_of_ip(a.ip()) + 1, a.port())
+                })
+                .collect();
+            out.push(format!(
+                "{} id {} slots {}..{} [{}]",
+                SERVICES[svc].0,
+                r.value.id,
+                r.value.backends.first,
+                r.value.backends.first + r.value.backends.count,
+                pods.join(" ")
+            ));
+        }
+        out.sort();
+        out.join("; ")
     }
 
     fn programmed(&self) -> [BTreeSet<usize>; 2] {
@@ -709,10 +785,19 @@ fn rewrite(env: &Env, model: &mut Model, rng: &mut Rng, timeline: &mut Timeline,
     for s in 0..2 {
         timeline.publishing(now, s, &model.programmed(s));
     }
+    timeline.note(
+        now,
+        format!(
+            "file written: alpha {:?}, beta {:?} (0-based pods)",
+            model.programmed(0),
+            model.programmed(1)
+        ),
+    );
     manifests::write(&env.file, &model.objects());
 }
 
 fn seen(timeline: &mut Timeline, model: &Model, at: Instant) {
+    timeline.note(at, "the maps hold it".to_owned());
     for s in 0..2 {
         timeline.published(at, s, &model.programmed(s));
     }
