@@ -390,22 +390,10 @@ impl Clients {
 /// When a pod was out of a service: from, and until (if it came back).
 type Window = (Instant, Option<Instant>);
 
-/// Checks the connections against the timeline, prints the counts, and
-/// panics on a failed connect or a connection to a pod that was out.
-fn verdict(what: &str, conns: &[Conn], timeline: &Timeline, counts: &Counts, t0: Instant) {
-    let mut per_backend: BTreeMap<(usize, usize), usize> = BTreeMap::new();
-    let mut failed = Vec::new();
-    for c in conns {
-        match &c.answer {
-            Ok(pod) => *per_backend.entry((c.svc, *pod)).or_default() += 1,
-            Err(e) => failed.push(format!(
-                "{:.3} s: {} ({}): {e}",
-                (c.started - t0).as_secs_f64(),
-                vip(c.svc),
-                SERVICES[c.svc].0
-            )),
-        }
-    }
+/// The connections answered by a pod after the update removing it had
+/// returned (described), and how many connections started within 5 ms
+/// after a removal returned.
+fn violations(conns: &[Conn], timeline: &Timeline, t0: Instant) -> (Vec<String>, usize) {
     let mut by_pod: HashMap<(usize, usize), Vec<Window>> = HashMap::new();
     for (s, p, from, to) in timeline.windows() {
         by_pod.entry((s, p)).or_default().push((from, to));
@@ -460,6 +448,26 @@ fn verdict(what: &str, conns: &[Conn], timeline: &Timeline, counts: &Counts, t0:
             near_removal += 1;
         }
     }
+    (violations, near_removal)
+}
+
+/// Checks the connections against the timeline, prints the counts, and
+/// panics on a failed connect or a connection to a pod that was out.
+fn verdict(what: &str, conns: &[Conn], timeline: &Timeline, counts: &Counts, t0: Instant) {
+    let mut per_backend: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+    let mut failed = Vec::new();
+    for c in conns {
+        match &c.answer {
+            Ok(pod) => *per_backend.entry((c.svc, *pod)).or_default() += 1,
+            Err(e) => failed.push(format!(
+                "{:.3} s: {} ({}): {e}",
+                (c.started - t0).as_secs_f64(),
+                vip(c.svc),
+                SERVICES[c.svc].0
+            )),
+        }
+    }
+    let (violations, near_removal) = violations(conns, timeline, t0);
     let took = conns
         .last()
         .map_or(Duration::ZERO, |c| c.started.saturating_duration_since(t0));
