@@ -161,7 +161,9 @@ impl FileSource {
             match std::fs::read_to_string(&self.path) {
                 Ok(text) if !force && last_text.as_deref() == Some(text.as_str()) => {}
                 Ok(text) => {
-                    match self.load_text(&text) {
+                    // Parsing a large file takes a while: off the async workers,
+                    // so /metrics and /readyz keep answering meanwhile.
+                    match tokio::task::block_in_place(|| self.load_text(&text)) {
                         Ok(state) => {
                             tracing::info!(path = %self.path.display(), services = state.len(), "loaded services file");
                             metrics.source_updates.get_or_create(&labels).inc();

@@ -206,16 +206,20 @@ impl KubeSource {
         let mut reported: HashSet<String> = HashSet::new();
         let mut noticed = Instant::now();
         loop {
-            self.publish(
-                &services,
-                &slices,
-                node_store.as_ref(),
-                noticed,
-                &tx,
-                &metrics,
-                &labels,
-                &mut reported,
-            );
+            // Translating a large cluster takes a while: off the async
+            // workers, so the watches and /metrics keep going meanwhile.
+            tokio::task::block_in_place(|| {
+                self.publish(
+                    &services,
+                    &slices,
+                    node_store.as_ref(),
+                    noticed,
+                    &tx,
+                    &metrics,
+                    &labels,
+                    &mut reported,
+                )
+            });
             // Wait for the next change, then let a burst settle briefly.
             let Some(first) = rx.recv().await else { return };
             note(&first, &mut stale);
