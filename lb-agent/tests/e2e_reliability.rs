@@ -950,9 +950,12 @@ fn sigkill_during_churn_then_restart_converges_without_a_failed_connect() {
     let clients = Clients::start(&env.cluster.node.path());
     let (kills, writes) = (5, 100);
     let mut killed_at = Vec::new();
+    let mut phases = BTreeMap::<&str, usize>::new();
     for w in 0..writes {
+        let kill_now = w % (writes / kills) == writes / kills / 2;
+        let log_len = if kill_now { agent.log().len() } else { 0 };
         rewrite(&env, &mut model, &mut rng, &mut timeline, PER_WRITE);
-        if w % (writes / kills) == writes / kills / 2 {
+        if kill_now {
             // The source reads a change after 50 ms of quiet, then syncs,
             // which waits for running programs (tens of milliseconds under
             // this load): most kills land in between, one before.
@@ -964,6 +967,19 @@ fn sigkill_during_churn_then_restart_converges_without_a_failed_connect() {
             std::thread::sleep(delay);
             agent.kill();
             killed_at.push(delay);
+            // Where the kill landed, from what the agent had logged since
+            // the write.
+            let log = agent.log();
+            let since = log.get(log_len..).unwrap_or_default();
+            let phase = match (
+                since.find("loaded services file"),
+                since.rfind("synced changes="),
+            ) {
+                (None, _) => "before the agent read the write",
+                (Some(read), Some(synced)) if synced > read => "after the sync",
+                (Some(_), _) => "between reading the write and the end of its sync",
+            };
+            *phases.entry(phase).or_default() += 1;
             // Changes while no agent runs: the data path keeps the last
             // programmed state and keeps translating.
             for _ in 0..3 {
@@ -991,7 +1007,7 @@ fn sigkill_during_churn_then_restart_converges_without_a_failed_connect() {
     std::thread::sleep(Duration::from_millis(100));
     let conns = clients.finish();
     eprintln!(
-        "{} SIGKILLs, {:?} after a write; {} restarts adopted the pinned state",
+        "{} SIGKILLs, {:?} after a write ({phases:?}); {} restarts adopted the pinned state",
         killed_at.len(),
         killed_at,
         agent.log().matches("adopted pinned maps").count()
