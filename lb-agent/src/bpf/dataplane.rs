@@ -539,23 +539,23 @@ impl BpfDataplane {
             members_new.extend(new.difference(&old).copied());
             members_gone.extend(old.difference(&new).copied());
         }
+        // Names are only for `lb-agent list` and bpftool: a failure to write
+        // them is logged, never a reason to leave a Service out.
+        if let Err(e) = self.update_many(
+            maps::fd(&self.maps.names),
+            &name_ids,
+            &names,
+            map_names::SERVICE_NAMES,
+        ) {
+            tracing::warn!(error = %e, "service names not recorded (lb-agent list shows them blank)");
+        }
         let ones = vec![1u32; members_new.len()];
-        let prepared = self
-            .update_many(
-                maps::fd(&self.maps.names),
-                &name_ids,
-                &names,
-                map_names::SERVICE_NAMES,
-            )
-            .and_then(|()| {
-                self.update_many(
-                    maps::fd(&self.maps.members),
-                    &members_new,
-                    &ones,
-                    map_names::AFFINITY_MEMBERS,
-                )
-            });
-        if let Err(e) = prepared {
+        if let Err(e) = self.update_many(
+            maps::fd(&self.maps.members),
+            &members_new,
+            &ones,
+            map_names::AFFINITY_MEMBERS,
+        ) {
             for s in &staged {
                 self.unstage(s);
             }

@@ -223,9 +223,10 @@ fn known_features() -> u32 {
     FEATURE_NAMES.iter().fold(0, |acc, (bit, _)| acc | bit)
 }
 
-fn capacities(c: &Capacity) -> [(&'static str, u32); 7] {
+fn capacities(c: &Capacity) -> [(&'static str, u32); 8] {
     [
         (map_names::SERVICES, c.services),
+        (map_names::SERVICE_NAMES, c.services),
         (map_names::BACKENDS, c.backends),
         (map_names::REVNAT, c.revnat),
         (map_names::AFFINITY, c.affinity),

@@ -27,8 +27,9 @@ use crate::{
     translate::{self, NodeContext, Options, Problem},
 };
 
-/// Quiet time after a change before reloading: editors write in steps.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+/// How long a file that does not parse right after a change is given to
+/// finish being written before it is reported as invalid.
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// Why a file was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -99,11 +100,15 @@ impl FileSource {
             &self.node,
             &self.options,
         );
+        let (services, endpoint_slices) = (objects.services.len(), objects.endpoint_slices.len());
+        // Freeing 100,000s of objects takes tens of milliseconds: not on
+        // the way to the maps.
+        std::thread::spawn(move || drop(objects));
         tracing::debug!(
             parse_ms = parsed.as_secs_f64() * 1e3,
             translate_ms = started.elapsed().saturating_sub(parsed).as_secs_f64() * 1e3,
-            services = objects.services.len(),
-            endpoint_slices = objects.endpoint_slices.len(),
+            services,
+            endpoint_slices,
             "parsed and translated services file"
         );
         if t.problems.is_empty() {
@@ -157,6 +162,8 @@ impl FileSource {
         let mut last_text: Option<String> = None;
         let mut noticed = Instant::now();
         let mut force = true;
+        // Whether the current content already had its grace period.
+        let mut settled = false;
         loop {
             match std::fs::read_to_string(&self.path) {
                 Ok(text) if !force && last_text.as_deref() == Some(text.as_str()) => {}
@@ -169,6 +176,17 @@ impl FileSource {
                             metrics.source_updates.get_or_create(&labels).inc();
                             metrics.source_stale.get_or_create(&labels).set(0);
                             tx.send_replace(Some(Arc::new(Update { state, noticed })));
+                        }
+                        // Read at once after a change, the file may be half
+                        // written (an editor or a copy that is not a rename):
+                        // give the writer a moment and read again before
+                        // calling it invalid.
+                        Err(_) if !settled => {
+                            settled = true;
+                            tokio::time::sleep(SETTLE).await;
+                            while events.try_recv().is_ok() {}
+                            force = true;
+                            continue;
                         }
                         Err(e) => {
                             tracing::error!("{e}; keeping the state programmed before");
@@ -189,11 +207,13 @@ impl FileSource {
                 }
             }
             force = false;
+            settled = false;
             tokio::select! {
                 Some(at) = events.recv() => {
                     noticed = at;
-                    // Let a burst of writes settle, then read once.
-                    tokio::time::sleep(DEBOUNCE).await;
+                    // Read at once: an atomic replace (write and rename, as
+                    // kubectl, config management and most editors do) is
+                    // complete when it is seen.
                     while events.try_recv().is_ok() {}
                 }
                 _ = hup.recv() => {
