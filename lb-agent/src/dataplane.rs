@@ -115,6 +115,27 @@ pub fn diff<'a>(applied: &DesiredState, desired: &'a DesiredState) -> Vec<Change
     changes
 }
 
+/// Like [`diff`], but only for the frontends in `touched` (everything else is
+/// known to be unchanged): the cost of a change to a few Services does not
+/// grow with the number of Services.
+#[must_use]
+pub fn diff_touched<'a>(
+    applied: &DesiredState,
+    desired: &'a DesiredState,
+    touched: &std::collections::BTreeSet<Frontend>,
+) -> Vec<Change<'a>> {
+    let mut changes: Vec<Change<'a>> = touched
+        .iter()
+        .filter(|fe| applied.contains_key(fe) && !desired.contains_key(fe))
+        .map(|fe| Change::Remove(*fe))
+        .collect();
+    changes.extend(touched.iter().filter_map(|fe| {
+        let entry = desired.get(fe)?;
+        (applied.get(fe) != Some(entry)).then_some(Change::Upsert(*fe, entry))
+    }));
+    changes
+}
+
 /// An in-memory dataplane with capacities, for testing the sync logic.
 #[derive(Debug, Default)]
 pub struct MemoryDataplane {

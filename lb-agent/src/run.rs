@@ -11,8 +11,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::watch,
+    sync::mpsc,
 };
+
+/// How long after a failed sync it is tried again.
+const SYNC_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 use crate::{
     bpf::{
@@ -23,7 +26,7 @@ use crate::{
     metrics::{self, Metrics},
     model::Algorithm,
     source::{
-        Update,
+        Desired, Publisher, Update,
         file::FileSource,
         kube::{self as kube_source, Connection, KubeSource},
     },
@@ -102,23 +105,38 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             )
         })?;
 
-    let (tx, mut rx) = watch::channel::<Option<Arc<Update>>>(None);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
     let source = start_source(&cfg, tx, Arc::clone(&metrics)).await?;
 
     let mut syncer = Syncer::new(dataplane);
+    let mut desired = Desired::default();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // After a failed sync: when to try again (with everything compared).
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
-        tokio::select! {
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let Some(update) = rx.borrow_and_update().clone() else { continue };
-                sync_once(&mut syncer, &update, &metrics);
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            update = rx.recv() => {
+                let Some(update) = update else { break };
+                desired.merge(update);
+                // Merge whatever else queued up: one sync for a burst.
+                while let Ok(more) = rx.try_recv() {
+                    desired.merge(more);
+                }
+            }
+            () = retry => {}
             _ = term.recv() => break,
             _ = int.recv() => break,
+        }
+        if desired.complete {
+            retry_at = sync_once(&mut syncer, &mut desired, &metrics)
+                .then(|| tokio::time::Instant::now() + SYNC_RETRY);
         }
         if source.is_finished() {
             break;
@@ -167,7 +185,7 @@ fn forward_program_logs(ebpf: &mut aya::Ebpf) {
 /// Starts the configured source on its own task.
 async fn start_source(
     cfg: &RunConfig,
-    tx: watch::Sender<Option<Arc<Update>>>,
+    tx: Publisher,
     metrics: Arc<Metrics>,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
     let options = Options {
@@ -207,18 +225,20 @@ async fn start_source(
     }))
 }
 
-fn sync_once(syncer: &mut Syncer<BpfDataplane>, update: &Update, metrics: &Metrics) {
-    let result = tokio::task::block_in_place(|| syncer.sync(&update.state));
+/// Syncs what changed; returns whether it failed (and must be retried).
+fn sync_once(syncer: &mut Syncer<BpfDataplane>, desired: &mut Desired, metrics: &Metrics) -> bool {
+    let (touched, noticed) = desired.take_touched();
+    let result = tokio::task::block_in_place(|| syncer.sync(&desired.state, touched.as_ref()));
     match result {
         Ok(outcome) => {
             metrics.syncs.inc();
             metrics
                 .sync_duration
                 .observe(outcome.duration.as_secs_f64());
-            if outcome.changes > 0 {
+            if let Some(noticed) = noticed.filter(|_| outcome.changes > 0) {
                 metrics
                     .update_latency
-                    .observe(update.noticed.elapsed().as_secs_f64());
+                    .observe(noticed.elapsed().as_secs_f64());
             }
             let rejected_new = outcome.report.rejected.len() as u64;
             metrics.rejections.inc_by(rejected_new);
@@ -238,10 +258,14 @@ fn sync_once(syncer: &mut Syncer<BpfDataplane>, update: &Update, metrics: &Metri
             if !metrics.ready.swap(true, Ordering::Relaxed) {
                 tracing::info!("first full state programmed: ready");
             }
+            false
         }
         Err(e) => {
             metrics.sync_errors.inc();
-            tracing::error!(error = %e, "sync failed; will retry on the next change");
+            tracing::error!(error = %e, "sync failed; retrying in {SYNC_RETRY:?}");
+            // Compare everything next time: what failed may be anywhere.
+            desired.touched = None;
+            true
         }
     }
 }

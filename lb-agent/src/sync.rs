@@ -6,12 +6,12 @@
 //! a reload of an unchanged file, costs nothing and disturbs nothing.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
 use crate::{
-    dataplane::{ApplyReport, Dataplane, RejectReason, diff},
+    dataplane::{ApplyReport, Dataplane, RejectReason, diff, diff_touched},
     model::{DesiredState, Frontend},
 };
 
@@ -55,14 +55,27 @@ impl<D: Dataplane> Syncer<D> {
         &self.rejected
     }
 
-    /// Brings the dataplane to `desired`. A service that does not fit is
-    /// logged once when it starts not fitting (and once when it fits again).
+    /// Brings the dataplane to `desired`, comparing only `touched` frontends
+    /// when given (plus the ones rejected earlier, which are retried on
+    /// every sync). A service that does not fit is logged once when it
+    /// starts not fitting (and once when it fits again).
     ///
     /// # Errors
     /// When the dataplane fails; what was applied stays applied.
-    pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncOutcome, D::Error> {
+    pub fn sync(
+        &mut self,
+        desired: &DesiredState,
+        touched: Option<&BTreeSet<Frontend>>,
+    ) -> Result<SyncOutcome, D::Error> {
         let started = Instant::now();
-        let changes = diff(self.dataplane.applied(), desired);
+        let changes = match touched {
+            None => diff(self.dataplane.applied(), desired),
+            Some(touched) => {
+                let mut retry: BTreeSet<Frontend> = self.rejected.keys().copied().collect();
+                retry.extend(touched);
+                diff_touched(self.dataplane.applied(), desired, &retry)
+            }
+        };
         if changes.is_empty() {
             self.rejected.clear();
             return Ok(SyncOutcome {
@@ -112,7 +125,7 @@ impl<D: Dataplane> Syncer<D> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
+    use std::{collections::BTreeSet, net::SocketAddr};
 
     use super::Syncer;
     use crate::{
@@ -185,15 +198,43 @@ mod tests {
     fn second_sync_of_the_same_state_changes_nothing() {
         let mut syncer = Syncer::new(MemoryDataplane::new(10, 10));
         let desired = state(&[(fe(1, 80), entry("a", &["10.0.0.1:80"]))]);
-        let first = syncer.sync(&desired).expect("sync");
+        let first = syncer.sync(&desired, None).expect("sync");
         assert_eq!(first.report.upserted, 1);
-        let second = syncer.sync(&desired).expect("sync");
+        let second = syncer.sync(&desired, None).expect("sync");
         assert_eq!(second.changes, 0);
         assert_eq!(
             syncer.dataplane().applies.len(),
             1,
             "no apply for an unchanged state"
         );
+    }
+
+    #[test]
+    fn a_touched_sync_compares_only_the_touched_frontends_and_the_rejected_ones() {
+        let mut syncer = Syncer::new(MemoryDataplane::new(10, 2));
+        let full = state(&[
+            (fe(1, 80), entry("a", &["10.0.0.1:80"])),
+            (fe(2, 80), entry("b", &["10.0.0.2:80", "10.0.0.3:80"])),
+        ]);
+        syncer.sync(&full, None).expect("sync");
+        assert_eq!(syncer.rejected().len(), 1, "b does not fit");
+
+        // a changes; the set says so. b is retried without being touched.
+        let mut desired = full.clone();
+        desired.insert(fe(1, 80), entry("a", &[]));
+        let out = syncer
+            .sync(&desired, Some(&[fe(1, 80)].into()))
+            .expect("sync");
+        assert_eq!(out.changes, 2, "a, and the rejected b retried");
+        assert!(
+            syncer.dataplane().state.contains_key(&fe(2, 80)),
+            "b fits now that a has no backends"
+        );
+
+        // A change outside the touched set is not looked at.
+        desired.insert(fe(3, 80), entry("c", &[]));
+        let out = syncer.sync(&desired, Some(&BTreeSet::new())).expect("sync");
+        assert_eq!(out.changes, 0);
     }
 
     #[test]
@@ -205,7 +246,7 @@ mod tests {
             (fe(3, 80), entry("c", &[])),
             (fe(4, 80), entry("d", &[])),
         ]);
-        let out = syncer.sync(&desired).expect("sync");
+        let out = syncer.sync(&desired, None).expect("sync");
         assert_eq!(out.report.upserted, 2);
         assert_eq!(out.rejected_now, 2);
         assert!(matches!(
@@ -228,7 +269,7 @@ mod tests {
             (fe(2, 80), entry("b", &["10.0.0.3:80", "10.0.0.4:80"])),
             (fe(4, 80), entry("d", &[])),
         ]);
-        let out = syncer.sync(&smaller).expect("sync");
+        let out = syncer.sync(&smaller, None).expect("sync");
         assert_eq!(out.rejected_now, 0);
         assert_eq!(syncer.dataplane().state, smaller);
     }

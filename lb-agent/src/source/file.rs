@@ -19,7 +19,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::{Publisher, Update};
+use super::{Change, Publisher, Update};
 use crate::{
     metrics::{Metrics, SourceLabels},
     model::DesiredState,
@@ -175,7 +175,15 @@ impl FileSource {
                             tracing::info!(path = %self.path.display(), services = state.len(), "loaded services file");
                             metrics.source_updates.get_or_create(&labels).inc();
                             metrics.source_stale.get_or_create(&labels).set(0);
-                            tx.send_replace(Some(Arc::new(Update { state, noticed })));
+                            if tx
+                                .send(Update {
+                                    change: Change::Full(state),
+                                    noticed,
+                                })
+                                .is_err()
+                            {
+                                return Ok(()); // The agent is shutting down.
+                            }
                         }
                         // Read at once after a change, the file may be half
                         // written (an editor or a copy that is not a rename):

@@ -10,14 +10,15 @@
 //!   must never wipe what pinned maps hold at start-up.
 //! - A relist (after `410 Gone` or a reconnect) replaces a store whole, so
 //!   what disappeared meanwhile is deleted.
-//! - Events are coalesced for a few milliseconds, then the whole state is
-//!   translated and published; the sync loop applies only the difference.
+//! - Events that arrive together (or while the previous change is being
+//!   published) are coalesced into one publish; the sync loop applies only
+//!   the difference.
 //! - While the API server cannot be reached the programmed state stays, the
 //!   `lb_source_stale{source="kubernetes"}` gauge is 1 and a log line says
 //!   so; the watchers retry with backoff and catch up when it is back.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -36,16 +37,18 @@ use kube::{
 };
 use tokio::sync::mpsc;
 
-use super::{Publisher, Update};
+use super::{Change, Publisher, Update};
 use crate::{
     metrics::{Metrics, SourceLabels},
+    model::{DesiredState, Frontend, ServiceEntry},
     translate::{self, NodeContext, Options},
 };
 
+/// How often everything is translated again whatever the events said.
+const FULL_RESYNC: Duration = Duration::from_mins(1);
+
 /// Label of the node's zone, for topology hints.
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-/// How long a burst of events may grow before it is published.
-const COALESCE: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -124,26 +127,96 @@ enum Watch {
     Node,
 }
 
+/// What an event may have changed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Scope {
+    /// Anything (a relist completed, the Node changed): translate everything.
+    All,
+    /// One Service (namespace, name), through itself or one of its slices.
+    Service(String, String),
+}
+
 /// What a watcher (or the recovery probe) reports to the publisher.
 enum Signal {
-    Changed(Instant),
+    /// An event arrived; `None`: nothing to publish yet (a relist in
+    /// progress), but the watch is alive.
+    Changed(Instant, Option<Scope>),
     Failed(Watch, String),
     /// The API server answers again (a resumed watch may have nothing to
     /// say, so reachability is probed separately).
     Recovered,
 }
 
+/// The reflector caches.
+struct Stores {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    node: Option<Store<Node>>,
+}
+
+/// Staleness tracking and the metrics it feeds.
+struct Health {
+    metrics: Arc<Metrics>,
+    labels: SourceLabels,
+    probe: Prober,
+    stale: bool,
+}
+
+impl Health {
+    fn note(&mut self, signal: &Signal) {
+        note(
+            signal,
+            &mut self.stale,
+            &self.metrics,
+            &self.labels,
+            &self.probe,
+        );
+    }
+}
+
 impl KubeSource {
     /// Runs the reflectors and publishes every change. Returns only if all
     /// watch streams end (they retry forever).
     pub async fn run(self, tx: Publisher, metrics: Arc<Metrics>) {
-        let labels = SourceLabels {
-            source: "kubernetes".to_owned(),
-        };
         let selector = label_selector(self.options.service_proxy_name.as_deref());
-        let config = watcher::Config::default().labels(&selector);
         let (signals, mut rx) = mpsc::unbounded_channel();
+        let stores = self.start_watches(&selector, &signals);
+        let mut health = Health {
+            metrics,
+            labels: SourceLabels {
+                source: "kubernetes".to_owned(),
+            },
+            probe: Prober {
+                client: self.client.clone(),
+                signals: signals.clone(),
+                running: Arc::default(),
+            },
+            stale: false,
+        };
+        drop(signals);
+        tracing::info!(selector = %selector, node = ?self.node_name, "waiting for the first list of Services, EndpointSlices and Node");
+        if !wait_first_list(&stores, &mut rx, &mut health).await {
+            return;
+        }
+        tracing::info!(
+            services = stores.services.len(),
+            endpoint_slices = stores.slices.len(),
+            "first list complete"
+        );
+        let translator = Translator {
+            options: self.options.clone(),
+            node_name: self.node_name.clone(),
+            state: DesiredState::new(),
+            by_service: HashMap::new(),
+            troubled: HashSet::new(),
+            reported: HashSet::new(),
+        };
+        publish_changes(translator, &stores, &mut rx, &tx, &mut health).await;
+    }
 
+    /// Starts the three reflectors; their events arrive on `signals`.
+    fn start_watches(&self, selector: &str, signals: &mpsc::UnboundedSender<Signal>) -> Stores {
+        let config = watcher::Config::default().labels(selector);
         let (services, writer) = reflector::store::<Service>();
         let stream =
             watcher(Api::<Service>::all(self.client.clone()), config.clone()).default_backoff();
@@ -151,6 +224,7 @@ impl KubeSource {
             Watch::Services,
             stream.reflect(writer),
             signals.clone(),
+            service_scope,
         ));
 
         let (slices, writer) = reflector::store::<EndpointSlice>();
@@ -160,121 +234,139 @@ impl KubeSource {
             Watch::Slices,
             stream.reflect(writer),
             signals.clone(),
+            slice_scope,
         ));
 
-        let node_store = self.node_name.as_ref().map(|name| {
+        let node = self.node_name.as_ref().map(|name| {
             let (store, writer) = reflector::store::<Node>();
             let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
             let stream = watcher(Api::<Node>::all(self.client.clone()), config).default_backoff();
-            tokio::spawn(drive(Watch::Node, stream.reflect(writer), signals.clone()));
+            tokio::spawn(drive(
+                Watch::Node,
+                stream.reflect(writer),
+                signals.clone(),
+                node_scope,
+            ));
             store
         });
-        let probe = Prober {
-            client: self.client.clone(),
-            signals: signals.clone(),
-            running: Arc::default(),
-        };
-        drop(signals);
-        let note = |s: &Signal, stale: &mut bool| note(s, stale, &metrics, &labels, &probe);
-
-        // Nothing is published before every store has its first list.
-        tracing::info!(selector = %selector, node = ?self.node_name, "waiting for the first list of Services, EndpointSlices and Node");
-        let ready = async {
-            let _ = services.wait_until_ready().await;
-            let _ = slices.wait_until_ready().await;
-            if let Some(store) = &node_store {
-                let _ = store.wait_until_ready().await;
-            }
-        };
-        tokio::pin!(ready);
-        let mut stale = false;
-        loop {
-            tokio::select! {
-                () = &mut ready => break,
-                signal = rx.recv() => match signal {
-                    Some(s) => note(&s, &mut stale),
-                    None => return,
-                },
-            }
-        }
-        tracing::info!(
-            services = services.len(),
-            endpoint_slices = slices.len(),
-            "first list complete"
-        );
-
-        let mut reported: HashSet<String> = HashSet::new();
-        let mut noticed = Instant::now();
-        loop {
-            // Translating a large cluster takes a while: off the async
-            // workers, so the watches and /metrics keep going meanwhile.
-            tokio::task::block_in_place(|| {
-                self.publish(
-                    &services,
-                    &slices,
-                    node_store.as_ref(),
-                    noticed,
-                    &tx,
-                    &metrics,
-                    &labels,
-                    &mut reported,
-                )
-            });
-            // Wait for the next change, then let a burst settle briefly.
-            let Some(first) = rx.recv().await else { return };
-            note(&first, &mut stale);
-            noticed = match first {
-                Signal::Changed(at) => at,
-                Signal::Failed(..) | Signal::Recovered => continue,
-            };
-            tokio::time::sleep(COALESCE).await;
-            while let Ok(s) = rx.try_recv() {
-                note(&s, &mut stale);
-            }
+        Stores {
+            services,
+            slices,
+            node,
         }
     }
+}
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site; grouping would only rename them"
-    )]
-    fn publish(
-        &self,
-        services: &Store<Service>,
-        slices: &Store<EndpointSlice>,
-        node: Option<&Store<Node>>,
-        noticed: Instant,
-        tx: &Publisher,
-        metrics: &Metrics,
-        labels: &SourceLabels,
-        reported: &mut HashSet<String>,
-    ) {
-        let node_ctx = NodeContext {
-            node_name: self.node_name.clone(),
-            zone: node
-                .and_then(|s| s.state().into_iter().next())
-                .and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned()),
-        };
-        let services = services.state();
-        let slices = slices.state();
-        let t = translate::translate(
-            services.iter().map(AsRef::as_ref),
-            slices.iter().map(AsRef::as_ref),
-            &node_ctx,
-            &self.options,
-        );
-        // Warn once per distinct problem; the rest of the state still goes out.
-        let now: HashSet<String> = t.problems.iter().map(ToString::to_string).collect();
-        for p in now.difference(reported) {
-            tracing::warn!("skipping: {p}");
-            metrics.source_errors.get_or_create(labels).inc();
+/// Waits until every store has its first list (nothing may be published
+/// before); false if the watches are gone.
+async fn wait_first_list(
+    stores: &Stores,
+    rx: &mut mpsc::UnboundedReceiver<Signal>,
+    health: &mut Health,
+) -> bool {
+    let ready = async {
+        let _ = stores.services.wait_until_ready().await;
+        let _ = stores.slices.wait_until_ready().await;
+        if let Some(store) = &stores.node {
+            let _ = store.wait_until_ready().await;
         }
-        *reported = now;
-        metrics.source_updates.get_or_create(labels).inc();
-        tx.send_replace(Some(Arc::new(Update {
-            state: t.state,
-            noticed,
-        })));
+    };
+    tokio::pin!(ready);
+    loop {
+        tokio::select! {
+            () = &mut ready => return true,
+            signal = rx.recv() => match signal {
+                Some(s) => health.note(&s),
+                None => return false,
+            },
+        }
+    }
+}
+
+/// Publishes the whole state, then every change: a delta when a few
+/// Services changed, the whole state otherwise.
+async fn publish_changes(
+    mut translator: Translator,
+    stores: &Stores,
+    rx: &mut mpsc::UnboundedReceiver<Signal>,
+    tx: &Publisher,
+    health: &mut Health,
+) {
+    let (services, slices) = (&stores.services, &stores.slices);
+    let node_objects = stores.node.as_ref();
+    // A whole translation now and then repairs anything an event could
+    // not say (an EndpointSlice moved to another Service, say).
+    let mut resync = tokio::time::interval(FULL_RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut all = true;
+    let mut dirty: HashSet<ServiceId> = HashSet::new();
+    let mut noticed = Instant::now();
+    loop {
+        if all || !dirty.is_empty() {
+            // Translating takes a while for a large cluster: off the
+            // async workers, so the watches and /metrics keep going.
+            let (change, new_problems) = tokio::task::block_in_place(|| {
+                let partial = (!all && dirty.len() <= MAX_PARTIAL)
+                    .then(|| translator.partial(&dirty, services, slices, node_objects))
+                    .flatten();
+                if let Some((delta, n)) = partial {
+                    (Change::Delta(delta), n)
+                } else {
+                    let (whole, n) = translator.full(services, slices, node_objects);
+                    (Change::Full(whole), n)
+                }
+            });
+            health
+                .metrics
+                .source_errors
+                .get_or_create(&health.labels)
+                .inc_by(new_problems);
+            let empty = matches!(&change, Change::Delta(d) if d.is_empty());
+            if !empty {
+                health
+                    .metrics
+                    .source_updates
+                    .get_or_create(&health.labels)
+                    .inc();
+                if tx.send(Update { change, noticed }).is_err() {
+                    return; // The agent is shutting down.
+                }
+            }
+            all = false;
+            dirty.clear();
+        }
+        tokio::select! {
+            signal = rx.recv() => {
+                let Some(signal) = signal else { return };
+                health.note(&signal);
+                let Signal::Changed(at, _) = &signal else { continue };
+                noticed = *at;
+                add(&signal, &mut all, &mut dirty);
+            }
+            _ = resync.tick() => {
+                noticed = Instant::now();
+                all = true;
+            }
+        }
+        // Whatever queued up meanwhile (a burst, or events that arrived
+        // during the last publish) goes into the same publish.
+        tokio::task::yield_now().await;
+        while let Ok(signal) = rx.try_recv() {
+            health.note(&signal);
+            add(&signal, &mut all, &mut dirty);
+        }
+    }
+}
+
+/// Records what a signal says needs translating.
+fn add(signal: &Signal, all: &mut bool, dirty: &mut HashSet<ServiceId>) {
+    if let Signal::Changed(_, Some(scope)) = signal {
+        match scope {
+            Scope::All => *all = true,
+            Scope::Service(namespace, name) => {
+                dirty.insert((namespace.clone(), name.clone()));
+            }
+        }
     }
 }
 
@@ -343,18 +435,357 @@ impl Prober {
 }
 
 /// Consumes one reflected watch stream, turning events into signals.
-async fn drive<K, S>(watch: Watch, stream: S, signals: mpsc::UnboundedSender<Signal>)
-where
+async fn drive<K, S>(
+    watch: Watch,
+    stream: S,
+    signals: mpsc::UnboundedSender<Signal>,
+    scope: fn(&watcher::Event<K>) -> Option<Scope>,
+) where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     tokio::pin!(stream);
     while let Some(event) = stream.next().await {
         let signal = match event {
-            Ok(_) => Signal::Changed(Instant::now()),
+            Ok(event) => Signal::Changed(Instant::now(), scope(&event)),
             Err(e) => Signal::Failed(watch, e.to_string()),
         };
         if signals.send(signal).is_err() {
             return;
         }
+    }
+}
+
+/// The scope of an event on an object: the object itself (`key`) when it
+/// is added, changed or deleted; everything when a relist completes;
+/// nothing while a relist is in progress (the store swaps at its end).
+fn event_scope<K>(event: &watcher::Event<K>, key: impl Fn(&K) -> Option<Scope>) -> Option<Scope> {
+    match event {
+        watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some(key(o).unwrap_or(Scope::All)),
+        watcher::Event::InitDone => Some(Scope::All),
+        watcher::Event::Init | watcher::Event::InitApply(_) => None,
+    }
+}
+
+fn service_scope(event: &watcher::Event<Service>) -> Option<Scope> {
+    event_scope(event, |s| {
+        Some(Scope::Service(
+            s.metadata.namespace.clone()?,
+            s.metadata.name.clone()?,
+        ))
+    })
+}
+
+fn slice_scope(event: &watcher::Event<EndpointSlice>) -> Option<Scope> {
+    event_scope(event, |s| {
+        let service = s
+            .metadata
+            .labels
+            .as_ref()?
+            .get(translate::LABEL_SERVICE_NAME)?;
+        Some(Scope::Service(
+            s.metadata.namespace.clone()?,
+            service.clone(),
+        ))
+    })
+}
+
+fn node_scope(event: &watcher::Event<Node>) -> Option<Scope> {
+    event_scope(event, |_| Some(Scope::All))
+}
+
+/// A Service's identity: (namespace, name).
+type ServiceId = (String, String);
+
+/// Translates the cluster, whole or a few Services at a time.
+///
+/// A change to a few Services is translated alone and published as a delta
+/// (its cost does not grow with the cluster). That is only right when no
+/// other Service is involved, so it falls back to a whole translation when
+/// a Service would take a frontend another one holds, or gives one up while
+/// any other Service had problems (it may have lost that frontend in a
+/// conflict and now be owed it).
+struct Translator {
+    options: Options,
+    node_name: Option<String>,
+    state: DesiredState,
+    /// The frontends of each Service, as last translated.
+    by_service: HashMap<ServiceId, Vec<Frontend>>,
+    /// Services whose last translation reported a problem.
+    troubled: HashSet<ServiceId>,
+    /// Problems already logged (each is logged once).
+    reported: HashSet<String>,
+}
+
+/// More changed Services than this in one burst: translate everything.
+const MAX_PARTIAL: usize = 256;
+
+impl Translator {
+    fn node(&self, node: Option<&Store<Node>>) -> NodeContext {
+        NodeContext {
+            node_name: self.node_name.clone(),
+            zone: node
+                .and_then(|s| s.state().into_iter().next())
+                .and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned()),
+        }
+    }
+
+    /// Logs problems not logged before; returns how many were new.
+    fn report(&mut self, problems: &[translate::Problem]) -> u64 {
+        let mut new = 0;
+        for p in problems {
+            if self.reported.insert(p.to_string()) {
+                tracing::warn!("skipping: {p}");
+                new += 1;
+            }
+        }
+        new
+    }
+
+    /// Translates everything; returns the whole state and new problems.
+    fn full(
+        &mut self,
+        services: &Store<Service>,
+        slices: &Store<EndpointSlice>,
+        node: Option<&Store<Node>>,
+    ) -> (DesiredState, u64) {
+        let ctx = self.node(node);
+        let services = services.state();
+        let slices = slices.state();
+        let t = translate::translate(
+            services.iter().map(AsRef::as_ref),
+            slices.iter().map(AsRef::as_ref),
+            &ctx,
+            &self.options,
+        );
+        // Forget fixed problems, so they are logged again if they come back.
+        self.reported
+            .retain(|r| t.problems.iter().any(|p| p.to_string() == *r));
+        let new = self.report(&t.problems);
+        self.troubled = t
+            .problems
+            .iter()
+            .filter(|p| p.object.kind == "Service")
+            .map(|p| (p.object.namespace.clone(), p.object.name.clone()))
+            .collect();
+        self.by_service.clear();
+        for (frontend, entry) in &t.state {
+            self.by_service
+                .entry((entry.name.namespace.clone(), entry.name.name.clone()))
+                .or_default()
+                .push(*frontend);
+        }
+        self.state = t.state;
+        (self.state.clone(), new)
+    }
+
+    /// Translates only `dirty` Services; `None` when a whole translation
+    /// is needed instead.
+    fn partial(
+        &mut self,
+        dirty: &HashSet<ServiceId>,
+        services: &Store<Service>,
+        slices: &Store<EndpointSlice>,
+        node: Option<&Store<Node>>,
+    ) -> Option<(BTreeMap<Frontend, Option<ServiceEntry>>, u64)> {
+        let ctx = self.node(node);
+        let mut their_slices: HashMap<&ServiceId, Vec<Arc<EndpointSlice>>> = HashMap::new();
+        let all_slices = slices.state();
+        for slice in &all_slices {
+            let (Some(namespace), Some(service)) = (
+                slice.metadata.namespace.as_ref(),
+                slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(translate::LABEL_SERVICE_NAME)),
+            ) else {
+                continue;
+            };
+            if let Some(id) = dirty.get(&(namespace.clone(), service.clone())) {
+                their_slices.entry(id).or_default().push(Arc::clone(slice));
+            }
+        }
+        let mut delta = BTreeMap::new();
+        let mut frees_frontends = false;
+        let mut translated = Vec::with_capacity(dirty.len());
+        let mut claimed: HashMap<Frontend, &ServiceId> = HashMap::new();
+        let mut new_problems = 0;
+        for id in dirty {
+            let service = services.get(&reflector::ObjectRef::new(&id.1).within(&id.0));
+            let slices = their_slices.get(id).map(Vec::as_slice).unwrap_or_default();
+            let t = translate::translate(
+                service.iter().map(AsRef::as_ref),
+                slices.iter().map(AsRef::as_ref),
+                &ctx,
+                &self.options,
+            );
+            new_problems += self.report(&t.problems);
+            // Held by another Service, or claimed by another one in this
+            // burst: only a whole translation decides who gets it.
+            let taken = t.state.iter().any(|(frontend, _)| {
+                let held = self
+                    .state
+                    .get(frontend)
+                    .is_some_and(|held| held.name.namespace != id.0 || held.name.name != id.1);
+                held || claimed
+                    .insert(*frontend, id)
+                    .is_some_and(|other| other != id)
+            });
+            if taken {
+                return None;
+            }
+            for frontend in self.by_service.get(id).into_iter().flatten() {
+                if !t.state.contains_key(frontend) {
+                    delta.insert(*frontend, None);
+                    frees_frontends = true;
+                }
+            }
+            translated.push((id.clone(), t));
+        }
+        if frees_frontends && self.troubled.iter().any(|t| !dirty.contains(t)) {
+            return None;
+        }
+        for (id, t) in translated {
+            if t.problems.iter().any(|p| p.object.kind == "Service") {
+                self.troubled.insert(id.clone());
+            } else {
+                self.troubled.remove(&id);
+            }
+            let frontends: Vec<Frontend> = t.state.keys().copied().collect();
+            for (frontend, entry) in t.state {
+                if self.state.get(&frontend) != Some(&entry) {
+                    delta.insert(frontend, Some(entry));
+                }
+            }
+            if frontends.is_empty() {
+                self.by_service.remove(&id);
+            } else {
+                self.by_service.insert(id, frontends);
+            }
+        }
+        for (frontend, entry) in &delta {
+            match entry {
+                Some(entry) => self.state.insert(*frontend, entry.clone()),
+                None => self.state.remove(frontend),
+            };
+        }
+        Some((delta, new_problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+    use kube::runtime::{reflector, watcher};
+    use serde_json::json;
+
+    use super::{ServiceId, Translator};
+    use crate::translate::{self, NodeContext, Options};
+
+    fn service(name: &str, ip: &str, port: u16) -> Service {
+        serde_json::from_value(json!({
+            "metadata": { "namespace": "default", "name": name },
+            "spec": { "clusterIP": ip, "clusterIPs": [ip],
+                      "ports": [{ "name": "http", "port": port, "targetPort": 8080, "protocol": "TCP" }] },
+        }))
+        .expect("service")
+    }
+
+    fn slice(name: &str, service: &str, ips: &[String]) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": { "namespace": "default", "name": name,
+                          "labels": { "kubernetes.io/service-name": service } },
+            "addressType": "IPv4",
+            "endpoints": ips.iter().map(|ip| json!({ "addresses": [ip] })).collect::<Vec<_>>(),
+            "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+        }))
+        .expect("slice")
+    }
+
+    /// Random changes (new, changed and deleted Services and slices, with
+    /// ClusterIPs drawn from a small pool so that Services fight over
+    /// frontends) go through the incremental translator; after each, its
+    /// state must equal a whole translation from scratch.
+    #[test]
+    fn incremental_translation_equals_whole_translation() {
+        for seed in 1..=6 {
+            incremental_equals_whole(seed);
+        }
+    }
+
+    fn incremental_equals_whole(seed: u64) {
+        let (services, mut services_w) = reflector::store::<Service>();
+        let (slices, mut slices_w) = reflector::store::<EndpointSlice>();
+        services_w.apply_watcher_event(&watcher::Event::InitDone);
+        slices_w.apply_watcher_event(&watcher::Event::InitDone);
+        let mut t = Translator {
+            options: Options::default(),
+            node_name: None,
+            state: crate::model::DesiredState::new(),
+            by_service: std::collections::HashMap::new(),
+            troubled: HashSet::new(),
+            reported: HashSet::new(),
+        };
+        t.full(&services, &slices, None);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let (mut partial, mut fallbacks) = (0, 0);
+        for step in 0..2_000 {
+            let mut dirty: HashSet<ServiceId> = HashSet::new();
+            for _ in 0..rng.usize(1..4) {
+                let name = format!("s{}", rng.u8(0..12));
+                match rng.u8(0..5) {
+                    0 | 1 => {
+                        let ip = format!("10.96.0.{}", rng.u8(1..8));
+                        services_w.apply_watcher_event(&watcher::Event::Apply(service(
+                            &name,
+                            &ip,
+                            80 + u16::from(rng.u8(0..2)),
+                        )));
+                    }
+                    2 => services_w.apply_watcher_event(&watcher::Event::Delete(service(
+                        &name,
+                        "10.96.0.1",
+                        80,
+                    ))),
+                    3 => {
+                        let ips: Vec<String> = (0..rng.u8(0..4))
+                            .map(|i| format!("10.200.{}.{i}", rng.u8(0..3)))
+                            .collect();
+                        slices_w.apply_watcher_event(&watcher::Event::Apply(slice(
+                            &format!("{name}-a"),
+                            &name,
+                            &ips,
+                        )));
+                    }
+                    _ => slices_w.apply_watcher_event(&watcher::Event::Delete(slice(
+                        &format!("{name}-a"),
+                        &name,
+                        &[],
+                    ))),
+                }
+                dirty.insert(("default".to_owned(), name));
+            }
+            if t.partial(&dirty, &services, &slices, None).is_some() {
+                partial += 1;
+            } else {
+                fallbacks += 1;
+                t.full(&services, &slices, None);
+            }
+            let all_services = services.state();
+            let all_slices = slices.state();
+            let whole = translate::translate(
+                all_services.iter().map(AsRef::as_ref),
+                all_slices.iter().map(AsRef::as_ref),
+                &NodeContext::default(),
+                &Options::default(),
+            );
+            assert_eq!(t.state, whole.state, "seed {seed}: diverged at step {step}");
+        }
+        assert!(
+            partial > 500 && fallbacks > 20,
+            "both paths exercised: {partial} partial, {fallbacks} whole"
+        );
     }
 }
