@@ -258,8 +258,8 @@ pub fn markdown(meta: &Meta, sizes: &[SizeResult]) -> String {
     let _ = writeln!(
         o,
         "Program: all N services from nothing (median). Change: endpoint moved -> first connection reaching it \
-         (iptables/nftables: the partial reload kube-proxy would run; lb-agent: file rename, which includes its \
-         50 ms debounce). Reload: the `iptables-restore`/`nft -f` run alone, or the agent's sync.\n"
+         (iptables/nftables: the partial reload kube-proxy would run; lb-agent: file rename, then its 0-50 ms \
+         debounce, read, parse, translate, sync). Reload: the `iptables-restore`/`nft -f` run alone, or the agent's sync.\n"
     );
     let _ = writeln!(
         o,
