@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use notify::{RecursiveMode, Watcher as _};
+use notify::{
+    EventKind, RecursiveMode, Watcher as _,
+    event::{AccessKind, AccessMode, ModifyKind},
+};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -53,6 +56,19 @@ pub enum Error {
         #[source]
         source: notify::Error,
     },
+}
+
+/// Whether an event can change what the file holds. Reads (ours
+/// included: inotify reports opens and closes for reading too) do not, and
+/// must not trigger another read.
+fn changes_content(kind: EventKind) -> bool {
+    match kind {
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => {
+            !matches!(kind, EventKind::Modify(ModifyKind::Metadata(_)))
+        }
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) | EventKind::Any => true,
+        EventKind::Access(_) | EventKind::Other => false,
+    }
 }
 
 fn invalid_message(path: &Path, problems: &[Problem]) -> String {
@@ -139,6 +155,7 @@ impl FileSource {
         let name = self.path.file_name().map(ToOwned::to_owned);
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(event) = res
+                && changes_content(event.kind)
                 && event.paths.iter().any(|p| p.file_name() == name.as_deref())
             {
                 let _ = events_tx.send(Instant::now());
@@ -231,5 +248,47 @@ impl FileSource {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::{
+        EventKind,
+        event::{
+            AccessKind, AccessMode, CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind,
+            RenameMode,
+        },
+    };
+
+    use super::changes_content;
+
+    #[test]
+    fn reads_do_not_count_as_changes() {
+        assert!(!changes_content(EventKind::Access(AccessKind::Open(
+            AccessMode::Read
+        ))));
+        assert!(!changes_content(EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!changes_content(EventKind::Access(AccessKind::Read)));
+        assert!(!changes_content(EventKind::Modify(ModifyKind::Metadata(
+            MetadataKind::AccessTime
+        ))));
+    }
+
+    #[test]
+    fn writes_renames_and_removals_do() {
+        assert!(changes_content(EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(changes_content(EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(changes_content(EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(changes_content(EventKind::Create(CreateKind::File)));
+        assert!(changes_content(EventKind::Remove(RemoveKind::File)));
     }
 }
