@@ -9,13 +9,13 @@
 //! 2. replaces the service value, whose `backends` field the programs read
 //!    with a single 8-byte load, so a program sees either the old range or
 //!    the new one, never a mix and never a count beyond its range;
-//! 3. waits for an RCU grace period (every program that could have read the
-//!    old value has returned);
+//! 3. (behind the update, on another thread) waits for an RCU grace period:
+//!    every program that could have read the old value has returned;
 //! 4. only then frees the old range for reuse.
 //!
 //! So a concurrent `connect()` never fails and never reads a slot beyond the
 //! count, and once the update returns no new connection can reach a removed
-//! backend.
+//! backend: a connection that starts after step 2 reads the new value.
 
 /// Key of `lb_services`: one ClusterIP, port and protocol.
 #[repr(C)]

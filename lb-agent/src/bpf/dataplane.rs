@@ -10,6 +10,13 @@
 //! 3. removing services and stale affinity members,
 //! 4. waiting for running programs ([`Barrier::wait`]) if anything was retired,
 //! 5. and only then returning retired ranges and ids to the allocators.
+//!
+//! Steps 4 and 5 run behind the update, on the [`Reaper`]'s thread: a
+//! grace period takes 10-30 ms and nothing a user sees waits for it. Once
+//! step 3 is done (when `apply` returns), a connection that starts reads the
+//! new values, so it cannot reach a removed backend; the barrier only
+//! protects programs that started earlier from memory being reused under
+//! them. An allocation that needs retired room waits for the barrier.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -57,14 +64,18 @@ pub struct Adopted {
 
 pub struct BpfDataplane {
     maps: Maps,
-    barrier: Barrier,
+    reaper: Reaper,
     applied: DesiredState,
     slots: BTreeMap<Frontend, Slot>,
     ids: IdAllocator,
     ranges: RangeAllocator<u32>,
     backends_used: u32,
-    /// Released by this apply, recycled after the next barrier.
+    /// Released by this apply, not yet handed to the reaper.
     retired: Retired,
+    /// Handed to the reaper: recycled once its barrier `n` has passed.
+    pending: std::collections::VecDeque<(u64, Retired)>,
+    /// The last barrier requested.
+    generation: u64,
     /// Whether the kernel has batch map operations (5.6+); found out on
     /// first use.
     batch_ops: std::cell::Cell<bool>,
@@ -100,13 +111,15 @@ impl BpfDataplane {
         let records = maps.read_services()?;
         let mut dp = Self {
             maps,
-            barrier,
+            reaper: Reaper::start(barrier),
             applied: DesiredState::new(),
             slots: BTreeMap::new(),
             ids: IdAllocator::new(service_capacity),
             ranges: RangeAllocator::new(0..backend_capacity),
             backends_used: 0,
             retired: Retired::default(),
+            pending: std::collections::VecDeque::new(),
+            generation: 0,
             batch_ops: std::cell::Cell::new(true),
         };
         let mut adopted = Adopted::default();
@@ -214,20 +227,47 @@ impl BpfDataplane {
         self.maps.write_meta(&meta)
     }
 
-    /// Steps 4 and 5: waits out running programs, then recycles what this
-    /// apply retired.
-    fn flush_retired(&mut self) -> Result<()> {
+    /// Step 4, behind the update: asks the reaper for a barrier for what
+    /// this apply retired.
+    fn seal_retired(&mut self) {
         if self.retired.ranges.is_empty() && self.retired.ids.is_empty() {
+            return;
+        }
+        self.generation += 1;
+        self.pending
+            .push_back((self.generation, std::mem::take(&mut self.retired)));
+        self.reaper.request(self.generation);
+    }
+
+    /// Step 5: recycles whatever a completed barrier has made safe.
+    fn recycle_settled(&mut self) {
+        let done = self.reaper.done();
+        while self
+            .pending
+            .front()
+            .is_some_and(|(generation, _)| *generation <= done)
+        {
+            let Some((_, retired)) = self.pending.pop_front() else {
+                break;
+            };
+            for range in retired.ranges {
+                self.release_range(range);
+            }
+            for id in retired.ids {
+                let _ = self.maps.names.remove(&id);
+                self.ids.free(id);
+            }
+        }
+    }
+
+    /// Steps 4 and 5 now, for an allocation that needs the retired room.
+    fn flush_retired(&mut self) -> Result<()> {
+        self.seal_retired();
+        if self.pending.is_empty() {
             return Ok(());
         }
-        self.barrier.wait()?;
-        for range in std::mem::take(&mut self.retired.ranges) {
-            self.release_range(range);
-        }
-        for id in std::mem::take(&mut self.retired.ids) {
-            let _ = self.maps.names.remove(&id);
-            self.ids.free(id);
-        }
+        self.reaper.wait_for(self.generation)?;
+        self.recycle_settled();
         Ok(())
     }
 
@@ -235,7 +275,7 @@ impl BpfDataplane {
         if let Some(id) = self.ids.allocate() {
             return Ok(id);
         }
-        // Ids retired by this apply become usable after a barrier.
+        // Retired ids become usable after a barrier.
         self.flush_retired()?;
         self.ids
             .allocate()
@@ -259,8 +299,8 @@ impl BpfDataplane {
         let range = match (&previous, backends_changed) {
             (Some(slot), false) => Ok(slot.range.clone()),
             _ => match self.write_new_range(&entry.backends) {
-                // Ranges retired by this apply become usable after a barrier.
-                Err(_) if !self.retired.ranges.is_empty() => {
+                // Retired ranges become usable after a barrier.
+                Err(_) if !self.retired.ranges.is_empty() || !self.pending.is_empty() => {
                     self.flush_retired()?;
                     self.write_new_range(&entry.backends)
                 }
@@ -612,11 +652,11 @@ impl Dataplane for BpfDataplane {
     }
 
     fn apply(&mut self, changes: &[Change<'_>]) -> Result<ApplyReport> {
+        self.recycle_settled();
         let mut report = ApplyReport::default();
         let result = self.apply_changes(changes, &mut report);
-        // Steps 4 and 5, also after a failure: once this returns no program
-        // can reach what was removed.
-        self.flush_retired()?;
+        // Also after a failure: what was retired is recycled once safe.
+        self.seal_retired();
         result.map(|()| report)
     }
 
@@ -626,6 +666,97 @@ impl Dataplane for BpfDataplane {
             services_capacity: self.ids.capacity,
             backends: self.backends_used,
             backends_capacity: self.maps.backends.capacity(),
+        }
+    }
+}
+
+/// Runs barriers ([`Barrier::wait`], an RCU grace period) on its own
+/// thread, so that no update waits for one; requests that queue up while a
+/// barrier runs are served by the next one.
+struct Reaper {
+    requests: Option<std::sync::mpsc::Sender<u64>>,
+    state: std::sync::Arc<(std::sync::Mutex<ReaperState>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct ReaperState {
+    /// The highest generation whose barrier has completed.
+    done: u64,
+    /// The last barrier failed (the kernel refused the map update).
+    failed: Option<String>,
+}
+
+impl Reaper {
+    fn start(mut barrier: Barrier) -> Self {
+        let (requests, queue) = std::sync::mpsc::channel::<u64>();
+        let state: std::sync::Arc<(std::sync::Mutex<ReaperState>, std::sync::Condvar)> =
+            std::sync::Arc::default();
+        let shared = std::sync::Arc::clone(&state);
+        let thread = std::thread::Builder::new()
+            .name("lb-reaper".to_owned())
+            .spawn(move || {
+                while let Ok(mut generation) = queue.recv() {
+                    while let Ok(later) = queue.try_recv() {
+                        generation = generation.max(later);
+                    }
+                    let outcome = barrier.wait();
+                    let (lock, cv) = &*shared;
+                    let Ok(mut s) = lock.lock() else { return };
+                    match outcome {
+                        Ok(()) => {
+                            s.done = s.done.max(generation);
+                            s.failed = None;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "barrier failed: retired backend slots are not recycled");
+                            s.failed = Some(e.to_string());
+                        }
+                    }
+                    cv.notify_all();
+                }
+            })
+            .ok();
+        Self {
+            requests: Some(requests),
+            state,
+            thread,
+        }
+    }
+
+    fn request(&self, generation: u64) {
+        if let Some(r) = &self.requests {
+            let _ = r.send(generation);
+        }
+    }
+
+    fn done(&self) -> u64 {
+        self.state.0.lock().map_or(0, |s| s.done)
+    }
+
+    /// Blocks until barrier `generation` has completed.
+    fn wait_for(&self, generation: u64) -> Result<()> {
+        let (lock, cv) = &*self.state;
+        let mut s = lock
+            .lock()
+            .map_err(|_| Error::Reaper("lock poisoned".to_owned()))?;
+        while s.done < generation {
+            if let Some(e) = s.failed.take() {
+                return Err(Error::Reaper(e));
+            }
+            s = cv
+                .wait(s)
+                .map_err(|_| Error::Reaper("lock poisoned".to_owned()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.requests = None; // ends the thread's loop
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

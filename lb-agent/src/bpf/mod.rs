@@ -72,6 +72,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("waiting for running programs failed: {0}")]
+    Reaper(String),
     #[error("failed to map a BPF array into memory (needs Linux 5.5+): {source}")]
     Mmap {
         #[source]
