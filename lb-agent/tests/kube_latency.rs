@@ -63,31 +63,7 @@ fn measure(services: usize, changes: usize) {
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
 
-    // N - 1 other Services with 10 endpoints each, and the measured one.
-    for i in 0..services.saturating_sub(1) {
-        let name = format!("filler-{i}");
-        let ip = format!("10.{}.{}.{}", 96 + i / 62_500, (i / 250) % 250, i % 250 + 1);
-        let eps: Vec<_> = (0..10)
-            .map(|j| {
-                ready(format!(
-                    "10.200.{}.{}",
-                    1 + (i * 10 + j) / 250 % 250,
-                    (i * 10 + j) % 250 + 1
-                ))
-            })
-            .collect();
-        api.apply(&typed::<Service>(service(
-            &name,
-            &[&ip],
-            &[manifests::tcp("http", 80, 8080)],
-        )));
-        api.apply(&typed::<EndpointSlice>(slice(
-            &name,
-            &format!("{name}-1"),
-            &eps,
-            &[("http", 8080, "TCP")],
-        )));
-    }
+    add_fillers(&api, services.saturating_sub(1));
     let pods: Vec<(String, String)> = cluster
         .pods
         .iter()
@@ -123,7 +99,7 @@ fn measure(services: usize, changes: usize) {
     );
     let programmed = started.elapsed();
     let vip = format!("{VIP}:80").parse().expect("addr");
-    support::wait_for("the measured service", Duration::from_secs(60), || {
+    support::wait_for("the measured service", Duration::from_mins(1), || {
         client::tcp(vip).is_ok_and(|r| r.body == pods[0].0)
     });
 
@@ -173,6 +149,34 @@ fn measure(services: usize, changes: usize) {
             "samples_ms": samples.iter().map(|d| (d.as_secs_f64() * 1e4).round() / 10.0).collect::<Vec<_>>(),
         })
     );
+}
+
+/// `count` other Services with 10 endpoints each.
+fn add_fillers(api: &ApiServer, count: usize) {
+    for i in 0..count {
+        let name = format!("filler-{i}");
+        let ip = format!("10.{}.{}.{}", 96 + i / 62_500, (i / 250) % 250, i % 250 + 1);
+        let eps: Vec<_> = (0..10)
+            .map(|j| {
+                ready(format!(
+                    "10.200.{}.{}",
+                    1 + (i * 10 + j) / 250 % 250,
+                    (i * 10 + j) % 250 + 1
+                ))
+            })
+            .collect();
+        api.apply(&typed::<Service>(service(
+            &name,
+            &[&ip],
+            &[manifests::tcp("http", 80, 8080)],
+        )));
+        api.apply(&typed::<EndpointSlice>(slice(
+            &name,
+            &format!("{name}-1"),
+            &eps,
+            &[("http", 8080, "TCP")],
+        )));
+    }
 }
 
 /// `_count` and `_sum` of a histogram in the exposition.
