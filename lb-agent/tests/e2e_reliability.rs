@@ -26,7 +26,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -338,8 +338,15 @@ struct Conn {
 
 struct Clients {
     stop: Arc<AtomicBool>,
+    /// Connections started so far, by all clients.
+    started: Arc<AtomicUsize>,
     threads: Vec<JoinHandle<Vec<Conn>>>,
 }
+
+/// Connections the churn lets the clients start between two updates, so
+/// that every update is probed however fast updates are (an apply takes
+/// tens of microseconds; a connect in the VM tens of milliseconds).
+const CONNECTS_PER_UPDATE: usize = 4 * CLIENTS;
 
 impl Clients {
     /// `CLIENTS` threads in the node's namespace (and, like the whole test
@@ -347,14 +354,16 @@ impl Clients {
     /// in turn, without pause.
     fn start(node: &Path) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicUsize::new(0));
         let threads = (0..CLIENTS)
             .map(|i| {
-                let stop = Arc::clone(&stop);
+                let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
                 spawn_in(node, move || {
                     let mut log = Vec::new();
                     let mut svc = i % 2;
                     while !stop.load(Ordering::Relaxed) {
                         let started = Instant::now();
+                        count.fetch_add(1, Ordering::Relaxed);
                         let answer = match client::tcp(vip(svc)) {
                             Ok(reply) => pod_of_reply(&reply.body)
                                 .ok_or_else(|| format!("unexpected reply {:?}", reply.body)),
@@ -372,7 +381,19 @@ impl Clients {
                 })
             })
             .collect();
-        Self { stop, threads }
+        Self {
+            stop,
+            started: count,
+            threads,
+        }
+    }
+
+    /// Waits until the clients have started `n` more connections.
+    fn wait_for_connects(&self, n: usize) {
+        let target = self.started.load(Ordering::Relaxed) + n;
+        wait_for("the clients to connect", Duration::from_secs(30), || {
+            self.started.load(Ordering::Relaxed) >= target
+        });
     }
 
     fn finish(self) -> Vec<Conn> {
@@ -628,10 +649,9 @@ impl Drop for InProcess {
 
 /// Endpoint changes in each churn.
 const CHANGES: usize = 1000;
-/// Endpoint changes per `apply` in the in-process churn. Every apply waits
-/// for an RCU grace period (tens of milliseconds under this load), so one
-/// change per apply would take a minute.
-const PER_APPLY: usize = 3;
+/// Endpoint changes per `apply` in the in-process churn: one, so that each
+/// removal has its own exact instant.
+const PER_APPLY: usize = 1;
 
 #[test]
 fn churn_in_process_no_failed_connect_and_no_new_connection_to_a_removed_backend() {
@@ -686,11 +706,12 @@ fn churn_in_process_no_failed_connect_and_no_new_connection_to_a_removed_backend
             assert_eq!(present, &model.programmed(s));
             timeline.published(returned, s, present);
         }
+        clients.wait_for_connects(CONNECTS_PER_UPDATE);
     }
     std::thread::sleep(Duration::from_millis(100));
     let conns = clients.finish();
     eprintln!(
-        "{applies} applies, {:.2} ms each on average (with the wait for running programs)",
+        "{applies} applies, {:.3} ms each on average",
         apply_time.as_secs_f64() * 1e3 / f64::from(applies)
     );
     verdict("in-process churn", &conns, &timeline, &model.counts, t0);
@@ -811,8 +832,9 @@ fn seen(timeline: &mut Timeline, model: &Model, at: Instant) {
     }
 }
 
-/// Endpoint changes per file rewrite at the agent level.
-const PER_WRITE: usize = 4;
+/// Endpoint changes per file rewrite at the agent level (a slice update
+/// often changes several endpoints; and it halves the rewrites).
+const PER_WRITE: usize = 2;
 
 /// The same churn through the agent and its file source.
 ///
@@ -822,8 +844,9 @@ const PER_WRITE: usize = 4;
 /// millisecond by this test), no new connection reaches it until the file
 /// adds it back; the agent never goes back to an older state.
 ///
-/// What it cannot prove: that the agent's own sync had returned (with its
-/// wait for running programs) when the maps showed the change; the instant
+/// What it cannot prove: that the agent's own sync had returned when the
+/// maps showed the change (the agent reports syncs as `lb_syncs_total`, not
+/// which file content each one applied); the instant
 /// used is when this test saw it, up to a poll interval after the map
 /// update, so a connection in between is not counted. The in-process test
 /// covers the exact instant.
@@ -854,6 +877,7 @@ fn churn_through_the_agent_file_source() {
             Duration::from_secs(10),
         );
         seen(&mut timeline, &model, at);
+        clients.wait_for_connects(CONNECTS_PER_UPDATE);
     }
     std::thread::sleep(Duration::from_millis(100));
     let conns = clients.finish();
@@ -956,13 +980,14 @@ fn sigkill_during_churn_then_restart_converges_without_a_failed_connect() {
         let log_len = if kill_now { agent.log().len() } else { 0 };
         rewrite(&env, &mut model, &mut rng, &mut timeline, PER_WRITE);
         if kill_now {
-            // The source reads a change after 50 ms of quiet, then syncs,
-            // which waits for running programs (tens of milliseconds under
-            // this load): most kills land in between, one before.
+            // The source reads a change as soon as inotify reports it,
+            // parses it (a millisecond or two here) and syncs (tens of
+            // microseconds): kill within a few milliseconds of the write,
+            // the first time at once.
             let delay = if killed_at.is_empty() {
-                Duration::from_millis(rng.below(45) as u64)
+                Duration::ZERO
             } else {
-                Duration::from_millis(45 + rng.below(75) as u64)
+                Duration::from_micros(rng.below(4000) as u64)
             };
             std::thread::sleep(delay);
             agent.kill();
@@ -1003,6 +1028,7 @@ fn sigkill_during_churn_then_restart_converges_without_a_failed_connect() {
             );
             seen(&mut timeline, &model, at);
         }
+        clients.wait_for_connects(CONNECTS_PER_UPDATE);
     }
     std::thread::sleep(Duration::from_millis(100));
     let conns = clients.finish();
