@@ -27,6 +27,7 @@
 //! against N).
 
 mod agent;
+mod api;
 mod report;
 mod stats;
 mod workload;
@@ -113,6 +114,9 @@ pub struct Args {
     /// Use this lb-agent binary instead of building one (release) first.
     #[arg(long, value_name = "PATH")]
     pub agent_bin: Option<PathBuf>,
+    /// Skip the endpoint-change measurement through the Kubernetes API.
+    #[arg(long)]
+    pub no_api: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -308,11 +312,30 @@ pub fn run(args: &Args) -> Result<()> {
         agent: agent_bin.display().to_string(),
     };
     if !results.is_empty() {
-        let written = report::write(&out, &meta, &results)?;
+        let mut written = report::write(&out, &meta, &results)?;
+        if !args.no_api && failure.is_none() && !interrupted() {
+            failure = add_api_section(args, &sizes, &agent_bin, &out, &mut written).err();
+        }
         println!("{written}");
         eprintln!("bench: results in {}", out.display());
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Measures endpoint changes through the Kubernetes API and adds them to
+/// `results.md`.
+fn add_api_section(
+    args: &Args,
+    sizes: &[usize],
+    agent_bin: &Path,
+    out: &Path,
+    written: &mut String,
+) -> Result<()> {
+    eprintln!("bench: endpoint changes through the Kubernetes API");
+    let changes = if args.quick { 20 } else { 200 };
+    written.push_str(&api::run(sizes, changes, agent_bin, out)?);
+    let md_path = out.join("results.md");
+    fs::write(&md_path, &*written).with_context(|| format!("failed to write {}", md_path.display()))
 }
 
 /// How much to measure, from the flags.

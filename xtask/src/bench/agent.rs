@@ -37,7 +37,7 @@ pub struct Agent {
 pub struct Programmed {
     /// Rename of the file -> `synced` line seen in the log (what a user waits).
     pub end_to_end_ms: f64,
-    /// Rename -> `loaded services file` logged: inotify, 50 ms debounce,
+    /// Rename -> `loaded services file` logged: inotify,
     /// read, parse, translate.
     pub load_ms: f64,
     /// `loaded` -> sync started (hand-over to the sync loop).

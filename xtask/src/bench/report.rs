@@ -258,8 +258,8 @@ pub fn markdown(meta: &Meta, sizes: &[SizeResult]) -> String {
     let _ = writeln!(
         o,
         "Program: all N services from nothing (median). Change: endpoint moved -> first connection reaching it \
-         (iptables/nftables: the partial reload kube-proxy would run; lb-agent: file rename, then its 0-50 ms \
-         debounce, read, parse, translate, sync). Reload: the `iptables-restore`/`nft -f` run alone, or the agent's sync.\n"
+         (iptables/nftables: the partial reload kube-proxy would run; lb-agent: file rename, then its \
+         read, parse, translate, sync). Reload: the `iptables-restore`/`nft -f` run alone, or the agent's sync.\n"
     );
     let _ = writeln!(
         o,
@@ -289,7 +289,7 @@ pub fn markdown(meta: &Meta, sizes: &[SizeResult]) -> String {
     let _ = writeln!(o, "\n## lb-agent: where the programming time goes\n");
     let _ = writeln!(
         o,
-        "From the agent's log: load = rename -> `loaded services file` (inotify, 0-50 ms debounce, read, parse, \
+        "From the agent's log: load = rename -> `loaded services file` (inotify, read, parse, \
          translate), of which parse and translate as the agent logs them at debug level; hand-over = to the sync \
          loop; sync = `duration_us` of `synced` (diff and map writes); end-to-end = rename -> `synced` seen. \
          Medians.\n"

@@ -1,0 +1,115 @@
+//! "API event -> data path": the agent watching the project's list/watch
+//! API server (kube-rs's real client), one Service's endpoint moved back
+//! and forth, timed from the write to the API server until a `connect()`
+//! reaches the new pod. The measuring code is the ignored test
+//! `lb-agent/tests/kube_latency.rs` (it needs the test API server, which
+//! lives with the tests); this runs it in release and tabulates its output.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+
+use crate::util::workspace_root;
+
+/// Builds the measuring test in release and returns its executable.
+fn build() -> Result<PathBuf> {
+    let out = Command::new("cargo")
+        .current_dir(workspace_root())
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "lb-agent",
+            "--test",
+            "kube_latency",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("failed to run cargo test --no-run")?;
+    ensure!(
+        out.status.success(),
+        "building lb-agent's kube_latency benchmark failed"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["target"]["name"] == "kube_latency")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo did not report the kube_latency executable")
+}
+
+/// Runs the measurement for `sizes` and returns a Markdown section (also
+/// written to `out/api.json`).
+pub fn run(sizes: &[usize], changes: usize, agent_bin: &Path, out: &Path) -> Result<String> {
+    let exe = build()?;
+    let sizes_arg = sizes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let output = Command::new(&exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "api_event_to_data_path_latency",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("LB_BENCH_SIZES", &sizes_arg)
+        .env("LB_BENCH_CHANGES", changes.to_string())
+        .env("LB_AGENT_BIN", agent_bin)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("failed to run {}", exe.display()))?;
+    let rows: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        // libtest may print `test NAME ... ` on the same line first.
+        .filter_map(|l| l.find('{').map(|i| &l[i..]))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    if !output.status.success() {
+        bail!(
+            "the kube_latency benchmark failed (after {} of {} sizes)",
+            rows.len(),
+            sizes.len()
+        );
+    }
+    let json_path = out.join("api.json");
+    fs::write(&json_path, serde_json::to_string_pretty(&rows)?)
+        .with_context(|| format!("failed to write {}", json_path.display()))?;
+
+    let mut md = String::from(
+        "\n## Endpoint change through the Kubernetes API\n\n\
+         One Service's EndpointSlice moved between two pods, with N Services programmed: from the write \
+         to the API server (the project's list/watch server, kube-rs's real watcher) until a `connect()` \
+         reaches the new pod. The agent's own view, watch event to maps, is the mean of its \
+         `lb_update_latency_seconds`.\n\n\
+         | N | changes | write -> data path p50 | p99 | max | agent: event -> maps (mean) |\n\
+         |---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in &rows {
+        let ms = |k: &str| {
+            r[k].as_f64()
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2} ms"))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            r["services"],
+            r["changes"],
+            ms("p50_ms"),
+            ms("p99_ms"),
+            ms("max_ms"),
+            ms("agent_event_to_maps_mean_ms"),
+        );
+    }
+    Ok(md)
+}
