@@ -226,17 +226,7 @@ pub fn run(args: &Args) -> Result<()> {
         args.endpoints >= 1 && args.program_endpoints >= 1,
         "endpoints must be at least 1"
     );
-    for tool in [
-        "ip",
-        "nsenter",
-        "iptables-restore",
-        "iptables-legacy-restore",
-        "nft",
-        "sysctl",
-    ] {
-        which::which(tool)
-            .with_context(|| format!("{tool} is not installed; run `cargo xtask setup`"))?;
-    }
+    check_tools()?;
     let mut sizes = args.sizes.clone();
     sizes.sort_unstable();
     sizes.dedup();
@@ -320,6 +310,22 @@ pub fn run(args: &Args) -> Result<()> {
         eprintln!("bench: results in {}", out.display());
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// The peers' tools must be there.
+fn check_tools() -> Result<()> {
+    for tool in [
+        "ip",
+        "nsenter",
+        "iptables-restore",
+        "iptables-legacy-restore",
+        "nft",
+        "sysctl",
+    ] {
+        which::which(tool)
+            .with_context(|| format!("{tool} is not installed; run `cargo xtask setup`"))?;
+    }
+    Ok(())
 }
 
 /// Measures endpoint changes through the Kubernetes API and adds them to
