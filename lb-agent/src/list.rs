@@ -75,17 +75,22 @@ pub fn read(bpffs: &Path) -> Result<Listing, Error> {
                 protocol: frontend
                     .map_or_else(|| r.key.proto.to_string(), |f| f.protocol.to_string()),
                 service: r.name.unwrap_or_default(),
-                algorithm: Algorithm::from_raw(r.value.algorithm).map_or_else(
-                    || format!("unknown({})", r.value.algorithm),
-                    |a| a.to_string(),
-                ),
+                algorithm: r
+                    .state
+                    .and_then(|s| Algorithm::from_raw(s.algorithm))
+                    .map_or_else(
+                        || format!("unknown({:?})", r.state.map(|s| s.algorithm)),
+                        |a| a.to_string(),
+                    ),
                 state: match &r.backends {
                     None => "corrupt",
                     Some(b) if b.is_empty() => "no-endpoints",
                     Some(_) => "active",
                 },
-                affinity_timeout_s: (r.value.flags & FLAG_AFFINITY != 0)
-                    .then_some(r.value.affinity_timeout_s),
+                affinity_timeout_s: r
+                    .state
+                    .filter(|s| s.flags & FLAG_AFFINITY != 0)
+                    .map(|s| s.affinity_timeout_s),
                 backends: r
                     .backends
                     .unwrap_or_default()

@@ -759,9 +759,9 @@ impl Pins {
             out.push(format!(
                 "{} id {} slots {}..{} [{}]",
                 SERVICES[svc].0,
-                r.value.id,
-                r.value.backends.first,
-                r.value.backends.first + r.value.backends.count,
+                r.id,
+                r.state.map_or(0, |s| s.backends.first),
+                r.state.map_or(0, |s| s.backends.first + s.backends.count),
                 pods.join(" ")
             ));
         }

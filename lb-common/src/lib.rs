@@ -26,6 +26,7 @@ pub mod stats;
 /// under the agent's bpffs directory.
 pub mod map_names {
     pub const SERVICES: &str = "lb_services";
+    pub const SERVICE_STATE: &str = "lb_svc";
     pub const BACKENDS: &str = "lb_backends";
     pub const REVNAT: &str = "lb_revnat";
     pub const AFFINITY: &str = "lb_affinity";
@@ -38,8 +39,9 @@ pub mod map_names {
     pub const BARRIER: &str = "lb_barrier";
 
     /// Every map that is pinned (the barrier is private to one agent run).
-    pub const PINNED: [&str; 10] = [
+    pub const PINNED: [&str; 11] = [
         SERVICES,
+        SERVICE_STATE,
         BACKENDS,
         REVNAT,
         AFFINITY,

@@ -3,7 +3,7 @@
 
 /// Bumped whenever the layout of any pinned map changes. A new agent refuses
 /// to adopt pins with another version (and says to run `lb-agent cleanup`).
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Value of `lb_meta` (index 0).
 #[repr(C)]

@@ -1,21 +1,37 @@
-//! The service (frontend) table: `lb_services`, a hash map from
-//! ClusterIP:port/protocol to the service's live backend range.
+//! The service tables.
+//!
+//! - `lb_services` (hash): ClusterIP:port/protocol -> service id. Written
+//!   only when a frontend appears or goes.
+//! - `lb_svc` (array indexed by id, mmapable): the service's live state, its
+//!   backend range among them, with a copy of its key.
+//!
+//! The split is what keeps a concurrent `connect()` right. The kernel reuses
+//! the element of a replaced or deleted hash entry at once (no grace
+//! period), so a program between its lookup and its read could read another
+//! key's value; array elements are never reused that way. So the only hash
+//! value a program reads is an id it then checks against the key copy in
+//! `lb_svc` (a mismatch means the lookup raced a removal: the connection is
+//! left alone and counted), and everything that changes with the endpoints
+//! is in the array.
 //!
 //! # Update protocol (enforced by the agent's dataplane, relied on here)
 //!
 //! A service's backends are a contiguous range of `lb_backends` (an array).
 //! To change them the agent:
 //! 1. writes the new backends into a *fresh* range nobody references yet;
-//! 2. replaces the service value, whose `backends` field the programs read
-//!    with a single 8-byte load, so a program sees either the old range or
-//!    the new one, never a mix and never a count beyond its range;
+//! 2. stores the new range into `lb_svc[id].backends` with one aligned
+//!    8-byte store, which the programs read with one 8-byte load: a program
+//!    sees the old range or the new one, never a mix and never a count
+//!    beyond its range (a new service's `lb_svc` entry is written before its
+//!    `lb_services` entry);
 //! 3. (behind the update, on another thread) waits for an RCU grace period:
-//!    every program that could have read the old value has returned;
-//! 4. only then frees the old range for reuse.
+//!    every program that could have read the old range has returned;
+//! 4. only then frees the old range for reuse (and a removed service's id,
+//!    so its `lb_svc` entry is not rewritten under a reader either).
 //!
 //! So a concurrent `connect()` never fails and never reads a slot beyond the
 //! count, and once the update returns no new connection can reach a removed
-//! backend: a connection that starts after step 2 reads the new value.
+//! backend: a connection that starts after step 2 reads the new range.
 
 /// Key of `lb_services`: one ClusterIP, port and protocol.
 #[repr(C)]
@@ -42,15 +58,25 @@ pub struct BackendRange {
     pub count: u32,
 }
 
-/// Value of `lb_services`.
+/// Value of `lb_services`: the service's id, its index in `lb_svc` and the
+/// other per-service arrays (`lb_rr`, `lb_svc_stats`, `lb_svc_names`) and in
+/// affinity keys. An id is given to another service only after its old
+/// frontend is gone and a grace period has passed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceValue {
+    pub id: u32,
+}
+
+/// Value of `lb_svc` (indexed by service id): what a service does now.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceState {
     /// The live backend range. Must stay the first field (8-byte aligned).
     pub backends: BackendRange,
-    /// The service's slot in the per-service arrays (`lb_rr`,
-    /// `lb_svc_stats`, `lb_svc_names`) and in affinity keys.
-    pub id: u32,
+    /// The frontend this id serves: the programs check it against the key
+    /// they looked up.
+    pub key: ServiceKey,
     /// [`ALGORITHM_RANDOM`] or [`ALGORITHM_ROUND_ROBIN`].
     pub algorithm: u8,
     /// Bit set of `FLAG_*`.
@@ -79,8 +105,9 @@ pub struct ServiceName {
 
 const _: () = assert!(size_of::<ServiceKey>() == 20);
 const _: () = assert!(size_of::<BackendRange>() == 8);
-const _: () = assert!(size_of::<ServiceValue>() == 24);
-const _: () = assert!(core::mem::offset_of!(ServiceValue, backends) == 0);
+const _: () = assert!(size_of::<ServiceValue>() == 4);
+const _: () = assert!(size_of::<ServiceState>() == 40);
+const _: () = assert!(core::mem::offset_of!(ServiceState, backends) == 0);
 const _: () = assert!(size_of::<ServiceName>() == 128);
 
 #[cfg(feature = "user")]
@@ -89,6 +116,8 @@ mod user {
     unsafe impl aya::Pod for super::ServiceKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ServiceValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ServiceState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ServiceName {}
 }

@@ -19,8 +19,11 @@ pub const STAT_BACKEND_MISSING: u32 = 5;
 pub const STAT_REVNAT_UPDATE_FAILED: u32 = 6;
 /// Session affinity entry reused.
 pub const STAT_AFFINITY_HIT: u32 = 7;
+/// A service lookup raced the removal of that frontend (the `lb_services`
+/// element was reused for another key); the connection was left alone.
+pub const STAT_LOOKUP_RACED: u32 = 8;
 /// Number of global counters.
-pub const STAT_COUNT: u32 = 8;
+pub const STAT_COUNT: u32 = 9;
 
 /// Names of the global counters, indexed by `STAT_*` (for metrics and `list`).
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -32,6 +35,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "backend_missing",
     "revnat_update_failed",
     "affinity_hit",
+    "lookup_raced",
 ];
 
 /// Value of `lb_svc_stats`: per-service counters (updated atomically).

@@ -19,11 +19,13 @@ use lb_common::{
     capacity,
     meta::Meta,
     revnat::{RevNatKey, RevNatValue},
-    service::{ALGORITHM_ROUND_ROBIN, FLAG_AFFINITY, ServiceKey, ServiceName, ServiceValue},
+    service::{
+        ALGORITHM_ROUND_ROBIN, FLAG_AFFINITY, ServiceKey, ServiceName, ServiceState, ServiceValue,
+    },
     stats::{
         STAT_AFFINITY_HIT, STAT_BACKEND_MISSING, STAT_CONNECT, STAT_COUNT,
-        STAT_GETPEERNAME_REVERSED, STAT_RECVMSG_REVERSED, STAT_REFUSED, STAT_REVNAT_UPDATE_FAILED,
-        STAT_SENDMSG, ServiceStats,
+        STAT_GETPEERNAME_REVERSED, STAT_LOOKUP_RACED, STAT_RECVMSG_REVERSED, STAT_REFUSED,
+        STAT_REVNAT_UPDATE_FAILED, STAT_SENDMSG, ServiceStats,
     },
 };
 
@@ -44,6 +46,11 @@ const MMAPABLE: usize = BPF_F_MMAPABLE as usize;
 #[btf_map(name = "lb_services")]
 static SERVICES: HashMap<ServiceKey, ServiceValue, { capacity::SERVICES as usize }> =
     HashMap::new();
+
+/// Indexed by service id (mmapable: the agent changes a service's backend
+/// range with one store).
+#[btf_map(name = "lb_svc")]
+static SERVICE_STATE: Array<ServiceState, { capacity::SERVICES as usize }, MMAPABLE> = Array::new();
 
 #[btf_map(name = "lb_backends")]
 static BACKENDS: Array<Backend, { capacity::BACKENDS as usize }, MMAPABLE> = Array::new();
@@ -273,21 +280,37 @@ fn forward(ctx: &SockAddrContext, dest: Dest, stat: u32) -> Outcome {
     let Some(svc) = SERVICES.get_ptr(&key) else {
         return Outcome::Untouched;
     };
+    // The only value read from the hash: one 4-byte load (see the module
+    // docs of `lb_common::service` for why nothing else lives there).
+    // SAFETY: valid pointer from the lookup.
+    let id = unsafe { core::ptr::read_volatile(&raw const (*svc).id) };
+    let Some(state) = SERVICE_STATE.get_ptr(id) else {
+        return Outcome::Untouched;
+    };
     // One 8-byte load: the range is never seen half-updated (update protocol
     // in `lb_common::service`).
     // SAFETY: `backends` is the first field of the value and 8-byte aligned.
-    let packed = unsafe { core::ptr::read_volatile(svc.cast::<u64>()) };
+    let packed = unsafe { core::ptr::read_volatile(state.cast::<u64>()) };
     #[expect(clippy::cast_possible_truncation, reason = "unpacking two u32")]
     let (first, count) = (packed as u32, (packed >> 32) as u32);
-    // SAFETY: valid pointer from the lookup; plain integer fields.
-    let (id, algorithm, flags, timeout_s) = unsafe {
+    // SAFETY: valid pointer into an array value; plain integer fields.
+    let (owner, algorithm, flags, timeout_s) = unsafe {
         (
-            (*svc).id,
-            (*svc).algorithm,
-            (*svc).flags,
-            (*svc).affinity_timeout_s,
+            (*state).key,
+            (*state).algorithm,
+            (*state).flags,
+            (*state).affinity_timeout_s,
         )
     };
+    // The lookup raced the removal of this frontend and read an id the
+    // reused element now holds for another one: not ours to translate.
+    if addr::words(&owner.addr) != addr::words(&key.addr)
+        || owner.port_be != key.port_be
+        || owner.proto != key.proto
+    {
+        count_stat(STAT_LOOKUP_RACED);
+        return Outcome::Untouched;
+    }
 
     if count == 0 {
         count_stat(STAT_REFUSED);

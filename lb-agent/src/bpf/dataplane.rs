@@ -29,7 +29,7 @@ use lb_common::{
     affinity::MemberKey,
     backend::Backend,
     map_names,
-    service::{BackendRange, FLAG_AFFINITY, ServiceKey, ServiceName, ServiceValue},
+    service::{BackendRange, FLAG_AFFINITY, ServiceKey, ServiceName, ServiceState, ServiceValue},
     stats::ServiceStats,
 };
 use range_alloc::RangeAllocator;
@@ -126,13 +126,12 @@ impl BpfDataplane {
         let mut used_ranges: Vec<Range<u32>> = Vec::new();
         for record in records {
             match adopt_record(&record, service_capacity) {
-                Ok((frontend, entry)) => {
-                    let v = record.value;
+                Ok((frontend, entry, v)) => {
                     let range = v.backends.first..v.backends.first + v.backends.count;
                     let overlaps = used_ranges
                         .iter()
                         .any(|r| range.start < r.end && r.start < range.end);
-                    if overlaps || !dp.ids.mark_used(v.id) {
+                    if overlaps || !dp.ids.mark_used(record.id) {
                         adopted.discarded.push(format!(
                             "{frontend}: shares its id or backend range with another entry"
                         ));
@@ -144,7 +143,13 @@ impl BpfDataplane {
                     dp.backends_used += range.end - range.start;
                     adopted.services += 1;
                     adopted.backends += entry.backends.len();
-                    dp.slots.insert(frontend, Slot { id: v.id, range });
+                    dp.slots.insert(
+                        frontend,
+                        Slot {
+                            id: record.id,
+                            range,
+                        },
+                    );
                     dp.applied.insert(frontend, entry);
                 }
                 Err(why) => adopted.discarded.push(why),
@@ -449,8 +454,33 @@ impl BpfDataplane {
     /// Publishes staged services (step 2): one map update each, batched.
     /// Returns the staged entries that could not be published.
     fn publish(&mut self, staged: Vec<Staged>, report: &mut ApplyReport) -> Result<()> {
-        let keys: Vec<ServiceKey> = staged.iter().map(|s| service_key(&s.frontend)).collect();
-        let values: Vec<ServiceValue> = staged.iter().map(service_value).collect();
+        // Services already there change in place: everything but the range
+        // first (their old range stays in the record, so no byte of it
+        // changes), then the range with one aligned 8-byte store.
+        let (existing, new): (Vec<Staged>, Vec<Staged>) =
+            staged.into_iter().partition(|s| s.previous.is_some());
+        for s in existing {
+            let id = s.slot.id;
+            let mut state = service_state(&s);
+            if let Some(current) = self.maps.state.get(id) {
+                state.backends = current.backends;
+            }
+            self.maps.state.write(id, &[state]);
+            self.maps
+                .state
+                .store_first_word(id, range_word(&s.slot.range));
+            self.commit(s, report);
+        }
+
+        // New services: their record first (no program can read it yet:
+        // an id is reused only after a grace period), then the
+        // `lb_services` entry that makes them visible, batched.
+        for s in &new {
+            self.maps.state.write(s.slot.id, &[service_state(s)]);
+        }
+        let keys: Vec<ServiceKey> = new.iter().map(|s| service_key(&s.frontend)).collect();
+        let values: Vec<ServiceValue> =
+            new.iter().map(|s| ServiceValue { id: s.slot.id }).collect();
         // An owned duplicate: `self` is mutated while it is in use.
         let fd = maps::fd(&self.maps.services)
             .try_clone_to_owned()
@@ -473,7 +503,7 @@ impl BpfDataplane {
             0
         };
         let mut failure = None;
-        for (i, staged) in staged.into_iter().enumerate() {
+        for (i, staged) in new.into_iter().enumerate() {
             if i < done {
                 self.commit(staged, report);
                 continue;
@@ -625,13 +655,19 @@ struct Staged {
     renamed: bool,
 }
 
-fn service_value(s: &Staged) -> ServiceValue {
-    ServiceValue {
+/// A range as the programs read it: one little-endian word, `first` in the
+/// low half (the layout of `BackendRange`).
+fn range_word(range: &Range<u32>) -> u64 {
+    u64::from(range.start) | (u64::from(range.end - range.start) << 32)
+}
+
+fn service_state(s: &Staged) -> ServiceState {
+    ServiceState {
         backends: BackendRange {
             first: s.slot.range.start,
             count: s.slot.range.end - s.slot.range.start,
         },
-        id: s.slot.id,
+        key: service_key(&s.frontend),
         algorithm: s.entry.algorithm.to_raw(),
         flags: if s.entry.affinity_timeout_s.is_some() {
             FLAG_AFFINITY
@@ -765,28 +801,38 @@ impl Drop for Reaper {
 fn adopt_record(
     r: &ServiceRecord,
     service_capacity: u32,
-) -> Result<(Frontend, ServiceEntry), String> {
+) -> Result<(Frontend, ServiceEntry, ServiceState), String> {
     let frontend = frontend_of(&r.key)
         .ok_or_else(|| format!("unknown protocol {} in {:?}", r.key.proto, r.key))?;
-    if r.value.id >= service_capacity {
-        return Err(format!("{frontend}: id {} beyond the table", r.value.id));
+    if r.id >= service_capacity {
+        return Err(format!("{frontend}: id {} beyond the table", r.id));
+    }
+    let state = r
+        .state
+        .ok_or_else(|| format!("{frontend}: id {} has no record", r.id))?;
+    if state.key != r.key {
+        return Err(format!(
+            "{frontend}: the record of id {} is another frontend's",
+            r.id
+        ));
     }
     let backends = r
         .backends
         .as_ref()
         .ok_or_else(|| format!("{frontend}: backend range outside the table"))?;
-    let algorithm = Algorithm::from_raw(r.value.algorithm)
-        .ok_or_else(|| format!("{frontend}: unknown algorithm {}", r.value.algorithm))?;
+    let algorithm = Algorithm::from_raw(state.algorithm)
+        .ok_or_else(|| format!("{frontend}: unknown algorithm {}", state.algorithm))?;
     let name = r.name.as_deref().map(parse_name).unwrap_or_default();
     Ok((
         frontend,
         ServiceEntry {
             name,
             algorithm,
-            affinity_timeout_s: (r.value.flags & FLAG_AFFINITY != 0)
-                .then_some(r.value.affinity_timeout_s),
+            affinity_timeout_s: (state.flags & FLAG_AFFINITY != 0)
+                .then_some(state.affinity_timeout_s),
             backends: backends.iter().map(socket_addr).collect(),
         },
+        state,
     ))
 }
 

@@ -26,7 +26,7 @@ use lb_common::{
         FEATURE_SET_RETVAL, Meta,
     },
     revnat::{RevNatKey, RevNatValue},
-    service::{ServiceKey, ServiceName, ServiceValue},
+    service::{ServiceKey, ServiceName, ServiceState, ServiceValue},
     stats::{STAT_COUNT, ServiceStats},
 };
 
@@ -223,9 +223,10 @@ fn known_features() -> u32 {
     FEATURE_NAMES.iter().fold(0, |acc, (bit, _)| acc | bit)
 }
 
-fn capacities(c: &Capacity) -> [(&'static str, u32); 8] {
+fn capacities(c: &Capacity) -> [(&'static str, u32); 9] {
     [
         (map_names::SERVICES, c.services),
+        (map_names::SERVICE_STATE, c.services),
         (map_names::SERVICE_NAMES, c.services),
         (map_names::BACKENDS, c.backends),
         (map_names::REVNAT, c.revnat),
@@ -250,6 +251,10 @@ fn expected_shapes(c: &Capacity) -> Vec<(&'static str, MapShape)> {
         (
             map_names::SERVICES,
             shape::<ServiceKey, ServiceValue>(c.services),
+        ),
+        (
+            map_names::SERVICE_STATE,
+            shape::<u32, ServiceState>(c.services),
         ),
         (map_names::BACKENDS, shape::<u32, Backend>(c.backends)),
         (map_names::REVNAT, shape::<RevNatKey, RevNatValue>(c.revnat)),

@@ -16,7 +16,7 @@ use lb_common::{
     backend::Backend,
     map_names,
     meta::Meta,
-    service::{ServiceKey, ServiceName, ServiceValue},
+    service::{ServiceKey, ServiceName, ServiceState, ServiceValue},
     stats::{STAT_COUNT, ServiceStats},
 };
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
@@ -30,6 +30,7 @@ type Result<T, E = Error> = std::result::Result<T, E>;
 /// through aya and written in batches (`super::sys`) through [`Maps::fd`].
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub state: MmapArray<ServiceState>,
     pub backends: MmapArray<Backend>,
     pub members: HashMap<MapData, MemberKey, u32>,
     pub rr: MmapArray<u64>,
@@ -87,6 +88,10 @@ impl Maps {
     pub fn open(source: &mut impl MapSource) -> Result<Self> {
         Ok(Self {
             services: typed(map_names::SERVICES, source.take(map_names::SERVICES)?)?,
+            state: MmapArray::new(typed(
+                map_names::SERVICE_STATE,
+                source.take(map_names::SERVICE_STATE)?,
+            )?)?,
             backends: MmapArray::new(typed(
                 map_names::BACKENDS,
                 source.take(map_names::BACKENDS)?,
@@ -166,18 +171,18 @@ impl Maps {
         }
         let mut out = Vec::new();
         for item in &self.services {
-            let (key, value) =
+            let (key, ServiceValue { id }) =
                 item.map_err(|source| Error::map("read", map_names::SERVICES, source))?;
-            let backends = self
-                .backends
-                .read(value.backends.first, value.backends.count);
-            let stats = self.service_stats.get(value.id).unwrap_or_default();
+            let state = self.state.get(id);
+            let backends =
+                state.and_then(|s| self.backends.read(s.backends.first, s.backends.count));
             out.push(ServiceRecord {
                 key,
-                value,
-                name: names.get(&value.id).map(name_str),
+                id,
+                state,
+                name: names.get(&id).map(name_str),
                 backends,
-                stats,
+                stats: self.service_stats.get(id).unwrap_or_default(),
             });
         }
         Ok(out)
@@ -188,7 +193,9 @@ impl Maps {
 #[derive(Clone, Debug)]
 pub struct ServiceRecord {
     pub key: ServiceKey,
-    pub value: ServiceValue,
+    pub id: u32,
+    /// `None` when the id is outside the table (corrupt entry).
+    pub state: Option<ServiceState>,
     pub name: Option<String>,
     /// `None` when the range is outside the table (corrupt entry).
     pub backends: Option<Vec<Backend>>,
@@ -311,6 +318,25 @@ impl<T: aya::Pod> MmapArray<T> {
                 .map(|i| unsafe { self.ptr.as_ptr().add(i as usize).read_volatile() })
                 .collect(),
         )
+    }
+
+    /// Stores `word` into the first 8 bytes of entry `index` with one
+    /// aligned 8-byte store (how a service's backend range changes while
+    /// programs read it with one 8-byte load).
+    ///
+    /// # Panics
+    /// If the index is outside the array, or `T` is not 8-byte aligned.
+    pub fn store_first_word(&mut self, index: u32, word: u64) {
+        assert!(index < self.len, "index {index} outside the array");
+        assert!(align_of::<T>() >= 8, "the first word must be aligned");
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: in bounds (checked), 8-byte aligned (checked), inside a
+        // mapping this value owns; an atomic store is one instruction.
+        unsafe {
+            let word_ptr = self.ptr.as_ptr().add(index as usize).cast::<u64>();
+            std::sync::atomic::AtomicU64::from_ptr(word_ptr)
+                .store(word, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// One entry; `None` when out of bounds.

@@ -4,8 +4,9 @@
 //! when the test panics), so a run leaves no namespace, cgroup, pin or
 //! process behind.
 //!
-//! Tests using this need root and run one at a time (`--test-threads=1`):
-//! the test process itself moves into the test's cgroup.
+//! Tests using this need root and run one at a time: the test process itself
+//! moves into the test's cgroup, so a [`net::Cgroup`] holds a process-wide
+//! lock for as long as it lives.
 
 #![allow(
     dead_code,

@@ -76,15 +76,24 @@ pub fn spawn_in<T: Send + 'static>(
     })
 }
 
+/// Held by every live [`Cgroup`]: the whole test process joins it, so two
+/// tests of one binary cannot run at once whatever `--test-threads` says.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A child of the cgroup2 root that the test process joins; moved back and
 /// removed on drop. Programs are attached here, never to the root.
 pub struct Cgroup {
     pub path: PathBuf,
     original: PathBuf,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Cgroup {
     pub fn new() -> Self {
+        // A test that panicked poisoned the lock; its cleanup has still run.
+        let turn = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let root = cgroup2_root();
         let path = root.join(unique("lb-test-"));
         fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
@@ -97,6 +106,7 @@ impl Cgroup {
         Self {
             path,
             original: root.join(rel),
+            _turn: turn,
         }
     }
 
