@@ -156,9 +156,32 @@ pub struct ServicePortName {
 
 impl fmt::Display for ServicePortName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)?;
+        write!(
+            f,
+            "{}/{}",
+            Printable(&self.namespace),
+            Printable(&self.name)
+        )?;
         if !self.port.is_empty() {
-            write!(f, ":{}", self.port)?;
+            write!(f, ":{}", Printable(&self.port))?;
+        }
+        Ok(())
+    }
+}
+
+/// Text from an object (a name, a port name) as it goes into a message or
+/// a table: control characters escaped (`\n`, `\u{1b}`), so that one
+/// message stays one line and cannot forge others.
+pub struct Printable<'a>(pub &'a str);
+
+impl fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_debug())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
         }
         Ok(())
     }
@@ -179,3 +202,22 @@ pub struct ServiceEntry {
 /// The whole desired state, keyed by frontend (sorted, so diffs and listings
 /// are deterministic).
 pub type DesiredState = BTreeMap<Frontend, ServiceEntry>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_messages_stay_on_one_line() {
+        let name = ServicePortName {
+            namespace: "default".to_owned(),
+            name: "web\nINFO forged\r\u{1b}[31m".to_owned(),
+            port: "http\t".to_owned(),
+        };
+        assert_eq!(
+            name.to_string(),
+            r"default/web\nINFO forged\r\u{1b}[31m:http\t"
+        );
+        assert_eq!(Printable("café/ü").to_string(), "café/ü");
+    }
+}

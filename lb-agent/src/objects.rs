@@ -21,6 +21,7 @@
 //! field-path tracking, to say precisely what is wrong: see [`ParseError`].
 
 use std::{
+    borrow::Cow,
     fmt,
     path::{Path, PathBuf},
 };
@@ -38,6 +39,8 @@ use serde::{
 };
 use serde_json::value::RawValue;
 use serde_saphyr::{MessageFormatter as _, granit_parser};
+
+use crate::model::Printable;
 
 /// The Services and `EndpointSlices` of a file, in file order.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -367,19 +370,113 @@ fn fast_json(text: &str) -> Option<Objects> {
     let mut documents = Vec::with_capacity(raw.len());
     for doc in raw {
         let shell: ListShell<'_> = serde_json::from_str(doc.get()).ok()?;
-        match shell.items {
+        if let Some(items) = shell.items {
             // A list: one cheap scan split it, now its items are parsed on
             // every core (they are independent).
-            Some(items) => documents.push(RawObject {
+            documents.push(RawObject {
                 api_version: shell.api_version,
                 kind: shell.kind,
                 items: Some(parse_items(&items)?),
                 ..RawObject::default()
-            }),
-            None => documents.push(serde_json::from_str(doc.get()).ok()?),
+            });
+        } else {
+            serde_json::from_str::<UniqueKeys>(doc.get()).ok()?;
+            documents.push(serde_json::from_str(doc.get()).ok()?);
         }
     }
     assemble(documents)
+}
+
+/// A JSON value in which no object has a key twice. `serde_json` keeps the
+/// last value of a repeated key, as the typed objects do; `kubectl`'s strict
+/// field validation and the YAML parser refuse it, and so does this.
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        // Objects have a handful of keys: a linear scan beats hashing.
+        let mut keys: Vec<Key<'de>> = Vec::new();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            if keys.contains(&key) {
+                return Err(de::Error::custom(format_args!("duplicate key {:?}", key.0)));
+            }
+            map.next_value::<UniqueKeys>()?;
+            keys.push(key);
+        }
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+}
+
+/// An object's key, borrowed from the text unless it has escapes (serde's
+/// own `Cow` always copies).
+#[derive(PartialEq, Eq)]
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+
+        deserializer.deserialize_str(KeyVisitor)
+    }
 }
 
 /// The top of a JSON document, with a list's items left unparsed.
@@ -402,7 +499,10 @@ fn parse_items(items: &[&RawValue]) -> Option<Vec<RawObject>> {
     let parse = |chunk: &[&RawValue]| -> Option<Vec<RawObject>> {
         chunk
             .iter()
-            .map(|i| serde_json::from_str(i.get()).ok())
+            .map(|i| {
+                serde_json::from_str::<UniqueKeys>(i.get()).ok()?;
+                serde_json::from_str(i.get()).ok()
+            })
             .collect()
     };
     if threads == 1 || items.len() < PARALLEL_ITEMS {
@@ -463,10 +563,10 @@ struct Header {
 impl Header {
     /// `Kind namespace/name`, for messages.
     fn describe(&self, kind: Option<&str>) -> Option<String> {
-        let kind = kind.or(self.kind.as_deref())?;
-        let namespace = self.namespace.as_deref().unwrap_or("default");
+        let kind = Printable(kind.or(self.kind.as_deref())?);
+        let namespace = Printable(self.namespace.as_deref().unwrap_or("default"));
         Some(match &self.name {
-            Some(name) => format!("{kind} {namespace}/{name}"),
+            Some(name) => format!("{kind} {namespace}/{}", Printable(name)),
             None => format!("{kind} {namespace}/(no name)"),
         })
     }
@@ -1164,7 +1264,7 @@ fn yaml_error(
 ) -> DocumentError {
     let error = innermost(error);
     let location = error.location();
-    let mut message = clean(&serde_saphyr::DefaultMessageFormatter.format_message(error));
+    let mut message = clean(&yaml_message(error));
     if let serde_saphyr::Error::InvalidScalar { ty, location } = error {
         // Say what was found, as serde's own "invalid type" messages do.
         let span = location.span();
@@ -1187,6 +1287,39 @@ fn yaml_error(
     }
 }
 
+/// A YAML error as a sentence for the file's author: the library's own
+/// text is written for the programs that call it (it suggests its options,
+/// or prints its structures).
+fn yaml_message(error: &serde_saphyr::Error) -> String {
+    use serde_saphyr::{Error, budget::BudgetBreach as Breach};
+    match error {
+        Error::DuplicateMappingKey { key: Some(key), .. } => format!("duplicate key {key:?}"),
+        Error::DuplicateMappingKey { key: None, .. } => "duplicate key".to_owned(),
+        Error::Budget { breach, .. } => {
+            let what = match breach {
+                Breach::Aliases { aliases } => format!("{aliases} aliases"),
+                Breach::Anchors { anchors } => format!("{anchors} anchors"),
+                Breach::AliasAnchorRatio { aliases, anchors } => {
+                    format!("{aliases} aliases of {anchors} anchors")
+                }
+                Breach::Depth { depth } => format!("nested {depth} deep"),
+                Breach::MergeKeys { merge_keys } => format!("{merge_keys} merge keys"),
+                Breach::RecordedAnchorEvents {
+                    recorded_anchor_events: n,
+                } => format!("aliases that expand to {n} nodes"),
+                Breach::RecordedAnchorBytes {
+                    recorded_anchor_bytes: n,
+                } => format!("aliases that expand to {n} bytes"),
+                _ => "over the parser's limits".to_owned(),
+            };
+            format!("the YAML is too large or too complex to read: {what}")
+        }
+        other => serde_saphyr::UserMessageFormatter
+            .format_message(other)
+            .into_owned(),
+    }
+}
+
 /// The error inside snippet and alias wrappers.
 fn innermost(error: &serde_saphyr::Error) -> &serde_saphyr::Error {
     match error {
@@ -1201,6 +1334,20 @@ fn innermost(error: &serde_saphyr::Error) -> &serde_saphyr::Error {
 // JSON, whose values carry their types), then typed from it.
 
 fn slow_json(text: &str, file: &Path) -> Boxed<Objects> {
+    // `serde_json::Value` keeps the last of a repeated key: look for one
+    // first, where the parser still knows the line and column.
+    let stream = serde_json::Deserializer::from_str(text).into_iter::<UniqueKeys>();
+    for (index, checked) in stream.enumerate() {
+        if let Err(error) = checked {
+            return Err(Box::new(ParseError::Syntax {
+                file: file.to_owned(),
+                document: index + 1,
+                line: Some(to_u64(error.line())),
+                column: Some(to_u64(error.column())),
+                message: json_message(&error),
+            }));
+        }
+    }
     let mut objects = Vec::new();
     let stream = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
     for (index, value) in stream.enumerate() {
@@ -1272,6 +1419,24 @@ pub(crate) mod tests {
             Ok(objects) => panic!("parse succeeded: {objects:?}"),
             Err(error) => error,
         }
+    }
+
+    #[test]
+    fn json_keys_given_twice_are_refused_where_they_are() {
+        // In a list item, deep in the object; an escaped key is the same key.
+        let text = r#"{"kind": "List", "apiVersion": "v1", "items": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}, "spec": {"clusterIP": "10.96.0.1"}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b"},
+             "spec": {"ports": [{"port": 80, "p\u006frt": 81}]}}]}"#;
+        let error = parse_err(text).to_string();
+        assert_eq!(
+            error,
+            r#"services.yaml: document 1, line 4, column 56: duplicate key "port""#
+        );
+        // The same key in two objects is fine.
+        let text = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"},
+            "spec": {"ports": [{"port": 80}, {"port": 81}]}}"#;
+        assert_eq!(parse_ok(text).services.len(), 1);
     }
 
     fn names(objects: &Objects) -> (Vec<String>, Vec<String>) {
@@ -1849,16 +2014,17 @@ spec:
         ] {
             assert!(parse(&text, Path::new("deep")).is_err(), "{}", &text[..60]);
         }
-        // Unknown fields are skipped without recursion (serde_json) or within
-        // the depth budget (YAML): deep nesting there is fine or an error, never a crash.
+        // Unknown fields too are read within the depth limits (the check for
+        // repeated keys reads every JSON object): an error, never a crash.
         let json = format!(
             "{{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"x\": {}{}}}",
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
-        assert_eq!(
-            parse(&json, Path::new("deep")).map(|o| o.services.len()),
-            Ok(1)
+        let error = parse(&json, Path::new("deep")).expect_err("too deep");
+        assert!(
+            error.to_string().ends_with("recursion limit exceeded"),
+            "{error}"
         );
     }
 

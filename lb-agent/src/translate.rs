@@ -30,7 +30,9 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 
-use crate::model::{Algorithm, DesiredState, Frontend, Protocol, ServiceEntry, ServicePortName};
+use crate::model::{
+    Algorithm, DesiredState, Frontend, Printable, Protocol, ServiceEntry, ServicePortName,
+};
 
 /// Label joining an `EndpointSlice` to its Service (same namespace).
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -102,7 +104,7 @@ impl fmt::Display for ObjectRef {
             namespace,
             name,
         } = self;
-        write!(f, "{kind} {namespace}/{name}")
+        write!(f, "{kind} {}/{}", Printable(namespace), Printable(name))
     }
 }
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use notify::{
-    EventKind, RecursiveMode, Watcher as _,
+    EventKind, RecommendedWatcher, RecursiveMode, Watcher as _,
     event::{AccessKind, AccessMode, ModifyKind},
 };
 use tokio::{
@@ -42,6 +42,12 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{}: not UTF-8 text: {source}", path.display())]
+    NotText {
+        path: PathBuf,
+        #[source]
+        source: std::str::Utf8Error,
     },
     #[error(transparent)]
     Parse(#[from] Box<ParseError>),
@@ -85,6 +91,12 @@ fn invalid_message(path: &Path, problems: &[Problem]) -> String {
     s
 }
 
+/// What the last read of the file gave.
+enum Seen {
+    Bytes(Vec<u8>),
+    ReadError(std::io::ErrorKind),
+}
+
 /// Reads, parses and translates one file.
 pub struct FileSource {
     pub path: PathBuf,
@@ -99,14 +111,18 @@ impl FileSource {
     /// When the file cannot be read, does not parse, or holds any object
     /// that cannot be used.
     pub fn load(&self) -> Result<DesiredState, Error> {
-        let text = std::fs::read_to_string(&self.path).map_err(|source| Error::Read {
+        let bytes = std::fs::read(&self.path).map_err(|source| Error::Read {
             path: self.path.clone(),
             source,
         })?;
-        self.load_text(&text)
+        self.load_bytes(&bytes)
     }
 
-    fn load_text(&self, text: &str) -> Result<DesiredState, Error> {
+    fn load_bytes(&self, bytes: &[u8]) -> Result<DesiredState, Error> {
+        let text = std::str::from_utf8(bytes).map_err(|source| Error::NotText {
+            path: self.path.clone(),
+            source,
+        })?;
         let started = Instant::now();
         let objects = objects::parse(text, &self.path).map_err(Box::new)?;
         let parsed = started.elapsed();
@@ -137,15 +153,10 @@ impl FileSource {
         }
     }
 
-    /// Publishes the file's state now and after every change, forever.
-    ///
-    /// # Errors
-    /// When the file's directory cannot be watched.
-    pub async fn run(self, tx: Publisher, metrics: Arc<Metrics>) -> Result<(), Error> {
-        let labels = SourceLabels {
-            source: "file".to_owned(),
-        };
-        let (events_tx, mut events) = mpsc::unbounded_channel::<Instant>();
+    /// Watches the file's directory (editors replace the file by a rename):
+    /// the receiver gets the time of each event that can change the file.
+    fn watch(&self) -> Result<(RecommendedWatcher, mpsc::UnboundedReceiver<Instant>), Error> {
+        let (events_tx, events) = mpsc::unbounded_channel::<Instant>();
         let dir = self
             .path
             .parent()
@@ -153,6 +164,10 @@ impl FileSource {
             .unwrap_or_else(|| Path::new("."))
             .to_path_buf();
         let name = self.path.file_name().map(ToOwned::to_owned);
+        let watch_error = |source| Error::Watch {
+            path: dir.clone(),
+            source,
+        };
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(event) = res
                 && changes_content(event.kind)
@@ -161,33 +176,46 @@ impl FileSource {
                 let _ = events_tx.send(Instant::now());
             }
         })
-        .map_err(|source| Error::Watch {
-            path: dir.clone(),
-            source,
-        })?;
+        .map_err(watch_error)?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|source| Error::Watch {
-                path: dir.clone(),
-                source,
-            })?;
+            .map_err(watch_error)?;
+        Ok((watcher, events))
+    }
+
+    /// Publishes the file's state now and after every change, forever.
+    ///
+    /// # Errors
+    /// When the file's directory cannot be watched.
+    pub async fn run(self, tx: Publisher, metrics: Arc<Metrics>) -> Result<(), Error> {
+        let labels = SourceLabels {
+            source: "file".to_owned(),
+        };
+        let (_watcher, mut events) = self.watch()?;
         let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::Watch {
-            path: dir.clone(),
+            path: self.path.clone(),
             source: notify::Error::io(e),
         })?;
 
-        let mut last_text: Option<String> = None;
+        let mut last: Option<Seen> = None;
+        // Content that failed before its grace period, with its error: read
+        // the same again, it is not parsed again.
+        let mut failed: Option<(Vec<u8>, Error)> = None;
         let mut noticed = Instant::now();
         let mut force = true;
         // Whether the current content already had its grace period.
         let mut settled = false;
         loop {
-            match std::fs::read_to_string(&self.path) {
-                Ok(text) if !force && last_text.as_deref() == Some(text.as_str()) => {}
-                Ok(text) => {
-                    // Parsing a large file takes a while: off the async workers,
-                    // so /metrics and /readyz keep answering meanwhile.
-                    match tokio::task::block_in_place(|| self.load_text(&text)) {
+            match std::fs::read(&self.path) {
+                Ok(bytes) if !force && matches!(&last, Some(Seen::Bytes(b)) if *b == bytes) => {}
+                Ok(bytes) => {
+                    let result = match failed.take() {
+                        Some((before, error)) if before == bytes => Err(error),
+                        // Parsing a large file takes a while: off the async
+                        // workers, so /metrics and /readyz keep answering.
+                        _ => tokio::task::block_in_place(|| self.load_bytes(&bytes)),
+                    };
+                    match result {
                         Ok(state) => {
                             tracing::info!(path = %self.path.display(), services = state.len(), "loaded services file");
                             metrics.source_updates.get_or_create(&labels).inc();
@@ -206,8 +234,9 @@ impl FileSource {
                         // written (an editor or a copy that is not a rename):
                         // give the writer a moment and read again before
                         // calling it invalid.
-                        Err(_) if !settled => {
+                        Err(e) if !settled => {
                             settled = true;
+                            failed = Some((bytes, e));
                             tokio::time::sleep(SETTLE).await;
                             while events.try_recv().is_ok() {}
                             force = true;
@@ -218,9 +247,15 @@ impl FileSource {
                             metrics.source_errors.get_or_create(&labels).inc();
                         }
                     }
-                    last_text = Some(text);
+                    last = Some(Seen::Bytes(bytes));
                 }
+                // The same failure again (the file is still missing): said once.
+                Err(source)
+                    if !force
+                        && matches!(&last, Some(Seen::ReadError(kind)) if *kind == source.kind()) =>
+                    {}
                 Err(source) => {
+                    last = Some(Seen::ReadError(source.kind()));
                     let e = Error::Read {
                         path: self.path.clone(),
                         source,
@@ -228,7 +263,6 @@ impl FileSource {
                     tracing::error!("{e}; keeping the state programmed before");
                     metrics.source_errors.get_or_create(&labels).inc();
                     metrics.source_stale.get_or_create(&labels).set(1);
-                    last_text = None;
                 }
             }
             force = false;
