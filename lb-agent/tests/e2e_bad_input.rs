@@ -20,7 +20,7 @@ mod support;
 
 use std::{
     fmt::Write as _,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -32,9 +32,8 @@ use serde_json::Value;
 use support::{
     agent::Agent,
     client::{self, tally},
-    cluster::Cluster,
+    env::FileEnv,
     manifests::{self, Endpoint, ready, service, slice},
-    net::{Cgroup, Entered},
     wait_for,
 };
 
@@ -321,57 +320,26 @@ fn every_bad_file_is_one_clear_line() {
     );
 }
 
-/// The agent's world: two pods, the node namespace, the cgroup.
-struct Env {
-    _in_node: Entered,
-    cgroup: Cgroup,
-    cluster: Cluster,
-    _dir: tempfile::TempDir,
-    file: PathBuf,
+type Env = FileEnv;
+
+fn env(pods: usize) -> Env {
+    FileEnv::new(pods, "services.yaml")
 }
 
-impl Env {
-    fn new(pods: usize) -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "end-to-end tests need root (network namespaces, cgroups, BPF): run `sudo cargo xtask test`"
-        );
-        let cluster = Cluster::new(pods);
-        let in_node = cluster.node.enter();
-        let cgroup = Cgroup::new();
-        cgroup.join();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("services.yaml");
-        Self {
-            _in_node: in_node,
-            cgroup,
-            cluster,
-            _dir: dir,
-            file,
-        }
-    }
-
-    fn web(&self, pods: usize) -> Vec<Value> {
-        let eps: Vec<Endpoint> = self.cluster.pods[..pods]
-            .iter()
-            .map(|p| ready(p.ip4))
-            .collect();
-        vec![
-            manifests::annotate(
-                service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]),
-                "lb-agent.io/algorithm",
-                "round-robin",
-            ),
-            slice("web", "web-1", &eps, &[("http", 8080, "TCP")]),
-        ]
-    }
-
-    /// Replaces the file's bytes atomically (write and rename).
-    fn write_bytes(&self, bytes: &[u8]) {
-        let tmp = self.file.with_extension("tmp");
-        std::fs::write(&tmp, bytes).expect("write services file");
-        std::fs::rename(&tmp, &self.file).expect("rename services file");
-    }
+/// The demo service on the first `pods` pods, round-robin.
+fn web(env: &Env, pods: usize) -> Vec<Value> {
+    let eps: Vec<Endpoint> = env.cluster.pods[..pods]
+        .iter()
+        .map(|p| ready(p.ip4))
+        .collect();
+    vec![
+        manifests::annotate(
+            service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]),
+            "lb-agent.io/algorithm",
+            "round-robin",
+        ),
+        slice("web", "web-1", &eps, &[("http", 8080, "TCP")]),
+    ]
 }
 
 const VIP: &str = "10.96.0.100";
@@ -494,9 +462,9 @@ fn vip() -> std::net::SocketAddr {
 
 #[test]
 fn bad_files_crash_nothing_and_change_nothing() {
-    let env = Env::new(2);
-    manifests::write(&env.file, &env.web(2));
-    let agent = env.agent_on_file();
+    let env = env(2);
+    manifests::write(&env.file, &web(&env, 2));
+    let agent = env.agent(&[]);
     let before = programmed(&agent);
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(tally(vip(), 4).len(), 2);
@@ -537,7 +505,7 @@ fn bad_files_crash_nothing_and_change_nothing() {
     }
 
     // Still working: a good edit is applied.
-    manifests::write(&env.file, &env.web(1));
+    manifests::write(&env.file, &web(&env, 1));
     wait_for("the good edit", Duration::from_secs(10), || {
         programmed(&agent)[0]["backends"].as_array().map(Vec::len) == Some(1)
     });
@@ -549,11 +517,4 @@ fn bad_files_crash_nothing_and_change_nothing() {
         env.file.display(),
         failures.join("\n")
     );
-}
-
-impl Env {
-    fn agent_on_file(&self) -> Agent {
-        let file = self.file.display().to_string();
-        Agent::start(&self.cgroup.path, &["--services-file", file.as_str()])
-    }
 }

@@ -9,7 +9,6 @@ use std::{
     collections::BTreeMap,
     io::ErrorKind,
     net::SocketAddr,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -23,79 +22,31 @@ use statrs::distribution::{ChiSquared, ContinuousCDF as _};
 use support::{
     agent::{Agent, run_cli},
     client::{self, tally},
-    cluster::Cluster,
+    env::FileEnv,
     manifests::{self, Endpoint, Port, annotate, ready, service, slice, terminating},
-    net::{Cgroup, Entered},
     wait_for,
 };
 
 const VIP: &str = "10.96.0.100";
 const VIP6: &str = "fd00:96::100";
 
-/// One test's world: pods, the node namespace the test thread runs in, and
-/// the cgroup the test process has joined. Fields drop in order: leave the
-/// node namespace, leave the cgroup, then delete the namespaces.
-struct Env {
-    _in_node: Entered,
-    cgroup: Cgroup,
-    cluster: Cluster,
-    _dir: tempfile::TempDir,
-    file: PathBuf,
+type Env = FileEnv;
+
+fn env(pods: usize) -> Env {
+    FileEnv::new(pods, "services.json")
 }
 
-impl Env {
-    fn new(pods: usize) -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "end-to-end tests need root (network namespaces, cgroups, BPF): run `sudo cargo xtask test`"
-        );
-        let cluster = Cluster::new(pods);
-        let in_node = cluster.node.enter();
-        let cgroup = Cgroup::new();
-        cgroup.join();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("services.json");
-        Self {
-            _in_node: in_node,
-            cgroup,
-            cluster,
-            _dir: dir,
-            file,
-        }
-    }
-
-    fn write(&self, items: &[Value]) {
-        manifests::write(&self.file, items);
-    }
-
-    /// Starts the agent on this env's file, in its cgroup.
-    fn agent(&self, extra: &[&str]) -> Agent {
-        let file = self.file.display().to_string();
-        let mut args = vec!["--services-file", file.as_str()];
-        args.extend_from_slice(extra);
-        Agent::start(&self.cgroup.path, &args)
-    }
-
-    fn pod_ips(&self) -> Vec<String> {
-        self.cluster
-            .pods
-            .iter()
-            .map(|p| p.ip4.to_string())
-            .collect()
-    }
-
-    /// The demo service: VIP:80 -> every pod :8080, TCP.
-    fn web(&self, algorithm: &str) -> Vec<Value> {
-        let eps: Vec<Endpoint> = self.pod_ips().into_iter().map(ready).collect();
-        vec![
-            annotate(
-                service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]),
-                "lb-agent.io/algorithm",
-                algorithm,
-            ),
-            slice("web", "web-1", &eps, &[("http", 8080, "TCP")]),
-        ]
-    }
+/// The demo service: VIP:80 -> every pod :8080, TCP.
+fn web(env: &Env, algorithm: &str) -> Vec<Value> {
+    let eps: Vec<Endpoint> = env.pod_ips().into_iter().map(ready).collect();
+    vec![
+        annotate(
+            service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]),
+            "lb-agent.io/algorithm",
+            algorithm,
+        ),
+        slice("web", "web-1", &eps, &[("http", 8080, "TCP")]),
+    ]
 }
 
 fn vip(port: u16) -> SocketAddr {
@@ -108,8 +59,8 @@ fn vip6(port: u16) -> SocketAddr {
 
 #[test]
 fn round_robin_gives_each_of_three_backends_exactly_100_of_300() {
-    let env = Env::new(3);
-    env.write(&env.web("round-robin"));
+    let env = env(3);
+    env.write(&web(&env, "round-robin"));
     let _agent = env.agent(&[]);
     let counts = tally(vip(80), 300);
     let expected: BTreeMap<String, usize> = [("pod-1", 100), ("pod-2", 100), ("pod-3", 100)]
@@ -120,8 +71,8 @@ fn round_robin_gives_each_of_three_backends_exactly_100_of_300() {
 
 #[test]
 fn random_stays_within_chi_square_bounds() {
-    let env = Env::new(3);
-    env.write(&env.web("random"));
+    let env = env(3);
+    env.write(&web(&env, "random"));
     let _agent = env.agent(&["--algorithm", "round-robin"]); // the annotation wins
     let n = 900;
     let counts = tally(vip(80), n);
@@ -144,8 +95,8 @@ fn random_stays_within_chi_square_bounds() {
 
 #[test]
 fn tcp_connect_and_getpeername_show_the_cluster_ip() {
-    let env = Env::new(2);
-    env.write(&env.web("random"));
+    let env = env(2);
+    env.write(&web(&env, "random"));
     let _agent = env.agent(&[]);
     for _ in 0..10 {
         let r = client::tcp(vip(80)).expect("connect to the ClusterIP");
@@ -160,7 +111,7 @@ fn tcp_connect_and_getpeername_show_the_cluster_ip() {
 
 #[test]
 fn connected_udp_replies_come_from_the_cluster_ip() {
-    let env = Env::new(2);
+    let env = env(2);
     let eps: Vec<Endpoint> = env.pod_ips().into_iter().map(ready).collect();
     env.write(&[
         service("dns", &[VIP], &[manifests::udp("dns", 53, 8080)]),
@@ -177,7 +128,7 @@ fn connected_udp_replies_come_from_the_cluster_ip() {
 
 #[test]
 fn unconnected_udp_replies_come_from_the_cluster_ip() {
-    let env = Env::new(3);
+    let env = env(3);
     let eps: Vec<Endpoint> = env.pod_ips().into_iter().map(ready).collect();
     env.write(&[
         annotate(
@@ -207,8 +158,8 @@ fn unconnected_udp_replies_come_from_the_cluster_ip() {
 
 #[test]
 fn tcp_only_port_is_not_translated_for_udp() {
-    let env = Env::new(1);
-    env.write(&env.web("random"));
+    let env = env(1);
+    env.write(&web(&env, "random"));
     let _agent = env.agent(&[]);
     assert!(client::tcp(vip(80)).is_ok());
     // No route to the ClusterIP: an untranslated datagram cannot be sent.
@@ -223,7 +174,7 @@ fn tcp_only_port_is_not_translated_for_udp() {
 
 #[test]
 fn ipv6_service() {
-    let env = Env::new(2);
+    let env = env(2);
     let eps: Vec<Endpoint> = env.cluster.pods.iter().map(|p| ready(p.ip6)).collect();
     env.write(&[
         annotate(
@@ -260,7 +211,7 @@ fn ipv6_service() {
 
 #[test]
 fn dual_stack_service_and_v4_mapped_socket() {
-    let env = Env::new(2);
+    let env = env(2);
     let v4: Vec<Endpoint> = env.pod_ips().into_iter().map(ready).collect();
     let v6: Vec<Endpoint> = env.cluster.pods.iter().map(|p| ready(p.ip6)).collect();
     env.write(&[
@@ -284,7 +235,7 @@ fn dual_stack_service_and_v4_mapped_socket() {
 
 #[test]
 fn service_without_endpoints_is_refused_within_10ms() {
-    let env = Env::new(1);
+    let env = env(1);
     env.write(&[service(
         "empty",
         &[VIP],
@@ -311,7 +262,7 @@ fn service_without_endpoints_is_refused_within_10ms() {
 
 #[test]
 fn target_port_by_name() {
-    let env = Env::new(2);
+    let env = env(2);
     let eps: Vec<Endpoint> = env.pod_ips().into_iter().map(ready).collect();
     env.write(&[
         service(
@@ -344,7 +295,7 @@ fn target_port_by_name() {
 
 #[test]
 fn terminating_endpoints_serve_only_when_none_is_ready() {
-    let env = Env::new(3);
+    let env = env(3);
     let ips = env.pod_ips();
     env.write(&[
         service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]),
@@ -380,8 +331,8 @@ fn terminating_endpoints_serve_only_when_none_is_ready() {
 
 #[test]
 fn edit_removing_a_backend_stops_new_connections_to_it_within_1s() {
-    let env = Env::new(3);
-    env.write(&env.web("round-robin"));
+    let env = env(3);
+    env.write(&web(&env, "round-robin"));
     let _agent = env.agent(&[]);
     assert_eq!(tally(vip(80), 30).len(), 3);
 
@@ -406,7 +357,7 @@ fn edit_removing_a_backend_stops_new_connections_to_it_within_1s() {
         })
     };
     std::thread::sleep(Duration::from_millis(200));
-    let mut items = env.web("round-robin");
+    let mut items = web(&env, "round-robin");
     let ips = env.pod_ips();
     items[1] = slice(
         "web",
@@ -462,8 +413,8 @@ fn edit_removing_a_backend_stops_new_connections_to_it_within_1s() {
 
 #[test]
 fn malformed_file_is_rejected_whole_and_the_old_state_stays() {
-    let env = Env::new(2);
-    env.write(&env.web("round-robin"));
+    let env = env(2);
+    env.write(&web(&env, "round-robin"));
     let agent = env.agent(&[]);
     let before = agent.list()["services"].clone();
     let errors = |a: &Agent| {
@@ -484,7 +435,7 @@ fn malformed_file_is_rejected_whole_and_the_old_state_stays() {
     wait_for("the parse error", Duration::from_secs(2), || {
         errors(&agent) > errors_before
     });
-    let mut items = env.web("round-robin");
+    let mut items = web(&env, "round-robin");
     items.push(service(
         "bad",
         &["10.96.0.300"],
@@ -520,8 +471,8 @@ fn malformed_file_is_rejected_whole_and_the_old_state_stays() {
 
 #[test]
 fn sighup_reloads_the_file() {
-    let env = Env::new(2);
-    env.write(&env.web("round-robin"));
+    let env = env(2);
+    env.write(&web(&env, "round-robin"));
     let agent = env.agent(&[]);
     let before = agent.log().matches("loaded services file").count();
     agent.signal(Signal::SIGHUP);
@@ -532,8 +483,8 @@ fn sighup_reloads_the_file() {
 
 #[test]
 fn sigkill_leaves_connects_working_and_a_restart_adopts_the_state() {
-    let env = Env::new(3);
-    env.write(&env.web("round-robin"));
+    let env = env(3);
+    env.write(&web(&env, "round-robin"));
     let mut agent = env.agent(&[]);
     assert_eq!(tally(vip(80), 30).len(), 3);
 
@@ -587,8 +538,8 @@ fn sigkill_leaves_connects_working_and_a_restart_adopts_the_state() {
 
 #[test]
 fn cleanup_leaves_no_pin_or_attachment() {
-    let env = Env::new(1);
-    env.write(&env.web("random"));
+    let env = env(1);
+    env.write(&web(&env, "random"));
     let mut agent = env.agent(&[]);
     assert!(client::tcp(vip(80)).is_ok());
     agent.stop();
@@ -624,8 +575,8 @@ fn cleanup_leaves_no_pin_or_attachment() {
 
 #[test]
 fn list_shows_frontends_backends_algorithm_and_state() {
-    let env = Env::new(2);
-    let mut items = env.web("round-robin");
+    let env = env(2);
+    let mut items = web(&env, "round-robin");
     items.push(service(
         "empty",
         &["10.96.0.101"],
@@ -674,8 +625,8 @@ fn list_shows_frontends_backends_algorithm_and_state() {
 
 #[test]
 fn readyz_and_metrics() {
-    let env = Env::new(1);
-    env.write(&env.web("random"));
+    let env = env(1);
+    env.write(&web(&env, "random"));
     let agent = env.agent(&[]);
     tally(vip(80), 3);
     let m = agent.metrics();
@@ -690,8 +641,8 @@ fn readyz_and_metrics() {
 
 #[test]
 fn user_errors_exit_non_zero_with_one_line() {
-    let env = Env::new(1);
-    env.write(&env.web("random"));
+    let env = env(1);
+    env.write(&web(&env, "random"));
     let file = env.file.display().to_string();
     let cases: [(&[&str], &str); 4] = [
         (

@@ -49,9 +49,9 @@ use serde_json::Value;
 use support::{
     agent::Agent,
     client,
-    cluster::Cluster,
+    env::FileEnv,
     manifests::{self, Endpoint, ready, service, slice},
-    net::{Cgroup, Entered, spawn_in},
+    net::spawn_in,
     skip, unique, wait_for,
 };
 
@@ -548,41 +548,10 @@ fn verdict(what: &str, conns: &[Conn], timeline: &Timeline, counts: &Counts, t0:
 // ---------------------------------------------------------------------------
 // The world: pods, the node namespace, the cgroup.
 
-struct Env {
-    _in_node: Entered,
-    cgroup: Cgroup,
-    cluster: Cluster,
-    _dir: tempfile::TempDir,
-    file: PathBuf,
-}
+type Env = FileEnv;
 
-impl Env {
-    fn new(pods: usize) -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "end-to-end tests need root (network namespaces, cgroups, BPF): run `sudo cargo xtask test`"
-        );
-        let cluster = Cluster::new(pods);
-        let in_node = cluster.node.enter();
-        let cgroup = Cgroup::new();
-        cgroup.join();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("services.json");
-        Self {
-            _in_node: in_node,
-            cgroup,
-            cluster,
-            _dir: dir,
-            file,
-        }
-    }
-
-    fn agent(&self, extra: &[&str]) -> Agent {
-        let file = self.file.display().to_string();
-        let mut args = vec!["--services-file", file.as_str()];
-        args.extend_from_slice(extra);
-        Agent::start(&self.cgroup.path, &args)
-    }
+fn env(pods: usize) -> Env {
+    FileEnv::new(pods, "services.json")
 }
 
 /// The data path loaded by the test itself, attached to the test's cgroup,
@@ -655,7 +624,7 @@ const PER_APPLY: usize = 1;
 
 #[test]
 fn churn_in_process_no_failed_connect_and_no_new_connection_to_a_removed_backend() {
-    let env = Env::new(PODS);
+    let env = env(PODS);
     let Some(mut dp) = InProcess::load(&env.cgroup.path) else {
         return;
     };
@@ -852,7 +821,7 @@ const PER_WRITE: usize = 2;
 /// covers the exact instant.
 #[test]
 fn churn_through_the_agent_file_source() {
-    let env = Env::new(PODS);
+    let env = env(PODS);
     let mut model = Model::new();
     let mut rng = Rng::from_env();
     let mut timeline = Timeline::default();
@@ -952,7 +921,7 @@ fn file_says(file: &Path) -> Listed {
 
 #[test]
 fn sigkill_during_churn_then_restart_converges_without_a_failed_connect() {
-    let env = Env::new(PODS);
+    let env = env(PODS);
     let mut model = Model::new();
     let mut rng = Rng::from_env();
     let mut timeline = Timeline::default();
@@ -1099,7 +1068,7 @@ fn service_names(agent: &Agent) -> BTreeSet<String> {
 
 #[test]
 fn services_beyond_capacity_are_rejected_by_name_and_programmed_once_room_appears() {
-    let env = Env::new(2);
+    let env = env(2);
     manifests::write(&env.file, &capacity_objects(&[0, 1, 2, 3, 4, 5]));
     // Frontends are programmed in address order: s1 (2 backends), s2 (2),
     // s3 (1) fit; s4 (2) finds 1 of 6 backend slots free; s5 (1) takes it

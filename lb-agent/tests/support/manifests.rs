@@ -159,12 +159,12 @@ pub fn slice(
 /// editors and config management do).
 pub fn write(path: &Path, items: &[Value]) {
     let list = json!({ "apiVersion": "v1", "kind": "List", "items": items });
-    write_raw(path, &serde_json::to_string_pretty(&list).expect("json"));
+    write_raw(path, serde_json::to_string_pretty(&list).expect("json"));
 }
 
-/// Writes `text` to `path` atomically.
-pub fn write_raw(path: &Path, text: &str) {
+/// Writes `contents` to `path` atomically (write and rename, as editors do).
+pub fn write_raw(path: &Path, contents: impl AsRef<[u8]>) {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write services file");
+    std::fs::write(&tmp, contents).expect("write services file");
     std::fs::rename(&tmp, path).expect("rename services file");
 }

@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod client;
 pub mod cluster;
+pub mod env;
 pub mod manifests;
 pub mod net;
 
