@@ -12,6 +12,7 @@ use std::{
     collections::BTreeSet,
     io::ErrorKind,
     net::SocketAddr,
+    ops::Deref,
     path::PathBuf,
     sync::{
         Arc,
@@ -26,38 +27,35 @@ use serde_json::{Value, json};
 use support::{
     agent::Agent,
     client::{self, tally},
-    cluster::Cluster,
+    env::World,
     manifests::{self, Endpoint, annotate, ready, service, slice, terminating, typed},
-    net::{Cgroup, Entered},
     wait_for,
 };
 
 const VIP: &str = "10.96.0.100";
 
+/// The world, and the API server the agent watches (on a thread of this
+/// process, in the node namespace: the agent reaches it on the node's
+/// loopback).
 struct Env {
-    _in_node: Entered,
-    cgroup: Cgroup,
-    cluster: Cluster,
+    world: World,
     api: ApiServer,
     kubeconfig: PathBuf,
-    _dir: tempfile::TempDir,
+}
+
+impl Deref for Env {
+    type Target = World;
+
+    fn deref(&self) -> &World {
+        &self.world
+    }
 }
 
 impl Env {
     fn new(pods: usize) -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "end-to-end tests need root (network namespaces, cgroups, BPF): run `sudo cargo xtask test`"
-        );
-        let cluster = Cluster::new(pods);
-        let in_node = cluster.node.enter();
-        let cgroup = Cgroup::new();
-        cgroup.join();
-        // The API server runs on a thread of this process, in the node
-        // namespace, so the agent reaches it on the node's loopback.
+        let world = World::new(pods);
         let api = ApiServer::start().expect("start the API server");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let kubeconfig = dir.path().join("kubeconfig");
+        let kubeconfig = world.dir.path().join("kubeconfig");
         api.write_kubeconfig(&kubeconfig).expect("write kubeconfig");
         let node: Node = typed(json!({
             "apiVersion": "v1", "kind": "Node",
@@ -65,12 +63,9 @@ impl Env {
         }));
         api.apply(&node);
         Self {
-            _in_node: in_node,
-            cgroup,
-            cluster,
+            world,
             api,
             kubeconfig,
-            _dir: dir,
         }
     }
 
@@ -78,15 +73,7 @@ impl Env {
         let kubeconfig = self.kubeconfig.display().to_string();
         let mut args = vec!["--kubeconfig", kubeconfig.as_str(), "--node-name", "node-1"];
         args.extend_from_slice(extra);
-        Agent::start(&self.cgroup.path, &args)
-    }
-
-    fn ips(&self) -> Vec<String> {
-        self.cluster
-            .pods
-            .iter()
-            .map(|p| p.ip4.to_string())
-            .collect()
+        self.world.agent(&args)
     }
 
     fn apply_service(&self, svc: Value) {
@@ -125,7 +112,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 fn a_new_service_answers_on_its_cluster_ip_within_1s_of_creation() {
     let env = Env::new(2);
     let _agent = env.agent(&[]);
-    let ips = env.ips();
+    let ips = env.pod_ips();
     let created = Instant::now();
     env.web(&[ready(&ips[0]), ready(&ips[1])]);
     wait_for("the new service to answer", Duration::from_secs(1), || {
@@ -138,7 +125,7 @@ fn a_new_service_answers_on_its_cluster_ip_within_1s_of_creation() {
 #[test]
 fn scaling_endpoints_up_and_down_changes_the_backends() {
     let env = Env::new(3);
-    let ips = env.ips();
+    let ips = env.pod_ips();
     env.web(&[ready(&ips[0])]);
     let _agent = env.agent(&[]);
     assert_eq!(answering(6), set(&["pod-1"]));
@@ -155,7 +142,7 @@ fn scaling_endpoints_up_and_down_changes_the_backends() {
 #[test]
 fn terminating_endpoints_get_new_connections_only_when_none_is_ready() {
     let env = Env::new(3);
-    let ips = env.ips();
+    let ips = env.pod_ips();
     env.web(&[ready(&ips[0]), terminating(&ips[1])]);
     let _agent = env.agent(&[]);
     assert_eq!(
@@ -174,7 +161,7 @@ fn terminating_endpoints_get_new_connections_only_when_none_is_ready() {
 #[test]
 fn a_service_whose_endpoints_are_all_gone_refuses_connections() {
     let env = Env::new(2);
-    let ips = env.ips();
+    let ips = env.pod_ips();
     env.web(&[ready(&ips[0]), ready(&ips[1])]);
     let agent = env.agent(&[]);
     assert!(client::tcp(vip(80)).is_ok());
@@ -198,7 +185,7 @@ fn a_service_whose_endpoints_are_all_gone_refuses_connections() {
 #[test]
 fn internal_traffic_policy_local_uses_only_this_nodes_endpoints() {
     let env = Env::new(3);
-    let ips = env.ips();
+    let ips = env.pod_ips();
     let mut svc = annotate(
         service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]),
         "lb-agent.io/algorithm",
@@ -231,7 +218,7 @@ fn internal_traffic_policy_local_uses_only_this_nodes_endpoints() {
 #[test]
 fn zone_hints_pick_this_zones_endpoints_only_when_every_endpoint_has_one() {
     let env = Env::new(3);
-    let ips = env.ips();
+    let ips = env.pod_ips();
     env.web(&[
         ready(&ips[0]).hinted("zone-a"),
         ready(&ips[1]).hinted("zone-b"),
@@ -257,7 +244,7 @@ fn zone_hints_pick_this_zones_endpoints_only_when_every_endpoint_has_one() {
 #[test]
 fn client_ip_affinity_holds_across_changes_and_expires() {
     let env = Env::new(3);
-    let ips = env.ips();
+    let ips = env.pod_ips();
     let with_affinity = |timeout: u32| {
         let mut svc = annotate(
             service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]),
@@ -346,7 +333,7 @@ fn client_ip_affinity_holds_across_changes_and_expires() {
 #[test]
 fn api_server_down_for_10s_keeps_connects_working_and_the_agent_catches_up() {
     let env = Env::new(3);
-    let ips = env.ips();
+    let ips = env.pod_ips();
     env.web(&[ready(&ips[0]), ready(&ips[1])]);
     let agent = env.agent(&[]);
     assert_eq!(answering(6).len(), 2);
@@ -388,7 +375,7 @@ fn api_server_down_for_10s_keeps_connects_working_and_the_agent_catches_up() {
 #[test]
 fn a_relist_after_410_removes_what_was_deleted() {
     let env = Env::new(2);
-    let ips = env.ips();
+    let ips = env.pod_ips();
     env.web(&[ready(&ips[0])]);
     env.apply_service(service(
         "gone",
@@ -436,7 +423,7 @@ fn a_relist_after_410_removes_what_was_deleted() {
 #[test]
 fn agent_restarted_while_objects_change_converges_without_failed_connects() {
     let env = Env::new(3);
-    let ips = env.ips();
+    let ips = env.pod_ips();
     env.web(&[ready(&ips[0]), ready(&ips[1])]);
     let mut agent = env.agent(&[]);
     assert_eq!(answering(6).len(), 2);
@@ -495,7 +482,7 @@ fn agent_restarted_while_objects_change_converges_without_failed_connects() {
 #[test]
 fn services_of_another_proxy_and_headless_ones_are_not_served() {
     let env = Env::new(1);
-    let ips = env.ips();
+    let ips = env.pod_ips();
     env.web(&[ready(&ips[0])]);
     let mut other = service(
         "other",
@@ -543,7 +530,7 @@ fn services_of_another_proxy_and_headless_ones_are_not_served() {
 #[test]
 fn unusable_objects_are_skipped_with_a_warning_and_the_rest_still_works() {
     let env = Env::new(1);
-    let ips = env.ips();
+    let ips = env.pod_ips();
     env.web(&[ready(&ips[0])]);
     let mut bad = service("bad", &["10.96.0.101"], &[manifests::tcp("http", 80, 8080)]);
     bad["spec"]["ports"][0]["protocol"] = json!("QUIC");

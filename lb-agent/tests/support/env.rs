@@ -1,7 +1,8 @@
-//! One file-source test's world: pods, the node namespace the test thread
-//! runs in, the cgroup the test process has joined, and a services file.
+//! One test's world: pods, the node namespace the test thread runs in, the
+//! cgroup the test process has joined, a scratch directory; and on top of
+//! it the file source's services file.
 
-use std::path::PathBuf;
+use std::{ops::Deref, path::PathBuf};
 
 use serde_json::Value;
 
@@ -13,20 +14,18 @@ use super::{
 };
 
 /// Fields drop in order: leave the node namespace, leave the cgroup, then
-/// delete the namespaces and the file's directory.
-pub struct FileEnv {
+/// delete the namespaces and the directory.
+pub struct World {
     _in_node: Entered,
     pub cgroup: Cgroup,
     pub cluster: Cluster,
-    _dir: tempfile::TempDir,
-    pub file: PathBuf,
+    pub dir: tempfile::TempDir,
 }
 
-impl FileEnv {
-    /// `pods` pod namespaces; the services file is `file_name` (its
-    /// extension tells YAML from JSON only to the reader) in a fresh
-    /// directory.
-    pub fn new(pods: usize, file_name: &str) -> Self {
+impl World {
+    /// `pods` pod namespaces behind a node namespace, which the calling
+    /// thread enters; the whole test process joins a fresh cgroup.
+    pub fn new(pods: usize) -> Self {
         assert!(
             nix::unistd::geteuid().is_root(),
             "end-to-end tests need root (network namespaces, cgroups, BPF): run `sudo cargo xtask test`"
@@ -35,15 +34,49 @@ impl FileEnv {
         let in_node = cluster.node.enter();
         let cgroup = Cgroup::new();
         cgroup.join();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join(file_name);
         Self {
             _in_node: in_node,
             cgroup,
             cluster,
-            _dir: dir,
-            file,
+            dir: tempfile::tempdir().expect("tempdir"),
         }
+    }
+
+    /// Starts the agent with these arguments, in this cgroup.
+    pub fn agent(&self, args: &[&str]) -> Agent {
+        Agent::start(&self.cgroup.path, args)
+    }
+
+    pub fn pod_ips(&self) -> Vec<String> {
+        self.cluster
+            .pods
+            .iter()
+            .map(|p| p.ip4.to_string())
+            .collect()
+    }
+}
+
+/// A [`World`] and the agent's services file in it.
+pub struct FileEnv {
+    world: World,
+    pub file: PathBuf,
+}
+
+impl Deref for FileEnv {
+    type Target = World;
+
+    fn deref(&self) -> &World {
+        &self.world
+    }
+}
+
+impl FileEnv {
+    /// The services file is `file_name` (its extension tells YAML from
+    /// JSON only to the reader).
+    pub fn new(pods: usize, file_name: &str) -> Self {
+        let world = World::new(pods);
+        let file = world.dir.path().join(file_name);
+        Self { world, file }
     }
 
     /// Replaces the file with these objects, atomically.
@@ -56,19 +89,11 @@ impl FileEnv {
         manifests::write_raw(&self.file, bytes);
     }
 
-    /// Starts the agent on this file, in this cgroup.
+    /// Starts the agent on this file, with `extra` arguments.
     pub fn agent(&self, extra: &[&str]) -> Agent {
         let file = self.file.display().to_string();
         let mut args = vec!["--services-file", file.as_str()];
         args.extend_from_slice(extra);
-        Agent::start(&self.cgroup.path, &args)
-    }
-
-    pub fn pod_ips(&self) -> Vec<String> {
-        self.cluster
-            .pods
-            .iter()
-            .map(|p| p.ip4.to_string())
-            .collect()
+        self.world.agent(&args)
     }
 }
