@@ -18,7 +18,7 @@
 //!   so; the watchers retry with backoff and catch up when it is back.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -132,8 +132,9 @@ enum Watch {
 enum Scope {
     /// Anything (a relist completed, the Node changed): translate everything.
     All,
-    /// One Service (namespace, name), through itself or one of its slices.
-    Service(String, String),
+    /// One Service (namespace, name), through itself or one of its slices
+    /// (then named here: a new slice is not in the index yet).
+    Service(String, String, Option<String>),
 }
 
 /// What a watcher (or the recovery probe) reports to the publisher.
@@ -209,6 +210,7 @@ impl KubeSource {
             state: DesiredState::new(),
             by_service: HashMap::new(),
             troubled: HashSet::new(),
+            slices: SliceIndex::default(),
             reported: HashSet::new(),
         };
         publish_changes(translator, &stores, &mut rx, &tx, &mut health).await;
@@ -294,12 +296,13 @@ async fn publish_changes(
 ) {
     let (services, slices) = (&stores.services, &stores.slices);
     let node_objects = stores.node.as_ref();
-    // A whole translation now and then repairs anything an event could
-    // not say (an EndpointSlice moved to another Service, say).
+    // A whole translation now and then, as a safety net: every event names
+    // what it changes, but anything missed would otherwise stay wrong until
+    // the next relist.
     let mut resync = tokio::time::interval(FULL_RESYNC);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut all = true;
-    let mut dirty: HashSet<ServiceId> = HashSet::new();
+    let mut dirty = Dirty::new();
     let mut noticed = Instant::now();
     loop {
         if all || !dirty.is_empty() {
@@ -359,12 +362,13 @@ async fn publish_changes(
 }
 
 /// Records what a signal says needs translating.
-fn add(signal: &Signal, all: &mut bool, dirty: &mut HashSet<ServiceId>) {
+fn add(signal: &Signal, all: &mut bool, dirty: &mut Dirty) {
     if let Signal::Changed(_, Some(scope)) = signal {
         match scope {
             Scope::All => *all = true,
-            Scope::Service(namespace, name) => {
-                dirty.insert((namespace.clone(), name.clone()));
+            Scope::Service(namespace, name, slice) => {
+                let slices = dirty.entry((namespace.clone(), name.clone())).or_default();
+                slices.extend(slice.iter().cloned());
             }
         }
     }
@@ -471,22 +475,106 @@ fn service_scope(event: &watcher::Event<Service>) -> Option<Scope> {
         Some(Scope::Service(
             s.metadata.namespace.clone()?,
             s.metadata.name.clone()?,
+            None,
         ))
     })
 }
 
 fn slice_scope(event: &watcher::Event<EndpointSlice>) -> Option<Scope> {
     event_scope(event, |s| {
-        let service = s
-            .metadata
-            .labels
-            .as_ref()?
-            .get(translate::LABEL_SERVICE_NAME)?;
+        let service = service_of(s)?;
         Some(Scope::Service(
             s.metadata.namespace.clone()?,
             service.clone(),
+            Some(s.metadata.name.clone()?),
         ))
     })
+}
+
+/// The `EndpointSlices` of each Service, by name, kept up to date from the
+/// events that name them.
+#[derive(Default)]
+struct SliceIndex {
+    by_service: HashMap<ServiceId, BTreeSet<String>>,
+    /// (namespace, slice name) -> the Service it was last seen with.
+    owner: HashMap<(String, String), String>,
+}
+
+impl SliceIndex {
+    fn insert(&mut self, slice: &EndpointSlice) {
+        let meta = &slice.metadata;
+        if let (Some(namespace), Some(name), Some(service)) =
+            (&meta.namespace, &meta.name, service_of(slice))
+        {
+            self.by_service
+                .entry((namespace.clone(), service.clone()))
+                .or_default()
+                .insert(name.clone());
+            self.owner
+                .insert((namespace.clone(), name.clone()), service.clone());
+        }
+    }
+
+    /// Whether an event named a slice under a Service other than the one
+    /// it was indexed under, and that one is not being translated too.
+    fn moved_from_outside(&self, dirty: &Dirty) -> bool {
+        dirty.iter().any(|((namespace, service), named)| {
+            named.iter().any(|name| {
+                self.owner
+                    .get(&(namespace.clone(), name.clone()))
+                    .is_some_and(|old| {
+                        old != service && !dirty.contains_key(&(namespace.clone(), old.clone()))
+                    })
+            })
+        })
+    }
+
+    /// The slices of Service `id` now: those indexed and those `named` by
+    /// events, as the store has them, keeping only those still labelled
+    /// for it; the index is updated to match.
+    fn refresh(
+        &mut self,
+        id: &ServiceId,
+        named: &BTreeSet<String>,
+        store: &Store<EndpointSlice>,
+    ) -> Vec<Arc<EndpointSlice>> {
+        let (namespace, service) = id;
+        let known = self.by_service.remove(id).unwrap_or_default();
+        let mut current = BTreeSet::new();
+        let mut found = Vec::new();
+        for name in known.into_iter().chain(named.iter().cloned()) {
+            if current.contains(&name) {
+                continue;
+            }
+            let key = (namespace.clone(), name);
+            let slice = store.get(&reflector::ObjectRef::new(&key.1).within(namespace));
+            match slice.filter(|s| service_of(s) == Some(service)) {
+                Some(slice) => {
+                    found.push(slice);
+                    current.insert(key.1.clone());
+                    self.owner.insert(key, service.clone());
+                }
+                None => {
+                    if self.owner.get(&key) == Some(service) {
+                        self.owner.remove(&key);
+                    }
+                }
+            }
+        }
+        if !current.is_empty() {
+            self.by_service.insert(id.clone(), current);
+        }
+        found
+    }
+}
+
+/// The Service an `EndpointSlice` belongs to, by its label.
+fn service_of(slice: &EndpointSlice) -> Option<&String> {
+    slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(translate::LABEL_SERVICE_NAME)
 }
 
 fn node_scope(event: &watcher::Event<Node>) -> Option<Scope> {
@@ -495,6 +583,10 @@ fn node_scope(event: &watcher::Event<Node>) -> Option<Scope> {
 
 /// A Service's identity: (namespace, name).
 type ServiceId = (String, String);
+
+/// Services to translate again, each with the names of the slices whose
+/// events named it.
+type Dirty = HashMap<ServiceId, BTreeSet<String>>;
 
 /// Translates the cluster, whole or a few Services at a time.
 ///
@@ -512,6 +604,9 @@ struct Translator {
     by_service: HashMap<ServiceId, Vec<Frontend>>,
     /// Services whose last translation reported a problem.
     troubled: HashSet<ServiceId>,
+    /// Which slices belong to which Service, so that a change to one
+    /// Service does not scan every slice.
+    slices: SliceIndex,
     /// Problems already logged (each is logged once).
     reported: HashSet<String>,
 }
@@ -567,6 +662,10 @@ impl Translator {
             .filter(|p| p.object.kind == "Service")
             .map(|p| (p.object.namespace.clone(), p.object.name.clone()))
             .collect();
+        self.slices = SliceIndex::default();
+        for slice in &slices {
+            self.slices.insert(slice);
+        }
         self.by_service.clear();
         for (frontend, entry) in &t.state {
             self.by_service
@@ -582,35 +681,27 @@ impl Translator {
     /// is needed instead.
     fn partial(
         &mut self,
-        dirty: &HashSet<ServiceId>,
+        dirty: &Dirty,
         services: &Store<Service>,
         slices: &Store<EndpointSlice>,
         node: Option<&Store<Node>>,
     ) -> Option<(BTreeMap<Frontend, Option<ServiceEntry>>, u64)> {
-        let ctx = self.node(node);
-        let mut their_slices: HashMap<&ServiceId, Vec<Arc<EndpointSlice>>> = HashMap::new();
-        let all_slices = slices.state();
-        for slice in &all_slices {
-            let (Some(namespace), Some(service)) = (
-                slice.metadata.namespace.as_ref(),
-                slice
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(translate::LABEL_SERVICE_NAME)),
-            ) else {
-                continue;
-            };
-            if let Some(id) = dirty.get(&(namespace.clone(), service.clone())) {
-                their_slices.entry(id).or_default().push(Arc::clone(slice));
-            }
+        // A slice that moved here from a Service not in this burst changes
+        // that one too: only a whole translation sees both.
+        if self.slices.moved_from_outside(dirty) {
+            return None;
         }
+        let ctx = self.node(node);
+        let their_slices: HashMap<&ServiceId, Vec<Arc<EndpointSlice>>> = dirty
+            .iter()
+            .map(|(id, named)| (id, self.slices.refresh(id, named, slices)))
+            .collect();
         let mut delta = BTreeMap::new();
         let mut frees_frontends = false;
         let mut translated = Vec::with_capacity(dirty.len());
         let mut claimed: HashMap<Frontend, &ServiceId> = HashMap::new();
         let mut new_problems = 0;
-        for id in dirty {
+        for id in dirty.keys() {
             let service = services.get(&reflector::ObjectRef::new(&id.1).within(&id.0));
             let slices = their_slices.get(id).map(Vec::as_slice).unwrap_or_default();
             let t = translate::translate(
@@ -642,7 +733,7 @@ impl Translator {
             }
             translated.push((id.clone(), t));
         }
-        if frees_frontends && self.troubled.iter().any(|t| !dirty.contains(t)) {
+        if frees_frontends && self.troubled.iter().any(|t| !dirty.contains_key(t)) {
             return None;
         }
         for (id, t) in translated {
@@ -681,7 +772,7 @@ mod tests {
     use kube::runtime::{reflector, watcher};
     use serde_json::json;
 
-    use super::{ServiceId, Translator};
+    use super::{Dirty, SliceIndex, Translator, service_of};
     use crate::translate::{self, NodeContext, Options};
 
     fn service(name: &str, ip: &str, port: u16) -> Service {
@@ -726,15 +817,24 @@ mod tests {
             state: crate::model::DesiredState::new(),
             by_service: std::collections::HashMap::new(),
             troubled: HashSet::new(),
+            slices: SliceIndex::default(),
             reported: HashSet::new(),
         };
         t.full(&services, &slices, None);
         let mut rng = fastrand::Rng::with_seed(seed);
         let (mut partial, mut fallbacks) = (0, 0);
         for step in 0..2_000 {
-            let mut dirty: HashSet<ServiceId> = HashSet::new();
+            let mut dirty = Dirty::new();
             for _ in 0..rng.usize(1..4) {
                 let name = format!("s{}", rng.u8(0..12));
+                // Each Service has its own slice; a few shared names move
+                // between Services (relabelled), as a slice may.
+                let slice_name = if rng.u8(0..4) == 0 {
+                    format!("moving-{}", rng.u8(0..3))
+                } else {
+                    format!("{name}-a")
+                };
+                let mut named = None;
                 match rng.u8(0..5) {
                     0 | 1 => {
                         let ip = format!("10.96.0.{}", rng.u8(1..8));
@@ -754,18 +854,27 @@ mod tests {
                             .map(|i| format!("10.200.{}.{i}", rng.u8(0..3)))
                             .collect();
                         slices_w.apply_watcher_event(&watcher::Event::Apply(slice(
-                            &format!("{name}-a"),
+                            &slice_name,
                             &name,
                             &ips,
                         )));
+                        named = Some(slice_name);
                     }
-                    _ => slices_w.apply_watcher_event(&watcher::Event::Delete(slice(
-                        &format!("{name}-a"),
-                        &name,
-                        &[],
-                    ))),
+                    _ => {
+                        // A delete event carries the object as last seen.
+                        let gone = slices
+                            .get(&reflector::ObjectRef::new(&slice_name).within("default"))
+                            .filter(|s| service_of(s) == Some(&name));
+                        if let Some(gone) = gone {
+                            slices_w.apply_watcher_event(&watcher::Event::Delete((*gone).clone()));
+                            named = Some(slice_name);
+                        }
+                    }
                 }
-                dirty.insert(("default".to_owned(), name));
+                dirty
+                    .entry(("default".to_owned(), name))
+                    .or_default()
+                    .extend(named);
             }
             if t.partial(&dirty, &services, &slices, None).is_some() {
                 partial += 1;
