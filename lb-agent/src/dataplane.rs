@@ -69,6 +69,8 @@ pub struct ApplyReport {
 pub struct Usage {
     pub services: u32,
     pub services_capacity: u32,
+    /// Backend slots of the programmed services (slots waiting to be
+    /// recycled count as free: an allocation that needs them waits for them).
     pub backends: u32,
     pub backends_capacity: u32,
 }

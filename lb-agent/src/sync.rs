@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    dataplane::{ApplyReport, Dataplane, RejectReason, diff, diff_touched},
+    dataplane::{ApplyReport, Dataplane, RejectReason, Usage, diff, diff_touched},
     model::{DesiredState, Frontend},
 };
 
@@ -68,23 +68,55 @@ impl<D: Dataplane> Syncer<D> {
         touched: Option<&BTreeSet<Frontend>>,
     ) -> Result<SyncOutcome, D::Error> {
         let started = Instant::now();
+        // Rejected services that cannot fit yet stay rejected without being
+        // tried again: with thousands of them, trying each on every change
+        // would make every change cost as much.
+        let mut kept = BTreeMap::new();
         let changes = match touched {
             None => diff(self.dataplane.applied(), desired),
             Some(touched) => {
-                let mut retry: BTreeSet<Frontend> = self.rejected.keys().copied().collect();
-                retry.extend(touched);
+                let usage = self.dataplane.usage();
+                let mut retry = touched.clone();
+                for (frontend, reason) in &self.rejected {
+                    if touched.contains(frontend) || may_fit(reason, &usage) {
+                        retry.insert(*frontend);
+                    } else {
+                        kept.insert(*frontend, reason.clone());
+                    }
+                }
                 diff_touched(self.dataplane.applied(), desired, &retry)
             }
         };
         if changes.is_empty() {
-            self.rejected.clear();
+            self.rejected = kept;
             return Ok(SyncOutcome {
                 duration: started.elapsed(),
+                rejected_now: self.rejected.len(),
                 ..SyncOutcome::default()
             });
         }
-        let report = self.dataplane.apply(&changes)?;
-        let mut rejected_now = BTreeMap::new();
+        let mut report = self.dataplane.apply(&changes)?;
+        let mut applied_changes = changes.len();
+        // The room this apply freed may fit services kept aside above.
+        let usage = self.dataplane.usage();
+        let fit: BTreeSet<Frontend> = kept
+            .iter()
+            .filter(|(_, reason)| may_fit(reason, &usage))
+            .map(|(frontend, _)| *frontend)
+            .collect();
+        if !fit.is_empty() {
+            kept.retain(|frontend, _| !fit.contains(frontend));
+            let more = diff_touched(self.dataplane.applied(), desired, &fit);
+            if !more.is_empty() {
+                let second = self.dataplane.apply(&more)?;
+                report.upserted += second.upserted;
+                report.removed += second.removed;
+                report.backends_written += second.backends_written;
+                report.rejected.extend(second.rejected);
+                applied_changes += more.len();
+            }
+        }
+        let mut rejected_now = kept;
         for r in &report.rejected {
             if !self.rejected.contains_key(&r.frontend) {
                 tracing::error!(
@@ -105,7 +137,7 @@ impl<D: Dataplane> Syncer<D> {
         }
         self.rejected = rejected_now;
         let outcome = SyncOutcome {
-            changes: changes.len(),
+            changes: applied_changes,
             duration: started.elapsed(),
             rejected_now: self.rejected.len(),
             report,
@@ -120,6 +152,17 @@ impl<D: Dataplane> Syncer<D> {
             "synced"
         );
         Ok(outcome)
+    }
+}
+
+/// Whether a service rejected for `reason` could fit in the room there is
+/// now (it may still not: backend slots may be free but not contiguous).
+const fn may_fit(reason: &RejectReason, usage: &Usage) -> bool {
+    match reason {
+        RejectReason::ServicesFull { .. } => usage.services < usage.services_capacity,
+        RejectReason::BackendsFull { needed, .. } => {
+            usage.backends_capacity.saturating_sub(usage.backends) >= *needed
+        }
     }
 }
 
@@ -263,6 +306,27 @@ mod tests {
         ));
         assert!(syncer.dataplane().state.contains_key(&fe(1, 80)));
         assert!(syncer.dataplane().state.contains_key(&fe(3, 80)));
+
+        // A change elsewhere while there is no room: the rejected services
+        // are not tried again (and stay rejected).
+        let mut changed = desired.clone();
+        changed.insert(fe(1, 80), entry("a", &["10.0.0.5:80", "10.0.0.6:80"]));
+        let touched = BTreeSet::from([fe(1, 80)]);
+        let out = syncer.sync(&changed, Some(&touched)).expect("sync");
+        assert_eq!((out.changes, out.rejected_now), (1, 2));
+        assert_eq!(syncer.rejected().len(), 2);
+
+        // A removal that makes room: the same sync tries them again.
+        let mut fewer = changed.clone();
+        fewer.remove(&fe(3, 80));
+        let touched = BTreeSet::from([fe(3, 80)]);
+        let out = syncer.sync(&fewer, Some(&touched)).expect("sync");
+        assert_eq!(
+            (out.report.removed, out.report.upserted),
+            (1, 1),
+            "d takes the id c freed"
+        );
+        assert_eq!(syncer.rejected().keys().collect::<Vec<_>>(), [&fe(2, 80)]);
 
         // Room appears (a and c go): the rejected ones fit in the same sync.
         let smaller = state(&[

@@ -95,6 +95,9 @@ fn measure(services: usize, changes: usize) {
             "node-1",
             "--max-services",
             &(services + 16).max(65_536).to_string(),
+            // Ten endpoints each (the fillers), and room for changes in flight.
+            "--max-backends",
+            &(services * 11).max(262_144).to_string(),
         ],
     );
     let programmed = started.elapsed();

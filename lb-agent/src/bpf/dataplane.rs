@@ -70,6 +70,8 @@ pub struct BpfDataplane {
     ids: IdAllocator,
     ranges: RangeAllocator<u32>,
     backends_used: u32,
+    /// Of those, slots in retired ranges (free once the barrier passes).
+    backends_retired: u32,
     /// Released by this apply, not yet handed to the reaper.
     retired: Retired,
     /// Handed to the reaper: recycled once its barrier `n` has passed.
@@ -117,6 +119,7 @@ impl BpfDataplane {
             ids: IdAllocator::new(service_capacity),
             ranges: RangeAllocator::new(0..backend_capacity),
             backends_used: 0,
+            backends_retired: 0,
             retired: Retired::default(),
             pending: std::collections::VecDeque::new(),
             generation: 0,
@@ -256,6 +259,7 @@ impl BpfDataplane {
                 break;
             };
             for range in retired.ranges {
+                self.backends_retired -= range.end - range.start;
                 self.release_range(range);
             }
             for id in retired.ids {
@@ -354,7 +358,7 @@ impl BpfDataplane {
         if staged.backends_changed {
             report.backends_written += staged.entry.backends.len();
             if let Some(previous) = staged.previous {
-                self.retired.ranges.push(previous.range);
+                self.retire_range(previous.range);
             }
         }
         report.upserted += 1;
@@ -377,7 +381,7 @@ impl BpfDataplane {
         for frontend in frontends {
             if let Some(slot) = self.slots.remove(frontend) {
                 self.applied.remove(frontend);
-                self.retired.ranges.push(slot.range);
+                self.retire_range(slot.range);
                 self.retired.ids.push(slot.id);
                 report.removed += 1;
             }
@@ -557,6 +561,13 @@ impl BpfDataplane {
         Ok(range)
     }
 
+    /// Retires a range no program will be pointed at again; it is
+    /// released after the next barrier.
+    fn retire_range(&mut self, range: Range<u32>) {
+        self.backends_retired += range.end - range.start;
+        self.retired.ranges.push(range);
+    }
+
     fn release_range(&mut self, range: Range<u32>) {
         if !range.is_empty() {
             self.backends_used -= range.end - range.start;
@@ -700,7 +711,7 @@ impl Dataplane for BpfDataplane {
         Usage {
             services: u32::try_from(self.slots.len()).unwrap_or(u32::MAX),
             services_capacity: self.ids.capacity,
-            backends: self.backends_used,
+            backends: self.backends_used - self.backends_retired,
             backends_capacity: self.maps.backends.capacity(),
         }
     }
