@@ -75,15 +75,10 @@ impl<D: Dataplane> Syncer<D> {
         let changes = match touched {
             None => diff(self.dataplane.applied(), desired),
             Some(touched) => {
-                let usage = self.dataplane.usage();
-                let mut retry = touched.clone();
-                for (frontend, reason) in &self.rejected {
-                    if touched.contains(frontend) || may_fit(reason, &usage) {
-                        retry.insert(*frontend);
-                    } else {
-                        kept.insert(*frontend, reason.clone());
-                    }
-                }
+                kept = self.rejected.clone();
+                let mut retry = take_fitting(&mut kept, &self.dataplane.usage());
+                kept.retain(|frontend, _| !touched.contains(frontend));
+                retry.extend(touched);
                 diff_touched(self.dataplane.applied(), desired, &retry)
             }
         };
@@ -98,14 +93,8 @@ impl<D: Dataplane> Syncer<D> {
         let mut report = self.dataplane.apply(&changes)?;
         let mut applied_changes = changes.len();
         // The room this apply freed may fit services kept aside above.
-        let usage = self.dataplane.usage();
-        let fit: BTreeSet<Frontend> = kept
-            .iter()
-            .filter(|(_, reason)| may_fit(reason, &usage))
-            .map(|(frontend, _)| *frontend)
-            .collect();
+        let fit = take_fitting(&mut kept, &self.dataplane.usage());
         if !fit.is_empty() {
-            kept.retain(|frontend, _| !fit.contains(frontend));
             let more = diff_touched(self.dataplane.applied(), desired, &fit);
             if !more.is_empty() {
                 let second = self.dataplane.apply(&more)?;
@@ -153,6 +142,20 @@ impl<D: Dataplane> Syncer<D> {
         );
         Ok(outcome)
     }
+}
+
+/// Takes out of `rejected` the services that could fit in `usage`'s room.
+fn take_fitting(
+    rejected: &mut BTreeMap<Frontend, RejectReason>,
+    usage: &Usage,
+) -> BTreeSet<Frontend> {
+    let fit: BTreeSet<Frontend> = rejected
+        .iter()
+        .filter(|(_, reason)| may_fit(reason, usage))
+        .map(|(frontend, _)| *frontend)
+        .collect();
+    rejected.retain(|frontend, _| !fit.contains(frontend));
+    fit
 }
 
 /// Whether a service rejected for `reason` could fit in the room there is

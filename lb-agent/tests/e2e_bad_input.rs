@@ -33,7 +33,7 @@ use support::{
     agent::Agent,
     client::{self, tally},
     env::FileEnv,
-    manifests::{self, Endpoint, ready, service, slice},
+    manifests::{self, Endpoint, ready},
     wait_for,
 };
 
@@ -332,14 +332,7 @@ fn web(env: &Env, pods: usize) -> Vec<Value> {
         .iter()
         .map(|p| ready(p.ip4))
         .collect();
-    vec![
-        manifests::annotate(
-            service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]),
-            "lb-agent.io/algorithm",
-            "round-robin",
-        ),
-        slice("web", "web-1", &eps, &[("http", 8080, "TCP")]),
-    ]
+    manifests::web(VIP, "round-robin", &eps).to_vec()
 }
 
 const VIP: &str = "10.96.0.100";

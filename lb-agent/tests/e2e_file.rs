@@ -39,14 +39,7 @@ fn env(pods: usize) -> Env {
 /// The demo service: VIP:80 -> every pod :8080, TCP.
 fn web(env: &Env, algorithm: &str) -> Vec<Value> {
     let eps: Vec<Endpoint> = env.pod_ips().into_iter().map(ready).collect();
-    vec![
-        annotate(
-            service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]),
-            "lb-agent.io/algorithm",
-            algorithm,
-        ),
-        slice("web", "web-1", &eps, &[("http", 8080, "TCP")]),
-    ]
+    manifests::web(VIP, algorithm, &eps).to_vec()
 }
 
 fn vip(port: u16) -> SocketAddr {

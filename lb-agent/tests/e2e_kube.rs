@@ -86,12 +86,9 @@ impl Env {
 
     /// The `web` service (VIP:80 -> :8080, round-robin) and its slice.
     fn web(&self, endpoints: &[Endpoint]) {
-        self.apply_service(annotate(
-            service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]),
-            "lb-agent.io/algorithm",
-            "round-robin",
-        ));
-        self.apply_slice(slice("web", "web-1", endpoints, &[("http", 8080, "TCP")]));
+        let [svc, slice] = manifests::web(VIP, "round-robin", endpoints);
+        self.apply_service(svc);
+        self.apply_slice(slice);
     }
 }
 

@@ -204,15 +204,7 @@ impl KubeSource {
             endpoint_slices = stores.slices.len(),
             "first list complete"
         );
-        let translator = Translator {
-            options: self.options.clone(),
-            node_name: self.node_name.clone(),
-            state: DesiredState::new(),
-            by_service: HashMap::new(),
-            troubled: HashSet::new(),
-            slices: SliceIndex::default(),
-            reported: HashSet::new(),
-        };
+        let translator = Translator::new(self.options.clone(), self.node_name.clone());
         publish_changes(translator, &stores, &mut rx, &tx, &mut health).await;
     }
 
@@ -615,6 +607,19 @@ struct Translator {
 const MAX_PARTIAL: usize = 256;
 
 impl Translator {
+    /// A translator that has translated nothing yet.
+    fn new(options: Options, node_name: Option<String>) -> Self {
+        Self {
+            options,
+            node_name,
+            state: DesiredState::new(),
+            by_service: HashMap::new(),
+            troubled: HashSet::new(),
+            slices: SliceIndex::default(),
+            reported: HashSet::new(),
+        }
+    }
+
     fn node(&self, node: Option<&Store<Node>>) -> NodeContext {
         NodeContext {
             node_name: self.node_name.clone(),
@@ -766,13 +771,11 @@ impl Translator {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
     use kube::runtime::{reflector, watcher};
     use serde_json::json;
 
-    use super::{Dirty, SliceIndex, Translator, service_of};
+    use super::{Dirty, Translator, service_of};
     use crate::translate::{self, NodeContext, Options};
 
     fn service(name: &str, ip: &str, port: u16) -> Service {
@@ -811,15 +814,7 @@ mod tests {
         let (slices, mut slices_w) = reflector::store::<EndpointSlice>();
         services_w.apply_watcher_event(&watcher::Event::InitDone);
         slices_w.apply_watcher_event(&watcher::Event::InitDone);
-        let mut t = Translator {
-            options: Options::default(),
-            node_name: None,
-            state: crate::model::DesiredState::new(),
-            by_service: std::collections::HashMap::new(),
-            troubled: HashSet::new(),
-            slices: SliceIndex::default(),
-            reported: HashSet::new(),
-        };
+        let mut t = Translator::new(Options::default(), None);
         t.full(&services, &slices, None);
         let mut rng = fastrand::Rng::with_seed(seed);
         let (mut partial, mut fallbacks) = (0, 0);

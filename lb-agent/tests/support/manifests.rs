@@ -168,3 +168,16 @@ pub fn write_raw(path: &Path, contents: impl AsRef<[u8]>) {
     std::fs::write(&tmp, contents).expect("write services file");
     std::fs::rename(&tmp, path).expect("rename services file");
 }
+
+/// The demo Service `web`: `vip`:80 -> :8080 (port `http`, TCP) with this
+/// algorithm, and its slice `web-1` with these endpoints.
+pub fn web(vip: &str, algorithm: &str, endpoints: &[Endpoint]) -> [Value; 2] {
+    [
+        annotate(
+            service("web", &[vip], &[tcp("http", 80, 8080)]),
+            "lb-agent.io/algorithm",
+            algorithm,
+        ),
+        slice("web", "web-1", endpoints, &[("http", 8080, "TCP")]),
+    ]
+}
