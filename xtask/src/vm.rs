@@ -26,7 +26,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use self::{guest::Marker, initramfs::Initramfs, suite::Built};
+use self::{guest::Marker, initramfs::Initramfs, qemu::VmEnd, suite::Built};
 pub use self::{
     kernel::{Kernel, Mirrors},
     report::{Outcome, SuiteReport, print_reports},
@@ -314,63 +314,180 @@ fn run_one(
     let started = Instant::now();
     let scratch = options.cache_dir.join("modules");
     let modules = ir.modules(image, &suite.modules, &scratch)?;
-    let marker = Marker::random();
-    ir.bytes(
-        "init",
-        guest::init_script(&marker, built, &modules, suite.test_timeout),
-        0o755,
-    );
-    let initramfs_path = dir.join("initramfs.cpio");
-    let initramfs_bytes = ir.write(&initramfs_path)?;
-    let initramfs_time = started.elapsed();
-
-    // The archive and its unpacked copy both live in guest memory.
-    let memory_mib = (1024 + 2 * initramfs_bytes.div_ceil(1 << 20)).max(2048);
-    let log = dir.join("console.log");
-    let cmdline = "console=ttyS0 panic=-1 oops=panic mitigations=off rdinit=/init";
-    let mut collector = report::Collector::new(marker, kernel, built, suite.test_timeout);
-    eprintln!(
-        "vm {kernel}: booting {} under TCG (console log {})",
-        image.release,
-        log.display()
-    );
-    let vm_started = Instant::now();
-    let end = qemu::run(
-        &qemu::VmConfig {
-            vmlinuz: &image.vmlinuz,
-            initramfs: &initramfs_path,
-            memory_mib,
-            cmdline,
-            timeout: suite.vm_timeout,
-            log: &log,
-            echo: options.show_console,
-            label: kernel.label(),
-        },
-        |at, stream, line| collector.feed(at, stream, line),
-    )?;
-    let vm_time = vm_started.elapsed();
-    if !options.keep_initramfs {
-        let _ = fs::remove_file(&initramfs_path);
-    }
-    let run = collector.finish(&end, vm_time, suite.vm_timeout);
-    Ok(SuiteReport {
+    let modules_time = started.elapsed();
+    let vm = Vm {
+        image,
+        suite,
+        ir: &ir,
+        modules: &modules,
+        dir: &dir,
+        options,
+    };
+    let first = vm.boot(built, "console.log")?;
+    let mut report = SuiteReport {
         kernel,
         package: image.package.clone(),
         version: image.version.clone(),
-        facts: run.facts,
-        tests: run.tests,
-        problems: run.problems,
-        notes: run.notes,
-        boot_time: run.boot_time,
-        guest_uptime_at_init: run.guest_uptime_at_init,
-        vm_time,
+        facts: first.run.facts,
+        tests: first.run.tests,
+        problems: first.run.problems,
+        notes: first.run.notes,
+        boot_time: first.run.boot_time,
+        guest_uptime_at_init: first.run.guest_uptime_at_init,
+        vm_time: first.vm_time,
         fetch: image.downloaded,
-        initramfs_bytes,
-        initramfs_time,
-        log,
-        console_tail: run.console_tail,
-    })
+        initramfs_bytes: first.initramfs_bytes,
+        initramfs_time: modules_time + first.initramfs_time,
+        log: first.log,
+        console_tail: first.run.console_tail,
+    };
+    // The guest stopped under a test: the kernel or qemu hung (a test that
+    // hangs is killed in the guest, which goes on). That test and the ones
+    // after it run again, once, in a new VM; what happened stays in the notes.
+    let (VmEnd::Silent(_), Some(index)) = (&first.end, first.run.interrupted) else {
+        return Ok(report);
+    };
+    let again: Vec<(String, String)> = report
+        .tests
+        .iter()
+        .enumerate()
+        .filter(|(i, t)| *i == index || matches!(t.outcome, Outcome::NotRun(_)))
+        .map(|(_, t)| (t.binary.clone(), t.name.clone()))
+        .collect();
+    let stalled = &report.tests[index];
+    let why = match &stalled.outcome {
+        Outcome::Failed(why) => why.clone(),
+        _ => String::new(),
+    };
+    let after = match again.len() - 1 {
+        0 => String::new(),
+        n => format!(" and the {n} test(s) after it"),
+    };
+    eprintln!(
+        "vm {kernel}: {why} ({}::{}); it{after} run again in a new VM",
+        stalled.binary, stalled.name
+    );
+    report.notes.push(format!(
+        "{why} ({}::{}, console log {}); it{after} ran again in a second VM",
+        stalled.binary,
+        stalled.name,
+        report.log.display()
+    ));
+    report
+        .problems
+        .retain(|p| !p.starts_with("the guest stopped"));
+    let second = vm.boot(&built.only(&again), "console-2.log")?;
+    for test in second.run.tests {
+        if let Some(slot) = report
+            .tests
+            .iter_mut()
+            .find(|t| t.binary == test.binary && t.name == test.name)
+        {
+            *slot = test;
+        }
+    }
+    report.problems.extend(
+        second
+            .run
+            .problems
+            .into_iter()
+            .map(|p| format!("second VM: {p}")),
+    );
+    report.notes.extend(
+        second
+            .run
+            .notes
+            .into_iter()
+            .map(|n| format!("second VM: {n}")),
+    );
+    report.vm_time += second.vm_time;
+    report.console_tail = second.run.console_tail;
+    report.log = second.log;
+    Ok(report)
 }
+
+/// What every VM of one kernel shares.
+struct Vm<'a> {
+    image: &'a kernel::KernelImage,
+    suite: &'a Suite,
+    /// Everything but `/init`.
+    ir: &'a Initramfs,
+    modules: &'a [(String, initramfs::ModuleSource)],
+    dir: &'a Path,
+    options: &'a Options,
+}
+
+/// One VM's run.
+struct Booted {
+    run: report::CollectedRun,
+    end: VmEnd,
+    vm_time: Duration,
+    initramfs_bytes: u64,
+    initramfs_time: Duration,
+    log: PathBuf,
+}
+
+impl Vm<'_> {
+    /// Boots a VM that runs `built`'s tests, and follows it to its end.
+    fn boot(&self, built: &Built, log_name: &str) -> Result<Booted> {
+        let kernel = self.image.kernel;
+        let started = Instant::now();
+        let marker = Marker::random();
+        let mut ir = self.ir.clone();
+        ir.bytes(
+            "init",
+            guest::init_script(&marker, built, self.modules, self.suite.test_timeout),
+            0o755,
+        );
+        let initramfs_path = self.dir.join("initramfs.cpio");
+        let initramfs_bytes = ir.write(&initramfs_path)?;
+        drop(ir);
+        let initramfs_time = started.elapsed();
+
+        // The archive and its unpacked copy both live in guest memory.
+        let memory_mib = (1024 + 2 * initramfs_bytes.div_ceil(1 << 20)).max(2048);
+        let log = self.dir.join(log_name);
+        let cmdline = "console=ttyS0 panic=-1 oops=panic mitigations=off rdinit=/init";
+        let mut collector = report::Collector::new(marker, kernel, built, self.suite.test_timeout);
+        eprintln!(
+            "vm {kernel}: booting {} under TCG (console log {})",
+            self.image.release,
+            log.display()
+        );
+        let vm_started = Instant::now();
+        let end = qemu::run(
+            &qemu::VmConfig {
+                vmlinuz: &self.image.vmlinuz,
+                initramfs: &initramfs_path,
+                memory_mib,
+                cmdline,
+                timeout: self.suite.vm_timeout,
+                silence: SILENCE,
+                log: &log,
+                echo: self.options.show_console,
+                label: kernel.label(),
+            },
+            |at, stream, line| collector.feed(at, stream, line),
+        )?;
+        let vm_time = vm_started.elapsed();
+        if !self.options.keep_initramfs {
+            let _ = fs::remove_file(&initramfs_path);
+        }
+        let run = collector.finish(&end, vm_time, self.suite.vm_timeout);
+        Ok(Booted {
+            run,
+            end,
+            vm_time,
+            initramfs_bytes,
+            initramfs_time,
+            log,
+        })
+    }
+}
+
+/// How long the guest may say nothing before it counts as stopped: it
+/// says it is alive every [`guest::ALIVE_EVERY`].
+const SILENCE: Duration = Duration::from_mins(2);
 
 /// Keeps the newest `keep` run directories (console logs).
 fn prune_runs(runs: &Path, keep: usize) {

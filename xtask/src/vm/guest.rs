@@ -30,6 +30,13 @@ pub const AGENT_PATH: &str = "/bin/lb-agent";
 pub const TESTS_DIR: &str = "/tests";
 pub const REPORT_PATH: &str = "/tmp/report";
 
+/// How often the guest says it is alive (`ALIVE`).
+pub const ALIVE_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a test killed at its time limit gets to go away before `/init`
+/// gives up on it (a task stuck in the kernel ignores SIGKILL).
+const KILL_GRACE: Duration = Duration::from_secs(30);
+
 /// The per-run marker that starts every protocol line.
 #[derive(Clone)]
 pub struct Marker(String);
@@ -128,27 +135,7 @@ load() {{
             }
         }
     }
-    let include_ignored = if built.include_ignored {
-        " --include-ignored"
-    } else {
-        ""
-    };
-    let _ = write!(
-        s,
-        r#"ip link set lo up
-say READY
-t() {{
-  : > {REPORT_PATH}
-  say TEST-BEGIN "$1" "$2"
-  (cd /tmp && exec timeout -s KILL {secs} "{TESTS_DIR}/$1" --exact "$2" --test-threads=1{include_ignored})
-  rc=$?
-  echo
-  say TEST-END "$1" "$2" "$rc"
-  while IFS= read -r l || [ -n "$l" ]; do say REPORT "$l"; done < {REPORT_PATH}
-}}
-"#,
-        secs = test_timeout.as_secs().max(1),
-    );
+    s.push_str(&runner(marker, built.include_ignored, test_timeout));
     for binary in &built.binaries {
         let _ = writeln!(s, "say BINARY-BEGIN {}", quote(&binary.name));
         for test in binary.tests.iter().filter(|t| !t.ignored) {
@@ -165,6 +152,81 @@ t() {{
     s
 }
 
+/// The part of `/init` that runs tests: the heartbeat, the per-test
+/// watchdog (a task list at the time limit, then SIGKILL to the test's
+/// session, then giving up on a test stuck in the kernel), and `t <binary>
+/// <test>`.
+fn runner(marker: &Marker, include_ignored: bool, test_timeout: Duration) -> String {
+    let include_ignored = if include_ignored {
+        " --include-ignored"
+    } else {
+        ""
+    };
+    let mut s = String::new();
+    let m = &marker.0;
+    let _ = write!(
+        s,
+        r#"ip link set lo up
+# A sign of life every {alive} s: the host takes a longer silence for a
+# guest that stopped. (The newline first: a test may have left half a line.)
+(while sleep {alive}; do printf '\n%s ALIVE %s\n' "{m}" "$(cut -d' ' -f1 /proc/uptime)"; done) &
+# What each user-space task is doing, and any task stuck in the kernel
+# (state D) with its kernel stack.
+tasks() {{
+  for d in /proc/[0-9]*/task/[0-9]*; do
+    read -r s < "$d/stat" 2>/dev/null || continue
+    st=${{s##*) }}; st=${{st%% *}}; c=${{s#*(}}; c=${{c%)*}}
+    p=${{d#/proc/}}; p=${{p%%/*}}
+    [ -n "$(head -c1 "/proc/$p/cmdline" 2>/dev/null)" ] || [ "$st" = D ] || continue
+    echo "  $p/${{d##*/}} $st $c wchan=$(cat "$d/wchan" 2>/dev/null)"
+    [ "$st" = D ] && sed 's/^/      /' "$d/stack" 2>/dev/null
+  done
+}}
+stuck=
+trap 'stuck=1' USR1
+# Kills a test (its whole session) at the time limit; if it is still there
+# {grace} later (stuck in the kernel), tells /init to go on without it.
+watchdog() {{
+  sleep {secs}
+  kill -0 "$1" 2>/dev/null || exit 0
+  echo
+  echo "=== the per-test time limit of {secs} s passed; the tasks:"
+  tasks
+  echo w > /proc/sysrq-trigger
+  kill -KILL -"$1" 2>/dev/null
+  sleep {grace}
+  kill -0 "$1" 2>/dev/null || exit 0
+  echo "=== still there {grace} s after SIGKILL:"
+  tasks
+  kill -USR1 1
+}}
+say READY
+t() {{
+  : > {REPORT_PATH}
+  say TEST-BEGIN "$1" "$2"
+  (cd /tmp && exec setsid "{TESTS_DIR}/$1" --exact "$2" --test-threads=1{include_ignored}) &
+  pid=$!
+  watchdog "$pid" &
+  dog=$!
+  stuck=
+  wait "$pid"
+  rc=$?
+  [ -n "$stuck" ] && rc=unkillable
+  kill "$dog" 2>/dev/null
+  # What the test left running (its session) goes with it.
+  kill -KILL -"$pid" 2>/dev/null
+  echo
+  say TEST-END "$1" "$2" "$rc"
+  while IFS= read -r l || [ -n "$l" ]; do say REPORT "$l"; done < {REPORT_PATH}
+}}
+"#,
+        secs = test_timeout.as_secs().max(1),
+        alive = ALIVE_EVERY.as_secs(),
+        grace = KILL_GRACE.as_secs(),
+    );
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +238,52 @@ mod tests {
         assert_eq!(m.parse("@@LBVM-abcd DONE"), None);
         assert_eq!(m.parse("x @@LBVM-abc DONE"), None);
         assert_eq!(m.parse("@@LBVM-abd DONE"), None);
+    }
+
+    /// The script parses (`sh -n`, the host's POSIX shell; the guest's is
+    /// busybox ash). What it does is tried in the VM runs.
+    #[test]
+    fn init_script_is_valid_sh() {
+        use std::{io::Write as _, process::Stdio};
+
+        use super::super::suite::{TestBinary, TestCase};
+
+        let built = Built {
+            binaries: vec![TestBinary {
+                name: "e2e_x".to_owned(),
+                path: "/nonexistent".into(),
+                tests: vec![TestCase {
+                    name: "it's_a_test".to_owned(),
+                    ignored: false,
+                }],
+            }],
+            agent: None,
+            include_ignored: false,
+        };
+        let script = init_script(
+            &Marker("@@LBVM-abc".to_owned()),
+            &built,
+            &[("veth".to_owned(), ModuleSource::BuiltIn)],
+            Duration::from_mins(1),
+        );
+        let mut sh = std::process::Command::new("sh")
+            .arg("-n")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        sh.stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write");
+        let out = sh.wait_with_output().expect("sh -n");
+        assert!(
+            out.status.success(),
+            "{}\n{script}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(script.contains("t 'e2e_x' 'it'\\''s_a_test'"), "{script}");
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct VmConfig<'a> {
     pub memory_mib: u64,
     pub cmdline: &'a str,
     pub timeout: Duration,
+    /// Killed when nothing at all arrives for this long (the guest says it
+    /// is alive more often than that).
+    pub silence: Duration,
     pub log: &'a Path,
     /// Also print every line to stderr as it comes.
     pub echo: bool,
@@ -62,6 +65,9 @@ pub enum VmEnd {
     Exited(ExitStatus),
     /// Killed after the time limit.
     TimedOut,
+    /// Killed after nothing arrived for [`VmConfig::silence`]: the guest
+    /// stopped (a kernel or qemu hang).
+    Silent(Duration),
     /// Killed after the suite finished but the VM did not power off.
     KilledAfterFinish,
 }
@@ -122,15 +128,23 @@ pub fn run(
     };
     let mut deadline = log.started + config.timeout;
     let mut finished = false;
+    let mut last_line = Instant::now();
     let end = loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let wake = if finished {
+            deadline
+        } else {
+            deadline.min(last_line + config.silence)
+        };
+        match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(line) => {
+                last_line = line.0;
                 if deliver(line, &mut log) == Next::Finished && !finished {
                     finished = true;
                     deadline = deadline.min(Instant::now() + POWEROFF_GRACE);
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                let silent = Instant::now() < deadline;
                 let _ = child.0.kill();
                 // The readers see EOF once qemu is gone; keep what is in flight.
                 let drain_until = Instant::now() + Duration::from_secs(5);
@@ -141,6 +155,8 @@ pub fn run(
                 }
                 break Some(if finished {
                     VmEnd::KilledAfterFinish
+                } else if silent {
+                    VmEnd::Silent(config.silence)
                 } else {
                     VmEnd::TimedOut
                 });
@@ -156,6 +172,9 @@ pub fn run(
             "killed qemu after the time limit of {} s",
             config.timeout.as_secs()
         ),
+        VmEnd::Silent(silence) => {
+            format!("killed qemu: nothing arrived for {} s", silence.as_secs())
+        }
         VmEnd::KilledAfterFinish => {
             "killed qemu: the suite finished but the VM did not power off".to_owned()
         }

@@ -114,6 +114,9 @@ pub struct Totals {
 
 const TAIL_LINES: usize = 40;
 
+/// The exit status `/init` reports for a test that outlived SIGKILL.
+const UNKILLABLE: i32 = -2;
+
 /// Kernel console lines that mean the kernel is broken.
 /// ("[#1]" is in the header of the first oops on every version.)
 const FATAL_PATTERNS: &[&str] = &["Kernel panic - not syncing", "BUG: ", "Oops: ", "[#1]"];
@@ -261,7 +264,7 @@ impl Collector {
         let mut words = message.splitn(2, ' ');
         let command = words.next().unwrap_or_default();
         let rest = words.next().unwrap_or_default();
-        if command != "REPORT" {
+        if command != "REPORT" && command != "ALIVE" {
             self.finish_ended();
         }
         match command {
@@ -309,7 +312,10 @@ impl Collector {
                     parts.next().unwrap_or_default().to_owned(),
                     parts.next().unwrap_or_default().to_owned(),
                 );
-                let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
+                let status = match parts.next() {
+                    Some("unkillable") => UNKILLABLE,
+                    other => other.and_then(|s| s.parse().ok()).unwrap_or(-1),
+                };
                 if let Some(running) = self.running.take()
                     && self.index.get(&key) == Some(&running.index)
                 {
@@ -374,11 +380,16 @@ impl Collector {
         self.finish_ended();
         let how = match end {
             VmEnd::TimedOut => format!("the VM hit its time limit of {} s", timeout.as_secs()),
+            VmEnd::Silent(silence) => format!(
+                "the guest stopped (nothing on either serial port for {} s)",
+                silence.as_secs()
+            ),
             VmEnd::KilledAfterFinish => "the VM did not power off".to_owned(),
             VmEnd::Exited(status) if !status.success() => format!("qemu failed ({status})"),
             VmEnd::Exited(_) if !self.fatal.is_empty() => "the kernel crashed".to_owned(),
             VmEnd::Exited(_) => "the VM stopped".to_owned(),
         };
+        let interrupted = self.running.as_ref().map(|r| r.index);
         if let Some(running) = self.running.take() {
             let test = &mut self.tests[running.index];
             test.duration = Some(vm_time.saturating_sub(running.started));
@@ -412,6 +423,7 @@ impl Collector {
             boot_time: self.booted_at,
             guest_uptime_at_init: self.guest_uptime_at_init,
             console_tail: tail,
+            interrupted,
         }
     }
 }
@@ -425,6 +437,8 @@ pub struct CollectedRun {
     pub boot_time: Option<Duration>,
     pub guest_uptime_at_init: Option<f64>,
     pub console_tail: Vec<String>,
+    /// The test that was running when the VM ended, if one was.
+    pub interrupted: Option<usize>,
 }
 
 fn strip_printk_time(line: &str) -> &str {
@@ -460,6 +474,10 @@ fn outcome(
             None => Outcome::Failed("exited 0 without a libtest summary".to_owned()),
         },
         101 => Outcome::Failed(panic_message(output).unwrap_or_else(|| "failed".to_owned())),
+        UNKILLABLE => Outcome::Failed(format!(
+            "still there 30 s after SIGKILL at the per-test time limit of {} s (stuck in the kernel: see the tasks below); the tests after it ran beside it",
+            limit.as_secs()
+        )),
         137 if duration.is_some_and(|d| d + Duration::from_secs(1) >= limit) => {
             Outcome::Failed(format!(
                 "killed after the per-test time limit of {} s",
@@ -656,21 +674,27 @@ fn print_details(reports: &[SuiteReport]) {
         }
     }
     for report in reports {
+        // Tests that did not run share their reason (the table names them).
+        let mut not_run: BTreeMap<&str, usize> = BTreeMap::new();
         for test in &report.tests {
-            let (Outcome::Failed(why) | Outcome::NotRun(why)) = &test.outcome else {
-                continue;
-            };
-            println!();
-            println!(
-                "{} on {}: {}::{}: {why}",
-                test.outcome.cell(),
-                report.kernel,
-                test.binary,
-                test.name
-            );
-            for line in failure_excerpt(test) {
-                println!("    | {line}");
+            match &test.outcome {
+                Outcome::NotRun(why) => *not_run.entry(why).or_default() += 1,
+                Outcome::Failed(why) => {
+                    println!();
+                    println!(
+                        "FAIL on {}: {}::{}: {why}",
+                        report.kernel, test.binary, test.name
+                    );
+                    for line in failure_excerpt(test) {
+                        println!("    | {line}");
+                    }
+                }
+                _ => {}
             }
+        }
+        for (why, n) in not_run {
+            println!();
+            println!("NOT RUN on {}: {n} test(s): {why}", report.kernel);
         }
         for note in &report.notes {
             println!("note on {}: {note}", report.kernel);

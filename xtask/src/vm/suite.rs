@@ -117,6 +117,35 @@ impl Built {
     pub fn test_count(&self) -> usize {
         self.binaries.iter().map(|b| b.tests.len()).sum()
     }
+
+    /// The same suite with only the tests `keep` names (binary, test).
+    pub fn only(&self, keep: &[(String, String)]) -> Self {
+        Self {
+            binaries: self
+                .binaries
+                .iter()
+                .map(|b| TestBinary {
+                    name: b.name.clone(),
+                    path: b.path.clone(),
+                    tests: b
+                        .tests
+                        .iter()
+                        .filter(|t| {
+                            keep.iter()
+                                .any(|(bin, name)| *bin == b.name && *name == t.name)
+                        })
+                        .map(|t| TestCase {
+                            name: t.name.clone(),
+                            ignored: t.ignored,
+                        })
+                        .collect(),
+                })
+                .filter(|b| !b.tests.is_empty())
+                .collect(),
+            agent: self.agent.clone(),
+            include_ignored: self.include_ignored,
+        }
+    }
 }
 
 /// Builds (or takes) the binaries and lists their tests on the host with
