@@ -341,36 +341,40 @@ fn run_one(
         log: first.log,
         console_tail: first.run.console_tail,
     };
-    // The guest stopped under a test: the kernel or qemu hung (a test that
-    // hangs is killed in the guest, which goes on). That test and the ones
-    // after it run again, once, in a new VM; what happened stays in the notes.
-    let (VmEnd::Silent(_), Some(index)) = (&first.end, first.run.interrupted) else {
+    // The guest stopped: the kernel or qemu hung (a test that hangs is
+    // killed in the guest, which goes on). The test it was running, if any,
+    // and the ones not yet run run again, once, in a new VM; what happened
+    // stays in the notes.
+    let VmEnd::Silent(silence) = first.end else {
         return Ok(report);
     };
+    let interrupted = first.run.interrupted;
     let again: Vec<(String, String)> = report
         .tests
         .iter()
         .enumerate()
-        .filter(|(i, t)| *i == index || matches!(t.outcome, Outcome::NotRun(_)))
+        .filter(|(i, t)| interrupted == Some(*i) || matches!(t.outcome, Outcome::NotRun(_)))
         .map(|(_, t)| (t.binary.clone(), t.name.clone()))
         .collect();
-    let stalled = &report.tests[index];
-    let why = match &stalled.outcome {
-        Outcome::Failed(why) => why.clone(),
-        _ => String::new(),
+    if again.is_empty() {
+        return Ok(report);
+    }
+    let what = match interrupted.map(|i| &report.tests[i]) {
+        Some(t) => format!(
+            "while {}::{} ran; it and the {} test(s) after it",
+            t.binary,
+            t.name,
+            again.len() - 1
+        ),
+        None => format!("between tests; the {} test(s) not yet run", again.len()),
     };
-    let after = match again.len() - 1 {
-        0 => String::new(),
-        n => format!(" and the {n} test(s) after it"),
-    };
-    eprintln!(
-        "vm {kernel}: {why} ({}::{}); it{after} run again in a new VM",
-        stalled.binary, stalled.name
+    let how = format!(
+        "the guest stopped (nothing on either serial port for {} s)",
+        silence.as_secs()
     );
+    eprintln!("vm {kernel}: {how} {what} run again in a new VM");
     report.notes.push(format!(
-        "{why} ({}::{}, console log {}); it{after} ran again in a second VM",
-        stalled.binary,
-        stalled.name,
+        "{how} {what} ran again in a second VM (first VM's console log {})",
         report.log.display()
     ));
     report
