@@ -324,6 +324,23 @@ fn run_one(
         options,
     };
     let first = vm.boot(built, "console.log")?;
+    // The guest stopped: the kernel or qemu hung (a test that hangs is
+    // killed in the guest, which goes on). The test it was running, if any,
+    // and the ones not yet run run again, once, in a new VM; what happened
+    // stays in the notes.
+    let interrupted = first.run.interrupted;
+    let again: Vec<(String, String)> = if matches!(first.end, VmEnd::Silent(_)) {
+        first
+            .run
+            .tests
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| interrupted == Some(*i) || matches!(t.outcome, Outcome::NotRun(_)))
+            .map(|(_, t)| (t.binary.clone(), t.name.clone()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut report = SuiteReport {
         kernel,
         package: image.package.clone(),
@@ -341,22 +358,8 @@ fn run_one(
         log: first.log,
         console_tail: first.run.console_tail,
     };
-    // The guest stopped: the kernel or qemu hung (a test that hangs is
-    // killed in the guest, which goes on). The test it was running, if any,
-    // and the ones not yet run run again, once, in a new VM; what happened
-    // stays in the notes.
-    let VmEnd::Silent(silence) = first.end else {
-        return Ok(report);
-    };
-    let interrupted = first.run.interrupted;
-    let again: Vec<(String, String)> = report
-        .tests
-        .iter()
-        .enumerate()
-        .filter(|(i, t)| interrupted == Some(*i) || matches!(t.outcome, Outcome::NotRun(_)))
-        .map(|(_, t)| (t.binary.clone(), t.name.clone()))
-        .collect();
     if again.is_empty() {
+        report.problems.extend(first.run.stopped_early);
         return Ok(report);
     }
     let what = match interrupted.map(|i| &report.tests[i]) {
@@ -368,18 +371,12 @@ fn run_one(
         ),
         None => format!("between tests; the {} test(s) not yet run", again.len()),
     };
-    let how = format!(
-        "the guest stopped (nothing on either serial port for {} s)",
-        silence.as_secs()
-    );
+    let how = first.run.how;
     eprintln!("vm {kernel}: {how} {what} run again in a new VM");
     report.notes.push(format!(
         "{how} {what} ran again in a second VM (first VM's console log {})",
         report.log.display()
     ));
-    report
-        .problems
-        .retain(|p| !p.starts_with("the guest stopped"));
     let second = vm.boot(&built.only(&again), "console-2.log")?;
     for test in second.run.tests {
         if let Some(slot) = report
@@ -395,6 +392,7 @@ fn run_one(
             .run
             .problems
             .into_iter()
+            .chain(second.run.stopped_early)
             .map(|p| format!("second VM: {p}")),
     );
     report.notes.extend(

@@ -35,7 +35,7 @@ pub const ALIVE_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a test killed at its time limit gets to go away before `/init`
 /// gives up on it (a task stuck in the kernel ignores SIGKILL).
-const KILL_GRACE: Duration = Duration::from_secs(30);
+pub const KILL_GRACE: Duration = Duration::from_secs(30);
 
 /// The per-run marker that starts every protocol line.
 #[derive(Clone)]

@@ -10,7 +10,7 @@ use std::{
 
 use super::{
     Kernel,
-    guest::Marker,
+    guest::{KILL_GRACE, Marker},
     kernel::FetchTimes,
     qemu::{Next, Stream, VmEnd},
     suite::Built,
@@ -401,16 +401,18 @@ impl Collector {
                 *why = format!("{how} before this test ran");
             }
         }
-        if self.booted_at.is_none() {
-            self.problems.push(format!("{how} before /init ran"));
+        let stopped_early = if self.booted_at.is_none() {
+            Some(format!("{how} before /init ran"))
         } else if !self.done {
-            self.problems
-                .push(format!("{how} before the suite finished"));
-        } else if matches!(end, VmEnd::KilledAfterFinish) {
-            self.notes.push(how);
-        } else if matches!(end, VmEnd::Exited(status) if !status.success()) {
-            self.problems.push(how);
-        }
+            Some(format!("{how} before the suite finished"))
+        } else {
+            if matches!(end, VmEnd::KilledAfterFinish) {
+                self.notes.push(how.clone());
+            } else if matches!(end, VmEnd::Exited(status) if !status.success()) {
+                self.problems.push(how.clone());
+            }
+            None
+        };
         let mut tail: Vec<String> = self.tail.into_iter().collect();
         if !self.fatal.is_empty() {
             tail = self.fatal.iter().map(|l| format!("kernel| {l}")).collect();
@@ -424,6 +426,8 @@ impl Collector {
             guest_uptime_at_init: self.guest_uptime_at_init,
             console_tail: tail,
             interrupted,
+            how,
+            stopped_early,
         }
     }
 }
@@ -439,6 +443,11 @@ pub struct CollectedRun {
     pub console_tail: Vec<String>,
     /// The test that was running when the VM ended, if one was.
     pub interrupted: Option<usize>,
+    /// How the VM ended, in words.
+    pub how: String,
+    /// The VM ended before the suite finished: a problem, unless the tests
+    /// it did not finish run again elsewhere.
+    pub stopped_early: Option<String>,
 }
 
 fn strip_printk_time(line: &str) -> &str {
@@ -475,7 +484,8 @@ fn outcome(
         },
         101 => Outcome::Failed(panic_message(output).unwrap_or_else(|| "failed".to_owned())),
         UNKILLABLE => Outcome::Failed(format!(
-            "still there 30 s after SIGKILL at the per-test time limit of {} s (stuck in the kernel: see the tasks below); the tests after it ran beside it",
+            "still there {} s after SIGKILL at the per-test time limit of {} s (stuck in the kernel: see the tasks below); the tests after it ran beside it",
+            KILL_GRACE.as_secs(),
             limit.as_secs()
         )),
         137 if duration.is_some_and(|d| d + Duration::from_secs(1) >= limit) => {
