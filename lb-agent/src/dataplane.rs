@@ -15,6 +15,16 @@ pub enum Change<'a> {
     Remove(Frontend),
 }
 
+impl Change<'_> {
+    /// The frontend this change is about.
+    #[must_use]
+    pub const fn frontend(&self) -> Frontend {
+        match *self {
+            Self::Upsert(fe, _) | Self::Remove(fe) => fe,
+        }
+    }
+}
+
 /// Why a service could not be programmed. The rest still is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RejectReason {

@@ -5,7 +5,8 @@
 //! - [`translate`]: Kubernetes objects -> desired state (pure, kube-proxy's rules);
 //! - [`objects`]: parsing files of Kubernetes objects;
 //! - `bpf`: loading, probing, pinning and the map-backed dataplane;
-//! - `sync`: diffing desired against applied and applying it in a safe order.
+//! - `sync`: diffing desired against applied and applying it in a safe order;
+//! - [`sockets`]: closing sockets whose backend left the service.
 
 pub mod bpf;
 pub mod dataplane;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod objects;
 pub mod run;
+pub mod sockets;
 pub mod source;
 pub mod sync;
 pub mod system;

@@ -10,6 +10,7 @@ use lb_agent::{
     list,
     model::Algorithm,
     run::{self, RunConfig},
+    sockets::CloseSockets,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -78,6 +79,12 @@ struct RunArgs {
     /// Socket/backend pairs remembered for recvmsg and getpeername (LRU).
     #[arg(long, value_name = "N", default_value_t = Capacity::default().revnat, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_sockets: u32,
+    /// Sockets to close when their backend leaves the service, so that the
+    /// application's next call fails and its next `connect()` is balanced
+    /// anew: connected UDP sockets (as kube-proxy flushes UDP conntrack
+    /// entries), also TCP connections, or none.
+    #[arg(long, value_enum, value_name = "WHICH", default_value_t = CloseSockets::Udp)]
+    close_sockets: CloseSockets,
     /// Client/service pairs remembered for session affinity (LRU).
     #[arg(long, value_name = "N", default_value_t = Capacity::default().affinity, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_affinity: u32,
@@ -142,6 +149,7 @@ fn dispatch(command: Command) -> Result<()> {
                 },
                 node_name: a.node_name,
                 service_proxy_name: a.service_proxy_name,
+                close_sockets: a.close_sockets,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -13,6 +13,7 @@ use std::{
     },
 };
 
+use crate::model::Protocol;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use aya::maps::{Map, MapData, PerCpuArray};
 use lb_common::{
@@ -41,6 +42,11 @@ struct FeatureLabels {
     feature: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: &'static str,
+}
+
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -61,7 +67,86 @@ pub struct Metrics {
     /// Watch event (or file change) to maps, seconds.
     pub update_latency: Histogram,
     features: Family<FeatureLabels, Gauge>,
+    pub sockets: SocketMetrics,
     pub ready: AtomicBool,
+}
+
+/// What closing the sockets of departed backends did (`crate::sockets`).
+#[derive(Debug)]
+pub struct SocketMetrics {
+    destroyed: Family<ProtocolLabels, Counter>,
+    failures: Family<ProtocolLabels, Counter>,
+    /// Network namespaces that could not be opened, entered or dumped.
+    pub scan_errors: Counter,
+    /// One pass over every namespace for the departed backends of a sync.
+    pub scan_duration: Histogram,
+}
+
+impl SocketMetrics {
+    fn new() -> Self {
+        let m = Self {
+            destroyed: Family::default(),
+            failures: Family::default(),
+            scan_errors: Counter::default(),
+            scan_duration: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
+        };
+        // Present (at 0) before the first socket is closed.
+        for protocol in [Protocol::Udp, Protocol::Tcp] {
+            let _ = (m.destroyed(protocol), m.failures(protocol));
+        }
+        m
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "sockets_destroyed",
+            "Sockets closed because their backend left the service (sock_diag SOCK_DESTROY)",
+            self.destroyed.clone(),
+        );
+        r.register(
+            "socket_destroy_failures",
+            "Sockets of a departed backend the kernel refused to close",
+            self.failures.clone(),
+        );
+        r.register(
+            "socket_scan_errors",
+            "Network namespaces that could not be searched for sockets of departed backends",
+            self.scan_errors.clone(),
+        );
+        r.register(
+            "socket_scan_duration_seconds",
+            "Time to close the sockets of one sync's departed backends, every namespace searched",
+            self.scan_duration.clone(),
+        );
+    }
+
+    /// The counter of sockets closed for `protocol`.
+    #[must_use]
+    pub fn destroyed(&self, protocol: Protocol) -> Counter {
+        self.destroyed
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol_label(protocol),
+            })
+            .clone()
+    }
+
+    /// The counter of failed closes for `protocol`.
+    #[must_use]
+    pub fn failures(&self, protocol: Protocol) -> Counter {
+        self.failures
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol_label(protocol),
+            })
+            .clone()
+    }
+}
+
+const fn protocol_label(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
 }
 
 impl Metrics {
@@ -84,8 +169,10 @@ impl Metrics {
             source_updates: Family::default(),
             update_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
             features: Family::default(),
+            sockets: SocketMetrics::new(),
             ready: AtomicBool::new(false),
         };
+        m.sockets.register(&mut m.registry);
         let r = &mut m.registry;
         r.register(
             "syncs",

@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use lb_common::meta::FEATURE_SOCK_DESTROY;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -25,6 +26,7 @@ use crate::{
     dataplane::Dataplane as _,
     metrics::{self, Metrics},
     model::Algorithm,
+    sockets::{CloseSockets, Closer},
     source::{
         Desired, Publisher, Update,
         file::FileSource,
@@ -48,6 +50,8 @@ pub struct RunConfig {
     pub capacity: Capacity,
     pub node_name: Option<String>,
     pub service_proxy_name: Option<String>,
+    /// Which sockets to close when their backend leaves the service.
+    pub close_sockets: CloseSockets,
 }
 
 /// Runs until SIGTERM or SIGINT. The data path stays attached afterwards.
@@ -66,6 +70,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         default_algorithm: cfg.algorithm,
     })?;
     let (active, adopted_pins, mut ebpf) = (loaded.active, loaded.adopted, loaded.ebpf);
+    let can_close = loaded.features.has(FEATURE_SOCK_DESTROY);
     forward_program_logs(&mut ebpf);
     let (dataplane, adopted) = BpfDataplane::adopt(loaded.maps, loaded.barrier)?;
     tracing::info!(
@@ -105,6 +110,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             )
         })?;
 
+    let closer = start_closer(&cfg, can_close, &metrics)?;
+
     let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
     let source = start_source(&cfg, tx, Arc::clone(&metrics)).await?;
 
@@ -135,7 +142,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             _ = int.recv() => break,
         }
         if desired.complete {
-            retry_at = sync_once(&mut syncer, &mut desired, &metrics)
+            retry_at = sync_once(&mut syncer, &mut desired, &metrics, closer.as_ref())
                 .then(|| tokio::time::Instant::now() + SYNC_RETRY);
         }
         if source.is_finished() {
@@ -154,6 +161,24 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     );
     drop(ebpf);
     Ok(())
+}
+
+/// Starts closing the sockets of departed backends, unless the kernel
+/// cannot or the user said not to.
+fn start_closer(
+    cfg: &RunConfig,
+    can_close: bool,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Closer>> {
+    if !can_close || cfg.close_sockets == CloseSockets::None {
+        return Ok(None);
+    }
+    let pin = PinLayout::new(&cfg.bpffs).map(lb_common::map_names::REVNAT);
+    Ok(Some(Closer::start(
+        &pin,
+        cfg.close_sockets,
+        Arc::clone(metrics),
+    )?))
 }
 
 /// Forwards what the programs log (aya-log's ring buffer; only events that
@@ -226,11 +251,19 @@ async fn start_source(
 }
 
 /// Syncs what changed; returns whether it failed (and must be retried).
-fn sync_once(syncer: &mut Syncer<BpfDataplane>, desired: &mut Desired, metrics: &Metrics) -> bool {
+fn sync_once(
+    syncer: &mut Syncer<BpfDataplane>,
+    desired: &mut Desired,
+    metrics: &Metrics,
+    closer: Option<&Closer>,
+) -> bool {
     let (touched, noticed) = desired.take_touched();
     let result = tokio::task::block_in_place(|| syncer.sync(&desired.state, touched.as_ref()));
     match result {
         Ok(outcome) => {
+            if let Some(closer) = closer {
+                closer.submit(&outcome.departed);
+            }
             metrics.syncs.inc();
             metrics
                 .sync_duration

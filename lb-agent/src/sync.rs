@@ -7,13 +7,18 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use crate::{
-    dataplane::{ApplyReport, Dataplane, RejectReason, Usage, diff, diff_touched},
+    dataplane::{ApplyReport, Change, Dataplane, RejectReason, Usage, diff, diff_touched},
     model::{DesiredState, Frontend},
 };
+
+/// A backend that left a frontend's programmed set (the frontend itself
+/// may be gone): sockets the data path sent there for it are stale.
+pub type Departure = (Frontend, SocketAddr);
 
 /// What one sync did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +29,9 @@ pub struct SyncOutcome {
     pub duration: Duration,
     /// Services that do not fit, now (not only those new in this sync).
     pub rejected_now: usize,
+    /// Backends that left a frontend in this sync, as programmed (a change
+    /// that was rejected removed nothing).
+    pub departed: Vec<Departure>,
 }
 
 /// Owns the dataplane and remembers which services it had to reject.
@@ -90,6 +98,8 @@ impl<D: Dataplane> Syncer<D> {
                 ..SyncOutcome::default()
             });
         }
+        let mut before = BTreeMap::new();
+        self.remember_backends(&changes, &mut before);
         let mut report = self.dataplane.apply(&changes)?;
         let mut applied_changes = changes.len();
         // The room this apply freed may fit services kept aside above.
@@ -97,6 +107,7 @@ impl<D: Dataplane> Syncer<D> {
         if !fit.is_empty() {
             let more = diff_touched(self.dataplane.applied(), desired, &fit);
             if !more.is_empty() {
+                self.remember_backends(&more, &mut before);
                 let second = self.dataplane.apply(&more)?;
                 report.upserted += second.upserted;
                 report.removed += second.removed;
@@ -125,11 +136,13 @@ impl<D: Dataplane> Syncer<D> {
             }
         }
         self.rejected = rejected_now;
+        let departed = self.departures(before);
         let outcome = SyncOutcome {
             changes: applied_changes,
             duration: started.elapsed(),
             rejected_now: self.rejected.len(),
             report,
+            departed,
         };
         tracing::info!(
             changes = outcome.changes,
@@ -137,10 +150,46 @@ impl<D: Dataplane> Syncer<D> {
             removed = outcome.report.removed,
             backends_written = outcome.report.backends_written,
             rejected = outcome.rejected_now,
+            departed = outcome.departed.len(),
             duration_us = u64::try_from(outcome.duration.as_micros()).unwrap_or(u64::MAX),
             "synced"
         );
         Ok(outcome)
+    }
+}
+
+impl<D: Dataplane> Syncer<D> {
+    /// Notes the programmed backends of each frontend `changes` touch, the
+    /// first time it is seen in this sync.
+    fn remember_backends(
+        &self,
+        changes: &[Change<'_>],
+        before: &mut BTreeMap<Frontend, Vec<SocketAddr>>,
+    ) {
+        for fe in changes.iter().map(Change::frontend) {
+            if let Some(entry) = self.dataplane.applied().get(&fe) {
+                before.entry(fe).or_insert_with(|| entry.backends.clone());
+            }
+        }
+    }
+
+    /// The backends in `before` that the frontend no longer has.
+    fn departures(&self, before: BTreeMap<Frontend, Vec<SocketAddr>>) -> Vec<Departure> {
+        let mut departed = Vec::new();
+        for (fe, old) in before {
+            let now: BTreeSet<&SocketAddr> = self
+                .dataplane
+                .applied()
+                .get(&fe)
+                .map(|e| e.backends.iter().collect())
+                .unwrap_or_default();
+            departed.extend(
+                old.into_iter()
+                    .filter(|b| !now.contains(b))
+                    .map(|b| (fe, b)),
+            );
+        }
+        departed
     }
 }
 
@@ -281,6 +330,45 @@ mod tests {
         desired.insert(fe(3, 80), entry("c", &[]));
         let out = syncer.sync(&desired, Some(&BTreeSet::new())).expect("sync");
         assert_eq!(out.changes, 0);
+    }
+
+    #[test]
+    fn departures_are_the_backends_a_frontend_lost_as_programmed() {
+        let mut syncer = Syncer::new(MemoryDataplane::new(10, 4));
+        let first = state(&[
+            (fe(1, 80), entry("a", &["10.0.0.1:80", "10.0.0.2:80"])),
+            (fe(2, 80), entry("b", &["10.0.0.3:80"])),
+            (fe(3, 80), entry("c", &["10.0.0.4:80"])),
+        ]);
+        let out = syncer.sync(&first, None).expect("sync");
+        assert!(out.departed.is_empty(), "nothing was programmed before");
+
+        // a loses .2 and gains .5; b is deleted; c would grow beyond the
+        // backend table, so it is rejected and keeps what it had.
+        let second = state(&[
+            (fe(1, 80), entry("a", &["10.0.0.1:80", "10.0.0.5:80"])),
+            (
+                fe(3, 80),
+                entry("c", &["10.0.0.6:80", "10.0.0.7:80", "10.0.0.8:80"]),
+            ),
+        ]);
+        let out = syncer.sync(&second, None).expect("sync");
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        assert_eq!(
+            out.departed,
+            vec![
+                (fe(1, 80), addr("10.0.0.2:80")),
+                (fe(2, 80), addr("10.0.0.3:80"))
+            ]
+        );
+        assert_eq!(syncer.rejected().len(), 1);
+        assert!(
+            syncer
+                .sync(&second, None)
+                .expect("sync")
+                .departed
+                .is_empty()
+        );
     }
 
     #[test]

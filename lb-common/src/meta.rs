@@ -39,9 +39,13 @@ pub const FEATURE_SET_RETVAL: u32 = 1 << 8;
 pub const FEATURE_ATOMIC_FETCH: u32 = 1 << 9;
 /// Session affinity per client network namespace.
 pub const FEATURE_NETNS_COOKIE: u32 = 1 << 10;
+/// `sock_diag` `SOCK_DESTROY` (`CONFIG_INET_DIAG_DESTROY`): the agent closes
+/// connected UDP sockets (and, if asked, TCP ones) whose backend left the
+/// service. Not a program feature: the agent probes it over netlink.
+pub const FEATURE_SOCK_DESTROY: u32 = 1 << 11;
 
 /// Every feature with its name, for logs and `lb-agent list`.
-pub const FEATURE_NAMES: [(u32, &str); 11] = [
+pub const FEATURE_NAMES: [(u32, &str); 12] = [
     (FEATURE_CONNECT4, "connect4"),
     (FEATURE_CONNECT6, "connect6"),
     (FEATURE_SENDMSG4, "sendmsg4"),
@@ -53,6 +57,7 @@ pub const FEATURE_NAMES: [(u32, &str); 11] = [
     (FEATURE_SET_RETVAL, "set_retval"),
     (FEATURE_ATOMIC_FETCH, "atomic_fetch"),
     (FEATURE_NETNS_COOKIE, "netns_cookie"),
+    (FEATURE_SOCK_DESTROY, "sock_destroy"),
 ];
 
 const _: () = assert!(size_of::<Meta>() == 32);

@@ -9,7 +9,7 @@ use aya::{
 use lb_common::meta::{
     FEATURE_ATOMIC_FETCH, FEATURE_CONNECT4, FEATURE_CONNECT6, FEATURE_GETPEERNAME4,
     FEATURE_GETPEERNAME6, FEATURE_NAMES, FEATURE_NETNS_COOKIE, FEATURE_RECVMSG4, FEATURE_RECVMSG6,
-    FEATURE_SENDMSG4, FEATURE_SENDMSG6, FEATURE_SET_RETVAL,
+    FEATURE_SENDMSG4, FEATURE_SENDMSG6, FEATURE_SET_RETVAL, FEATURE_SOCK_DESTROY,
 };
 
 use super::{Error, object};
@@ -117,6 +117,13 @@ impl Features {
         }
         if helper(BpfHelper::BPF_FUNC_get_netns_cookie) {
             supported |= FEATURE_NETNS_COOKIE;
+        }
+        match crate::sockets::probe_destroy() {
+            Ok(()) => supported |= FEATURE_SOCK_DESTROY,
+            Err(e) => tracing::warn!(
+                error = %e,
+                "this kernel cannot close sockets on request (sock_diag SOCK_DESTROY needs CONFIG_INET_DIAG_DESTROY and udp_diag): a connected UDP socket stays on a backend that left its service until the application closes it"
+            ),
         }
         Ok(Self { supported })
     }

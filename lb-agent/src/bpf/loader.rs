@@ -23,7 +23,7 @@ use lb_common::{
     map_names::{self, PINNED},
     meta::{
         ABI_VERSION, FEATURE_ATOMIC_FETCH, FEATURE_CONNECT4, FEATURE_NAMES, FEATURE_NETNS_COOKIE,
-        FEATURE_SET_RETVAL, Meta,
+        FEATURE_SET_RETVAL, FEATURE_SOCK_DESTROY, Meta,
     },
     revnat::{RevNatKey, RevNatValue},
     service::{ServiceKey, ServiceName, ServiceState, ServiceValue},
@@ -175,8 +175,8 @@ pub fn load(cfg: &Config) -> Result<Loaded> {
             source: Box::new(source),
         })?;
 
-    let mut active =
-        features.supported & (FEATURE_SET_RETVAL | FEATURE_ATOMIC_FETCH | FEATURE_NETNS_COOKIE);
+    let mut active = features.supported
+        & (FEATURE_SET_RETVAL | FEATURE_ATOMIC_FETCH | FEATURE_NETNS_COOKIE | FEATURE_SOCK_DESTROY);
     let new_links = attach_all(&mut ebpf, features, &cfg.cgroup)?;
     for (hook, _) in &new_links {
         active |= hook_feature(hook);

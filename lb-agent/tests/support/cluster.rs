@@ -22,6 +22,9 @@ use super::net::{Netns, spawn_in};
 
 /// Ports every pod serves, TCP and UDP.
 pub const POD_PORTS: [u16; 2] = [8080, 9090];
+/// A TCP port every pod serves with connections that stay open: each line
+/// the client sends is answered with the pod's name.
+pub const POD_HOLD_PORT: u16 = 7070;
 
 pub struct Pod {
     pub name: String,
@@ -122,6 +125,12 @@ impl Cluster {
             }));
             ready_rx.recv().expect("udp server started");
         }
+        let (reply, s) = (name.to_owned(), Arc::clone(&stop));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        threads.push(spawn_in(&netns.path(), move || {
+            serve_held_tcp(POD_HOLD_PORT, &reply, &s, &ready_tx);
+        }));
+        ready_rx.recv().expect("held tcp server started");
         self.pods.push(Pod {
             name: name.to_owned(),
             ip4,
@@ -172,6 +181,43 @@ fn serve_tcp(
             let mut sink = [0u8; 64];
             let _ = stream.read(&mut sink);
         }
+    }
+}
+
+/// Serves [`POD_HOLD_PORT`]: a thread per connection, which ends when the
+/// client closes (or the pod stops).
+fn serve_held_tcp(
+    port: u16,
+    reply: &str,
+    stop: &Arc<AtomicBool>,
+    ready: &std::sync::mpsc::Sender<()>,
+) {
+    let listener = TcpListener::bind(("::", port)).expect("bind tcp");
+    let _ = ready.send(());
+    while !stop.load(Ordering::Relaxed) {
+        if !readable(&listener) {
+            continue;
+        }
+        let Ok((mut stream, _)) = listener.accept() else {
+            continue;
+        };
+        let (reply, stop) = (format!("{reply}\n"), Arc::clone(stop));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while !stop.load(Ordering::Relaxed) {
+                if !readable(&stream) {
+                    continue;
+                }
+                match stream.read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        if stream.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        });
     }
 }
 
