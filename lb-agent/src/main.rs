@@ -10,7 +10,7 @@ use lb_agent::{
     list,
     model::Algorithm,
     run::{self, RunConfig},
-    sockets::CloseSockets,
+    sockets::{CloseSockets, NETNS_DIRS},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -85,6 +85,11 @@ struct RunArgs {
     /// entries), also TCP connections, or none.
     #[arg(long, value_enum, value_name = "WHICH", default_value_t = CloseSockets::Udp)]
     close_sockets: CloseSockets,
+    /// Directories where the container runtime pins pods' network
+    /// namespaces, searched (besides /proc) for those sockets [default:
+    /// /run/netns and /var/run/netns, where containerd and CRI-O pin them].
+    #[arg(long = "netns-dir", value_name = "PATH")]
+    netns_dirs: Vec<PathBuf>,
     /// Client/service pairs remembered for session affinity (LRU).
     #[arg(long, value_name = "N", default_value_t = Capacity::default().affinity, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_affinity: u32,
@@ -150,6 +155,11 @@ fn dispatch(command: Command) -> Result<()> {
                 node_name: a.node_name,
                 service_proxy_name: a.service_proxy_name,
                 close_sockets: a.close_sockets,
+                netns_dirs: if a.netns_dirs.is_empty() {
+                    NETNS_DIRS.iter().map(PathBuf::from).collect()
+                } else {
+                    a.netns_dirs
+                },
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -52,6 +52,8 @@ pub struct RunConfig {
     pub service_proxy_name: Option<String>,
     /// Which sockets to close when their backend leaves the service.
     pub close_sockets: CloseSockets,
+    /// Directories of pinned network namespaces to search for them.
+    pub netns_dirs: Vec<PathBuf>,
 }
 
 /// Runs until SIGTERM or SIGINT. The data path stays attached afterwards.
@@ -177,6 +179,7 @@ fn start_closer(
     Ok(Some(Closer::start(
         &pin,
         cfg.close_sockets,
+        cfg.netns_dirs.clone(),
         Arc::clone(metrics),
     )?))
 }

@@ -220,7 +220,10 @@ impl Model {
             items.push(service(
                 name,
                 &[cluster_ip],
-                &[manifests::tcp("http", 80, *target)],
+                &[
+                    manifests::tcp("http", 80, *target),
+                    manifests::udp("dns", 53, *target),
+                ],
             ));
             let eps: Vec<Endpoint> = (0..PODS)
                 .filter_map(|p| match self.eps[svc][p] {
@@ -238,7 +241,7 @@ impl Model {
                 name,
                 &format!("{name}-1"),
                 &eps,
-                &[("http", *target, "TCP")],
+                &[("http", *target, "TCP"), ("dns", *target, "UDP")],
             ));
         }
         items
@@ -410,6 +413,143 @@ impl Clients {
 
 /// When a pod was out of a service: from, and until (if it came back).
 type Window = (Instant, Option<Instant>);
+
+/// Connected UDP clients (issue 9): each keeps one socket connected to a
+/// service's UDP port and asks on it every millisecond; when the agent
+/// closes the socket (its backend left), the client connects again, as a
+/// resolver does. A datagram answered by a pod more than [`CLOSE_WINDOW`]
+/// after the update that removed it returned is a socket the agent failed
+/// to close.
+struct UdpClients {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<UdpLog>>,
+}
+
+/// How long after a backend left its service a connected UDP socket may
+/// still reach it: the agent closes it well within this (milliseconds on a
+/// host), and the issue gives the application one second.
+const CLOSE_WINDOW: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+struct UdpLog {
+    /// When each answered datagram was sent, to which service, which pod
+    /// answered.
+    answers: Vec<(Instant, usize, usize)>,
+    /// Sockets the agent closed under the client.
+    closed: usize,
+    /// Anything else that went wrong.
+    errors: Vec<String>,
+}
+
+impl UdpClients {
+    fn start(node: &Path) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..2)
+            .map(|svc| {
+                let stop = Arc::clone(&stop);
+                spawn_in(node, move || {
+                    let addr = SocketAddr::new(vip(svc).ip(), 53);
+                    let mut log = UdpLog::default();
+                    let mut socket = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let s = socket.get_or_insert_with(|| {
+                            let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind udp");
+                            s.set_read_timeout(Some(Duration::from_secs(2)))
+                                .expect("timeout");
+                            s.connect(addr).expect("connect udp");
+                            s
+                        });
+                        let sent = Instant::now();
+                        let mut buf = [0u8; 64];
+                        match s.send(b"hello").and_then(|_| s.recv(&mut buf)) {
+                            Ok(n) => match pod_of_reply(&String::from_utf8_lossy(&buf[..n])) {
+                                Some(pod) => log.answers.push((sent, svc, pod)),
+                                None => log.errors.push("unexpected reply".to_owned()),
+                            },
+                            Err(e)
+                                if matches!(
+                                    e.raw_os_error(),
+                                    Some(libc::ECONNABORTED | libc::EDESTADDRREQ)
+                                ) =>
+                            {
+                                log.closed += 1;
+                                socket = None;
+                            }
+                            Err(e) => {
+                                log.errors.push(format!("{addr}: {e}"));
+                                socket = None;
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    log
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    fn finish(self) -> UdpLog {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = UdpLog::default();
+        for t in self.threads {
+            let log = t.join().expect("udp client thread");
+            all.answers.extend(log.answers);
+            all.closed += log.closed;
+            all.errors.extend(log.errors);
+        }
+        all
+    }
+}
+
+/// Prints what the connected UDP clients saw and panics if a datagram was
+/// answered by a pod longer than [`CLOSE_WINDOW`] after it left.
+fn udp_verdict(log: &UdpLog, timeline: &Timeline) {
+    let mut by_pod: HashMap<(usize, usize), Vec<Window>> = HashMap::new();
+    for (s, p, from, to) in timeline.windows() {
+        by_pod.entry((s, p)).or_default().push((from, to));
+    }
+    let mut late = Vec::new();
+    let mut in_window = 0;
+    for &(sent, svc, pod) in &log.answers {
+        for &(from, to) in by_pod.get(&(svc, pod)).into_iter().flatten() {
+            if sent < from || to.is_some_and(|to| sent >= to) {
+                continue;
+            }
+            if sent < from + CLOSE_WINDOW {
+                in_window += 1;
+            } else {
+                late.push(format!(
+                    "{}: a datagram sent {:.3} s after pod-{} left was answered by it",
+                    SERVICES[svc].0,
+                    (sent - from).as_secs_f64(),
+                    pod + 1
+                ));
+            }
+        }
+    }
+    let long_windows = timeline
+        .windows()
+        .filter(|(_, _, from, to)| to.is_none_or(|to| to > *from + CLOSE_WINDOW))
+        .count();
+    eprintln!(
+        "connected UDP: {} datagrams answered, {} sockets closed by the agent and reconnected, {in_window} answered by a removed backend within {CLOSE_WINDOW:?} of its removal, {} after it ({long_windows} removals lasted longer than that)",
+        log.answers.len(),
+        log.closed,
+        late.len()
+    );
+    assert!(
+        log.errors.is_empty(),
+        "UDP clients failed: {:?}",
+        &log.errors[..log.errors.len().min(10)]
+    );
+    assert!(
+        late.is_empty(),
+        "{} datagram(s) reached a removed backend after the close window:\n{}",
+        late.len(),
+        late.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
 
 /// The connections answered by a pod after the update removing it had
 /// returned (described), and how many connections started within 5 ms
@@ -837,6 +977,7 @@ fn churn_through_the_agent_file_source() {
 
     let t0 = Instant::now();
     let clients = Clients::start(&env.cluster.node.path());
+    let udp = UdpClients::start(&env.cluster.node.path());
     let mut writes = 0;
     while model.counts.changes() < CHANGES {
         rewrite(&env, &mut model, &mut rng, &mut timeline, PER_WRITE);
@@ -850,6 +991,7 @@ fn churn_through_the_agent_file_source() {
     }
     std::thread::sleep(Duration::from_millis(100));
     let conns = clients.finish();
+    let udp = udp.finish();
     let syncs = agent.metric("lb_syncs_total").unwrap_or(0.0) - syncs_before;
     eprintln!("{writes} file rewrites, {syncs} syncs reported by lb_syncs_total");
     verdict(
@@ -861,6 +1003,21 @@ fn churn_through_the_agent_file_source() {
     );
     assert!(syncs >= 1.0);
     assert!(conns.len() >= 500, "too few connections ({})", conns.len());
+    let features = agent.list()["features"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if features.split_whitespace().any(|f| f == "sock_destroy") {
+        udp_verdict(&udp, &timeline);
+        assert!(
+            udp.closed > 0,
+            "the churn removed backends but no connected UDP socket was closed"
+        );
+    } else {
+        eprintln!(
+            "no sock_destroy on this kernel: connected UDP sockets are not closed, not checked"
+        );
+    }
 }
 
 /// What `lb-agent list -o json` shows, and what the file says, comparably:

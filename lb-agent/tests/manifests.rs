@@ -869,6 +869,34 @@ fn agent_attaches_to_the_hosts_cgroup2_root_and_pins_on_the_hosts_bpffs() {
 }
 
 #[test]
+fn agent_sees_the_hosts_pinned_network_namespaces() {
+    // Pods' sockets live in their own namespaces, which the runtime pins
+    // under a directory of the host; the agent searches the directories of
+    // --netns-dir (by default those it knows runtimes use).
+    let deployment = Deployment::load();
+    let agent = deployment.agent();
+    let args = deployment.agent_args();
+    let searched: Vec<&str> = args
+        .value("netns-dir")
+        .map_or_else(|| lb_agent::sockets::NETNS_DIRS.to_vec(), |d| vec![d]);
+    let on = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| searched.contains(&m.mount_path.as_str()))
+        .unwrap_or_else(|| panic!("no volume is mounted at a searched directory {searched:?}"));
+    assert!(
+        lb_agent::sockets::NETNS_DIRS.contains(&host_path(&deployment, &on.name)),
+        "the mount must be the host's directory of pinned namespaces"
+    );
+    assert_eq!(
+        on.mount_propagation.as_deref(),
+        Some("HostToContainer"),
+        "namespaces pinned after the container started must appear in it"
+    );
+}
+
+#[test]
 fn bidirectional_mounts_are_only_in_privileged_containers() {
     // The API server refuses anything else ("Bidirectional mount propagation
     // is available only to privileged containers").

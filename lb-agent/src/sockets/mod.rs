@@ -48,6 +48,10 @@ use crate::{
 
 pub(crate) use diag::probe_destroy;
 
+/// Where container runtimes pin pod network namespaces by default
+/// (`--netns-dir`): containerd, CRI-O and `ip netns`.
+pub const NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
+
 /// Which sockets to close when their backend leaves the service.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum CloseSockets {
@@ -97,6 +101,7 @@ impl Closer {
     pub fn start(
         revnat_pin: &Path,
         protocols: CloseSockets,
+        netns_dirs: Vec<PathBuf>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StartError> {
         let open_error = |source| StartError::Map {
@@ -108,7 +113,7 @@ impl Closer {
         let (tx, rx) = channel();
         std::thread::Builder::new()
             .name("socket-closer".into())
-            .spawn(move || work(&rx, &revnat, &metrics))
+            .spawn(move || work(&rx, &revnat, &netns_dirs, &metrics))
             .map_err(StartError::Thread)?;
         Ok(Self { tx, protocols })
     }
@@ -159,7 +164,7 @@ struct Closed {
     scan_errors: u64,
 }
 
-fn work(rx: &Receiver<Vec<Departure>>, revnat: &RevNat, metrics: &Metrics) {
+fn work(rx: &Receiver<Vec<Departure>>, revnat: &RevNat, netns_dirs: &[PathBuf], metrics: &Metrics) {
     while let Ok(first) = rx.recv() {
         let started = Instant::now();
         let mut targets = Targets::default();
@@ -168,7 +173,7 @@ fn work(rx: &Receiver<Vec<Departure>>, revnat: &RevNat, metrics: &Metrics) {
         while let Ok(more) = rx.try_recv() {
             targets.add(more);
         }
-        let closed = close(&targets, revnat);
+        let closed = close(&targets, revnat, netns_dirs);
         let took = started.elapsed();
         let m = &metrics.sockets;
         m.scan_duration.observe(took.as_secs_f64());
@@ -196,11 +201,11 @@ type RevNat = HashMap<MapData, RevNatKey, RevNatValue>;
 /// One pass over every namespace. Runs on a thread of its own that moves
 /// from namespace to namespace and ends with the pass, so no thread of the
 /// agent is ever left in a pod's namespace.
-fn close(targets: &Targets, revnat: &RevNat) -> Closed {
+fn close(targets: &Targets, revnat: &RevNat, netns_dirs: &[PathBuf]) -> Closed {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                let found = netns::find(Path::new("/proc"), &netns::PIN_DIRS);
+                let found = netns::find(Path::new("/proc"), netns_dirs);
                 let mut closed = Closed {
                     namespaces: found.namespaces.len(),
                     ..Closed::default()

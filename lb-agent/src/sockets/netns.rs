@@ -1,9 +1,10 @@
 //! Finding every network namespace on the node without a container runtime
 //! API: the agent's own, the one of each process (`/proc/<pid>/ns/net`), and
-//! the ones pinned by bind mounts (`ip netns` and CNI plugins pin pod
-//! namespaces under `/run/netns` or `/var/run/netns`, so a pod's namespace
-//! is found even when none of its processes is visible). Each namespace is
-//! listed once, however many paths lead to it.
+//! the ones pinned by bind mounts in the given directories (`ip netns`,
+//! containerd and CRI-O pin pod namespaces under `/run/netns` or
+//! `/var/run/netns`, so a pod's namespace is found even when none of its
+//! processes is visible). Each namespace is listed once, however many paths
+//! lead to it.
 
 use std::{
     collections::BTreeSet,
@@ -14,9 +15,6 @@ use std::{
 };
 
 use nix::sched::{CloneFlags, setns};
-
-/// Directories of namespace files pinned by bind mounts.
-pub(crate) const PIN_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
 
 /// One network namespace, open (so it cannot go away while it is used).
 pub(crate) struct Namespace {
@@ -43,7 +41,7 @@ pub(crate) struct Found {
 
 /// Every network namespace reachable from `proc` and `pin_dirs`, the
 /// calling thread's own first.
-pub(crate) fn find(proc: &Path, pin_dirs: &[&str]) -> Found {
+pub(crate) fn find(proc: &Path, pin_dirs: &[PathBuf]) -> Found {
     let mut found = Found::default();
     let mut seen = BTreeSet::new();
     let mut consider = |path: PathBuf, found: &mut Found| {

@@ -68,10 +68,21 @@ impl Suite {
                 manifest_path: None,
             },
             // veth and bridge: the tests' pods and node; cls_bpf and
-            // sch_ingress (clsact): tc programs; ipv6: reported (built in).
-            modules: ["veth", "bridge", "cls_bpf", "sch_ingress", "ipv6"]
-                .map(str::to_owned)
-                .to_vec(),
+            // sch_ingress (clsact): tc programs; ipv6: reported (built in);
+            // inet_diag, udp_diag and tcp_diag: sock_diag dumps and
+            // SOCK_DESTROY, which close sockets of departed backends.
+            modules: [
+                "veth",
+                "bridge",
+                "cls_bpf",
+                "sch_ingress",
+                "ipv6",
+                "inet_diag",
+                "udp_diag",
+                "tcp_diag",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
             tools: ["ip", "tc", "bpftool"].map(str::to_owned).to_vec(),
             vm_timeout: Duration::from_mins(20),
             test_timeout: Duration::from_mins(10),
