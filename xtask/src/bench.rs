@@ -28,7 +28,9 @@
 
 mod agent;
 mod api;
+mod ignored;
 mod report;
+mod sockets;
 mod stats;
 mod workload;
 mod world;
@@ -117,6 +119,17 @@ pub struct Args {
     /// Skip the endpoint-change measurement through the Kubernetes API.
     #[arg(long)]
     pub no_api: bool,
+    /// Closing the sockets of a removed backend: measure it after the rest
+    /// (`run`), not at all (`skip`), or alone (`only`).
+    #[arg(long, value_enum, default_value_t = SocketsSection::Run)]
+    pub sockets: SocketsSection,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SocketsSection {
+    Run,
+    Skip,
+    Only,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -232,17 +245,10 @@ pub fn run(args: &Args) -> Result<()> {
     sizes.dedup();
     let settings = settings(args);
 
-    let agent_bin = match &args.agent_bin {
-        Some(path) => {
-            ensure!(
-                path.exists(),
-                "--agent-bin {} does not exist",
-                path.display()
-            );
-            path.clone()
-        }
-        None => build::run(&build::Args { release: true })?.agent,
-    };
+    let agent_bin = agent_binary(args)?;
+    if args.sockets == SocketsSection::Only {
+        return sockets_only(args, &agent_bin);
+    }
     let client_bin = build_client()?;
     ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
         .context("failed to handle Ctrl-C")?;
@@ -306,10 +312,31 @@ pub fn run(args: &Args) -> Result<()> {
         if !args.no_api && failure.is_none() && !interrupted() {
             failure = add_api_section(args, &sizes, &agent_bin, &out, &mut written).err();
         }
+        if args.sockets == SocketsSection::Run && failure.is_none() && !interrupted() {
+            failure = add_section(&out, &mut written, || {
+                sockets::run(socket_cases(args), &agent_bin, &out)
+            })
+            .err();
+        }
         println!("{written}");
         eprintln!("bench: results in {}", out.display());
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// `--agent-bin`, or the agent built in release.
+fn agent_binary(args: &Args) -> Result<PathBuf> {
+    match &args.agent_bin {
+        Some(path) => {
+            ensure!(
+                path.exists(),
+                "--agent-bin {} does not exist",
+                path.display()
+            );
+            Ok(path.clone())
+        }
+        None => Ok(build::run(&build::Args { release: true })?.agent),
+    }
 }
 
 /// The peers' tools must be there.
@@ -339,9 +366,50 @@ fn add_api_section(
 ) -> Result<()> {
     eprintln!("bench: endpoint changes through the Kubernetes API");
     let changes = if args.quick { 20 } else { 200 };
-    written.push_str(&api::run(sizes, changes, agent_bin, out)?);
+    add_section(out, written, || api::run(sizes, changes, agent_bin, out))
+}
+
+/// Appends the section `measure` returns to `results.md`.
+fn add_section(
+    out: &Path,
+    written: &mut String,
+    measure: impl FnOnce() -> Result<String>,
+) -> Result<()> {
+    written.push_str(&measure()?);
     let md_path = out.join("results.md");
     fs::write(&md_path, &*written).with_context(|| format!("failed to write {}", md_path.display()))
+}
+
+/// `namespaces x sockets per namespace` for the socket-closing section.
+const fn socket_cases(args: &Args) -> &'static str {
+    if args.quick {
+        "10x10,100x20"
+    } else {
+        "10x10,100x20,200x20,200x50"
+    }
+}
+
+/// `--sockets only`: the socket-closing section alone.
+fn sockets_only(args: &Args, agent_bin: &Path) -> Result<()> {
+    let out = args.out.clone().unwrap_or_else(|| {
+        workspace_root()
+            .join("target/bench")
+            .join(report::utc_now().replace(':', ""))
+    });
+    fs::create_dir_all(&out).with_context(|| format!("failed to create {}", out.display()))?;
+    eprintln!(
+        "bench: closing the sockets of a removed backend; results go to {}",
+        out.display()
+    );
+    let mut written = format!(
+        "# lb-agent: closing sockets of a removed backend\n\n{}\n",
+        report::command_line()
+    );
+    add_section(&out, &mut written, || {
+        sockets::run(socket_cases(args), agent_bin, &out)
+    })?;
+    println!("{written}");
+    Ok(())
 }
 
 /// How much to measure, from the flags.

@@ -5,77 +5,30 @@
 //! `lb-agent/tests/kube_latency.rs` (it needs the test API server, which
 //! lives with the tests); this runs it in release and tabulates its output.
 
-use std::{
-    fmt::Write as _,
-    fs,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-};
+use std::{fmt::Write as _, fs, path::Path};
 
-use anyhow::{Context as _, Result, bail, ensure};
-use serde_json::Value;
+use anyhow::{Context as _, Result, bail};
 
-use crate::util::workspace_root;
-
-/// Builds the measuring test in release and returns its executable.
-fn build() -> Result<PathBuf> {
-    let out = Command::new("cargo")
-        .current_dir(workspace_root())
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "lb-agent",
-            "--test",
-            "kube_latency",
-            "--no-run",
-            "--message-format=json",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("failed to run cargo test --no-run")?;
-    ensure!(
-        out.status.success(),
-        "building lb-agent's kube_latency benchmark failed"
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["target"]["name"] == "kube_latency")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo did not report the kube_latency executable")
-}
+use super::ignored;
 
 /// Runs the measurement for `sizes` and returns a Markdown section (also
 /// written to `out/api.json`).
 pub fn run(sizes: &[usize], changes: usize, agent_bin: &Path, out: &Path) -> Result<String> {
-    let exe = build()?;
     let sizes_arg = sizes
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let output = Command::new(&exe)
-        .args([
-            "--ignored",
-            "--exact",
-            "api_event_to_data_path_latency",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("LB_BENCH_SIZES", &sizes_arg)
-        .env("LB_BENCH_CHANGES", changes.to_string())
-        .env("LB_AGENT_BIN", agent_bin)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("failed to run {}", exe.display()))?;
-    let rows: Vec<Value> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        // libtest may print `test NAME ... ` on the same line first.
-        .filter_map(|l| l.find('{').map(|i| &l[i..]))
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    if !output.status.success() {
+    let (rows, ok) = ignored::run(
+        "kube_latency",
+        "api_event_to_data_path_latency",
+        &[
+            ("LB_BENCH_SIZES", sizes_arg),
+            ("LB_BENCH_CHANGES", changes.to_string()),
+            ("LB_AGENT_BIN", agent_bin.display().to_string()),
+        ],
+    )?;
+    if !ok {
         bail!(
             "the kube_latency benchmark failed (after {} of {} sizes)",
             rows.len(),

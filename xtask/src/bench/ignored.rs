@@ -1,0 +1,69 @@
+//! Measurements that live with lb-agent's tests, because they need its test
+//! support (the list/watch server, the namespaces and pods): ignored tests
+//! that print one JSON object per line. This builds one in release, runs it,
+//! and collects those lines.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+
+use crate::util::workspace_root;
+
+/// Builds integration-test target `target` of lb-agent in release and
+/// returns its executable.
+fn build(target: &str) -> Result<PathBuf> {
+    let out = Command::new("cargo")
+        .current_dir(workspace_root())
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "lb-agent",
+            "--test",
+            target,
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("failed to run cargo test --no-run")?;
+    ensure!(
+        out.status.success(),
+        "building lb-agent's {target} benchmark failed"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["target"]["name"] == target)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo did not report the {target} executable"))
+}
+
+/// Runs the ignored test `test` of `target` with `env`; the JSON rows it
+/// printed, and whether it passed.
+pub fn run(target: &str, test: &str, env: &[(&str, String)]) -> Result<(Vec<Value>, bool)> {
+    let exe = build(target)?;
+    let output = Command::new(&exe)
+        .args([
+            "--ignored",
+            "--exact",
+            test,
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("failed to run {}", exe.display()))?;
+    let rows = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        // libtest may print `test NAME ... ` on the same line first.
+        .filter_map(|l| l.find('{').map(|i| &l[i..]))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    Ok((rows, output.status.success()))
+}
