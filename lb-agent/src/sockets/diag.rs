@@ -11,7 +11,7 @@ use std::{
 };
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
     NetlinkPayload, NetlinkSerializable,
 };
 use netlink_packet_sock_diag::{
@@ -30,6 +30,8 @@ use crate::model::Protocol;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Dumps arrive in chunks of about a page; 64 KiB holds any of them.
 const RECV_BUFFER: usize = 64 * 1024;
+/// Destroy requests per datagram.
+const DESTROY_BATCH: usize = 64;
 
 /// The address families a dump covers. An IPv6 socket may be connected to an
 /// IPv4-mapped address, so both are dumped for either service family.
@@ -148,33 +150,79 @@ impl Diag {
         }
     }
 
-    /// Destroys one socket from a dump: the owner's next call fails with
-    /// `ECONNABORTED` (a TCP peer gets a reset). `ENOENT` when it is gone.
-    pub(crate) fn destroy(&mut self, socket: &DumpedSocket) -> io::Result<()> {
-        let request = InetRequest {
-            family: socket.family,
-            protocol: socket.protocol.number(),
-            extensions: ExtensionFlags::empty(),
-            states: StateFlags::all(),
-            socket_id: socket.id.clone(),
-        };
-        let seq = self.send(
-            SockDiagDestroy::new(SockDiagMessage::InetRequest(request)),
-            NLM_F_REQUEST | NLM_F_ACK,
-        )?;
-        let mut acked = None;
-        while acked.is_none() {
-            self.receive::<SockDiagDestroy>(seq, |payload| {
-                if let NetlinkPayload::Error(e) = payload {
-                    acked = Some(match e.code {
-                        None => Ok(()),
-                        Some(_) => Err(e.to_io()),
-                    });
+    /// Destroys sockets from a dump: each owner's next call fails with
+    /// `ECONNABORTED` (a TCP peer gets a reset). Many requests go in one
+    /// datagram, without acknowledgements (the kernel answers only the
+    /// failures, before the send returns); returns each failure with the
+    /// index of its socket (`ENOENT`: closed by its owner meanwhile).
+    pub(crate) fn destroy_all(
+        &mut self,
+        sockets: &[DumpedSocket],
+    ) -> io::Result<Vec<(usize, io::Error)>> {
+        let mut failures = Vec::new();
+        let mut bytes = Vec::new();
+        for (chunk_no, chunk) in sockets.chunks(DESTROY_BATCH).enumerate() {
+            let first_seq = self.seq.wrapping_add(1);
+            bytes.clear();
+            for socket in chunk {
+                self.seq = self.seq.wrapping_add(1);
+                let mut header = NetlinkHeader::default();
+                header.flags = NLM_F_REQUEST;
+                header.sequence_number = self.seq;
+                let request = InetRequest {
+                    family: socket.family,
+                    protocol: socket.protocol.number(),
+                    extensions: ExtensionFlags::empty(),
+                    states: StateFlags::all(),
+                    socket_id: socket.id.clone(),
+                };
+                let mut message = NetlinkMessage::new(
+                    header,
+                    NetlinkPayload::InnerMessage(SockDiagDestroy::new(
+                        SockDiagMessage::InetRequest(request),
+                    )),
+                );
+                message.finalize();
+                let at = bytes.len();
+                // Messages in one datagram start on 4-byte boundaries.
+                bytes.resize(at + message.buffer_len().next_multiple_of(4), 0);
+                message.serialize(&mut bytes[at..at + message.buffer_len()]);
+            }
+            self.socket.send(&bytes, 0)?;
+            self.drain_errors(|seq, e| {
+                let i = usize::try_from(seq.wrapping_sub(first_seq)).unwrap_or(usize::MAX);
+                if i < chunk.len() {
+                    failures.push((chunk_no * DESTROY_BATCH + i, e));
                 }
-                Ok(())
             })?;
         }
-        acked.unwrap_or(Ok(()))
+        Ok(failures)
+    }
+
+    /// Reads what the kernel queued without waiting: the error answers.
+    fn drain_errors(&mut self, mut each: impl FnMut(u32, io::Error)) -> io::Result<()> {
+        loop {
+            let n = match self.socket.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let mut offset = 0;
+            while offset < n {
+                let message = NetlinkMessage::<SockDiagDestroy>::deserialize(&self.buf[offset..n])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                if let NetlinkPayload::Error(e) = &message.payload
+                    && e.code.is_some()
+                {
+                    each(message.header.sequence_number, e.to_io());
+                }
+                let len = message.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                offset += len.next_multiple_of(4);
+            }
+        }
     }
 
     fn send<M: NetlinkSerializable>(&mut self, inner: M, flags: u16) -> io::Result<u32> {
@@ -244,11 +292,14 @@ pub(crate) fn probe_destroy() -> io::Result<()> {
         // All ones: "any cookie" (INET_DIAG_NOCOOKIE).
         cookie: [0xff; 8],
     };
-    Diag::open()?.destroy(&DumpedSocket {
+    let failed = Diag::open()?.destroy_all(&[DumpedSocket {
         family: AF_INET,
         protocol: Protocol::Udp,
         id,
-    })?;
+    }])?;
+    if let Some((_, e)) = failed.into_iter().next() {
+        return Err(e);
+    }
     socket.set_nonblocking(true)?;
     match socket.recv(&mut [0; 1]) {
         Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),

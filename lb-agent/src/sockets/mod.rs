@@ -255,20 +255,22 @@ fn close_in(
             }
         }
     }
-    for socket in stale {
-        match diag.destroy(&socket) {
-            Ok(()) => *closed.destroyed.entry(socket.protocol).or_default() += 1,
-            // Closed by its owner since the dump.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => {
-                *closed.failed.entry(socket.protocol).or_default() += 1;
-                tracing::warn!(
-                    netns = %ns.path.display(),
-                    peer = %socket.peer(),
-                    error = %e,
-                    "failed to close a socket of a departed backend"
-                );
-            }
+    let failures = diag.destroy_all(&stale)?;
+    for socket in &stale {
+        *closed.destroyed.entry(socket.protocol).or_default() += 1;
+    }
+    for (i, e) in failures {
+        let socket = &stale[i];
+        *closed.destroyed.entry(socket.protocol).or_default() -= 1;
+        // ENOENT: closed by its owner since the dump.
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            *closed.failed.entry(socket.protocol).or_default() += 1;
+            tracing::warn!(
+                netns = %ns.path.display(),
+                peer = %socket.peer(),
+                error = %e,
+                "failed to close a socket of a departed backend"
+            );
         }
     }
     Ok(())
