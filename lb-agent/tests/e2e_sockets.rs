@@ -168,6 +168,15 @@ fn can_destroy(agent: &Agent, test: &str) -> bool {
     yes
 }
 
+/// pod-2 and pod-3 behind the services, the agent on them with `args`;
+/// `None` (and the test recorded as skipped) without `SOCK_DESTROY`.
+fn start(test: &str, args: &[&str]) -> Option<(FileEnv, Agent)> {
+    let env = FileEnv::new(3, "services.json");
+    env.write(&objects(&env, &[2, 3]));
+    let agent = env.agent(args);
+    can_destroy(&agent, test).then_some((env, agent))
+}
+
 fn assert_closed_error(e: &io::Error) {
     let code = e.raw_os_error();
     assert!(
@@ -181,15 +190,12 @@ fn assert_closed_error(e: &io::Error) {
 
 #[test]
 fn connected_udp_client_in_a_pod_moves_off_a_removed_backend() {
-    let env = FileEnv::new(3, "services.json");
-    env.write(&objects(&env, &[2, 3]));
-    let agent = env.agent(&[]);
-    if !can_destroy(
-        &agent,
+    let Some((env, agent)) = start(
         "connected_udp_client_in_a_pod_moves_off_a_removed_backend",
-    ) {
+        &[],
+    ) else {
         return;
-    }
+    };
     let in_pod = env.cluster.pods[0].netns.enter();
     let mut conn = answered_by("pod-2", || Conn::udp(vip(VIP, 53)));
 
@@ -222,15 +228,12 @@ fn connected_udp_client_in_a_pod_moves_off_a_removed_backend() {
 
 #[test]
 fn only_sockets_the_data_path_sent_to_the_removed_backend_are_closed() {
-    let env = FileEnv::new(3, "services.json");
-    env.write(&objects(&env, &[2, 3]));
-    let agent = env.agent(&[]);
-    if !can_destroy(
-        &agent,
+    let Some((env, agent)) = start(
         "only_sockets_the_data_path_sent_to_the_removed_backend_are_closed",
-    ) {
+        &[],
+    ) else {
         return;
-    }
+    };
     let pod2 = env.cluster.pods[1].addr4(8080);
     // A client on the node (the agent's own namespace) ...
     let mut node_stale = answered_by("pod-2", || Conn::udp(vip(VIP, 53)));
@@ -279,15 +282,12 @@ fn only_sockets_the_data_path_sent_to_the_removed_backend_are_closed() {
 
 #[test]
 fn close_sockets_udp_tcp_also_resets_tcp_connections_to_the_removed_backend() {
-    let env = FileEnv::new(3, "services.json");
-    env.write(&objects(&env, &[2, 3]));
-    let agent = env.agent(&["--close-sockets", "udp-tcp"]);
-    if !can_destroy(
-        &agent,
+    let Some((env, agent)) = start(
         "close_sockets_udp_tcp_also_resets_tcp_connections_to_the_removed_backend",
-    ) {
+        &["--close-sockets", "udp-tcp"],
+    ) else {
         return;
-    }
+    };
     let in_pod = env.cluster.pods[0].netns.enter();
     let mut stale = answered_by("pod-2", || Conn::tcp(vip(VIP, 7070)));
     let mut kept = answered_by("pod-3", || Conn::tcp(vip(VIP, 7070)));

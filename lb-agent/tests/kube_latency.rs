@@ -23,7 +23,7 @@ use apiserver::ApiServer;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde_json::json;
 use support::{
-    agent::Agent,
+    agent::{Agent, histogram},
     client,
     cluster::Cluster,
     manifests::{self, ready, service, slice, typed},
@@ -188,16 +188,4 @@ fn add_fillers(api: &ApiServer, count: usize) {
             &[("http", 8080, "TCP")],
         )));
     }
-}
-
-/// `_count` and `_sum` of a histogram in the exposition.
-fn histogram(metrics: &str, name: &str) -> (f64, f64) {
-    let value = |suffix: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}_{suffix} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
-    (value("count"), value("sum"))
 }

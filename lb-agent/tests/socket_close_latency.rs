@@ -19,6 +19,7 @@ use std::{
 
 use serde_json::{Value, json};
 use support::{
+    agent::histogram,
     env::FileEnv,
     manifests::{self, ready, service, slice},
     net::Netns,
@@ -52,18 +53,6 @@ fn client_namespace() -> Netns {
     ns.ip(&["addr", "add", "10.201.0.1/32", "dev", "lo"]);
     ns.ip(&["route", "add", "default", "dev", "lo"]);
     ns
-}
-
-/// The sum and count of a histogram in `/metrics`.
-fn histogram(metrics: &str, name: &str) -> (f64, f64) {
-    let value = |suffix: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}_{suffix} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
-    (value("sum"), value("count"))
 }
 
 #[test]
@@ -115,11 +104,11 @@ fn stale_socket_close_latency() {
         let all_closed = written.elapsed();
         // The pass has ended once its histogram counts it.
         let mut after = histogram(&agent.metrics(), "lb_socket_scan_duration_seconds");
-        while after.1 <= before.1 {
+        while after.0 <= before.0 {
             std::thread::sleep(Duration::from_millis(5));
             after = histogram(&agent.metrics(), "lb_socket_scan_duration_seconds");
         }
-        let passes = after.1 - before.1;
+        let passes = after.0 - before.0;
         let destroyed = agent
             .metrics()
             .lines()
@@ -133,7 +122,7 @@ fn stale_socket_close_latency() {
                 "sockets": sockets.len(),
                 "destroyed": destroyed,
                 "write_to_all_closed_ms": all_closed.as_secs_f64() * 1e3,
-                "agent_pass_ms": (after.0 - before.0) / passes * 1e3,
+                "agent_pass_ms": (after.1 - before.1) / passes * 1e3,
                 "passes": passes,
             })
         );

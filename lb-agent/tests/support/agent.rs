@@ -23,6 +23,18 @@ pub fn bin() -> PathBuf {
     )
 }
 
+/// `_count` and `_sum` of the histogram `name` in a `/metrics` text.
+pub fn histogram(metrics: &str, name: &str) -> (f64, f64) {
+    let value = |suffix: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_{suffix} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    (value("count"), value("sum"))
+}
+
 /// Runs `lb-agent ARGS` to completion.
 pub fn run_cli(args: &[&str]) -> Output {
     Command::new(bin())

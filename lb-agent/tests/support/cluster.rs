@@ -7,7 +7,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -157,6 +157,26 @@ fn readable(fd: &impl std::os::fd::AsFd) -> bool {
     matches!(poll(&mut fds, PollTimeout::from(50u16)), Ok(n) if n > 0)
 }
 
+/// Binds `[::]:port` (IPv4 too, with the default bindv6only=0), says it
+/// is ready, and hands each connection to `handle` until `stop`.
+fn accept_until(
+    port: u16,
+    stop: &AtomicBool,
+    ready: &std::sync::mpsc::Sender<()>,
+    mut handle: impl FnMut(TcpStream),
+) {
+    let listener = TcpListener::bind(("::", port)).expect("bind tcp");
+    let _ = ready.send(());
+    while !stop.load(Ordering::Relaxed) {
+        if !readable(&listener) {
+            continue;
+        }
+        if let Ok((stream, _)) = listener.accept() {
+            handle(stream);
+        }
+    }
+}
+
 fn serve_tcp(
     port: u16,
     reply: &str,
@@ -164,24 +184,16 @@ fn serve_tcp(
     served: &AtomicU64,
     ready: &std::sync::mpsc::Sender<()>,
 ) {
-    // `[::]` with the default bindv6only=0 serves IPv4 too.
-    let listener = TcpListener::bind(("::", port)).expect("bind tcp");
-    let _ = ready.send(());
-    while !stop.load(Ordering::Relaxed) {
-        if !readable(&listener) {
-            continue;
-        }
-        if let Ok((mut stream, _)) = listener.accept() {
-            served.fetch_add(1, Ordering::Relaxed);
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-            let _ = stream.write_all(format!("{reply}\n").as_bytes());
-            // Drain whatever the client sent, then close.
-            let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-            let _ = stream.shutdown(std::net::Shutdown::Write);
-            let mut sink = [0u8; 64];
-            let _ = stream.read(&mut sink);
-        }
-    }
+    accept_until(port, stop, ready, |mut stream| {
+        served.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+        let _ = stream.write_all(format!("{reply}\n").as_bytes());
+        // Drain whatever the client sent, then close.
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut sink = [0u8; 64];
+        let _ = stream.read(&mut sink);
+    });
 }
 
 /// Serves [`POD_HOLD_PORT`]: a thread per connection, which ends when the
@@ -192,15 +204,7 @@ fn serve_held_tcp(
     stop: &Arc<AtomicBool>,
     ready: &std::sync::mpsc::Sender<()>,
 ) {
-    let listener = TcpListener::bind(("::", port)).expect("bind tcp");
-    let _ = ready.send(());
-    while !stop.load(Ordering::Relaxed) {
-        if !readable(&listener) {
-            continue;
-        }
-        let Ok((mut stream, _)) = listener.accept() else {
-            continue;
-        };
+    accept_until(port, stop, ready, |mut stream| {
         let (reply, stop) = (format!("{reply}\n"), Arc::clone(stop));
         std::thread::spawn(move || {
             let mut buf = [0u8; 256];
@@ -218,7 +222,7 @@ fn serve_held_tcp(
                 }
             }
         });
-    }
+    });
 }
 
 fn serve_udp(

@@ -5,9 +5,9 @@
 //! `lb-agent/tests/kube_latency.rs` (it needs the test API server, which
 //! lives with the tests); this runs it in release and tabulates its output.
 
-use std::{fmt::Write as _, fs, path::Path};
+use std::{fmt::Write as _, path::Path};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use super::ignored;
 
@@ -35,9 +35,7 @@ pub fn run(sizes: &[usize], changes: usize, agent_bin: &Path, out: &Path) -> Res
             sizes.len()
         );
     }
-    let json_path = out.join("api.json");
-    fs::write(&json_path, serde_json::to_string_pretty(&rows)?)
-        .with_context(|| format!("failed to write {}", json_path.display()))?;
+    ignored::save(&rows, out, "api.json")?;
 
     let mut md = String::from(
         "\n## Endpoint change through the Kubernetes API\n\n\
@@ -49,10 +47,7 @@ pub fn run(sizes: &[usize], changes: usize, agent_bin: &Path, out: &Path) -> Res
          |---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &rows {
-        let ms = |k: &str| {
-            r[k].as_f64()
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2} ms"))
-        };
+        let ms = |k: &str| ignored::ms(r, k, 2);
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} |",

@@ -4,7 +4,8 @@
 //! and collects those lines.
 
 use std::{
-    path::PathBuf,
+    fs,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -66,4 +67,18 @@ pub fn run(target: &str, test: &str, env: &[(&str, String)]) -> Result<(Vec<Valu
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     Ok((rows, output.status.success()))
+}
+
+/// Writes `rows` to `out/name` as JSON, next to `results.md`.
+pub fn save(rows: &[Value], out: &Path, name: &str) -> Result<()> {
+    let path = out.join(name);
+    fs::write(&path, serde_json::to_string_pretty(rows)?)
+        .with_context(|| format!("failed to write {}", path.display()))
+}
+
+/// A number of milliseconds from a row, for a table cell (`-` if absent).
+pub fn ms(row: &Value, key: &str, decimals: usize) -> String {
+    row[key]
+        .as_f64()
+        .map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$} ms"))
 }

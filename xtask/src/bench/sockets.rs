@@ -4,9 +4,9 @@
 //! and the agent's own pass. The measuring code is the ignored test
 //! `lb-agent/tests/socket_close_latency.rs` (it needs the test world).
 
-use std::{fmt::Write as _, fs, path::Path};
+use std::{fmt::Write as _, path::Path};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use super::ignored;
 
@@ -27,9 +27,7 @@ pub fn run(cases: &str, agent_bin: &Path, out: &Path) -> Result<String> {
             rows.len()
         );
     }
-    let json_path = out.join("sockets.json");
-    fs::write(&json_path, serde_json::to_string_pretty(&rows)?)
-        .with_context(|| format!("failed to write {}", json_path.display()))?;
+    ignored::save(&rows, out, "sockets.json")?;
 
     let mut md = String::from(
         "\n## Closing the sockets of a removed backend\n\n\
@@ -41,10 +39,7 @@ pub fn run(cases: &str, agent_bin: &Path, out: &Path) -> Result<String> {
          |---:|---:|---:|---:|---:|\n",
     );
     for r in &rows {
-        let ms = |k: &str| {
-            r[k].as_f64()
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"))
-        };
+        let ms = |k: &str| ignored::ms(r, k, 1);
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} |",
