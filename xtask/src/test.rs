@@ -1,7 +1,8 @@
 //! `cargo xtask test`: everything that must pass before a change lands.
 //!
-//! Steps: formatting and lints, unit tests, the API-server tests, the
-//! end-to-end suites on this machine's kernel (as root, one test at a time,
+//! Steps: formatting and lints, unit tests, the integration tests that need
+//! no privilege (the test API server, the manifests), the end-to-end suites
+//! (`test/e2e`) on this machine's kernel (as root, one test at a time,
 //! in network namespaces and child cgroups), and the same end-to-end suites
 //! in a VM on Linux 6.1. Every step runs even if an earlier one failed, and
 //! a summary lists each step, its time, and the tests that were skipped.
@@ -31,9 +32,12 @@ pub struct Args {
     pub filter: Option<String>,
 }
 
-/// The end-to-end test targets: `lb-agent/tests/e2e_*.rs`.
+/// The package of the end-to-end suites (root only; not a default member).
+pub const E2E_PACKAGE: &str = "lb-e2e";
+
+/// The end-to-end test targets: `test/e2e/tests/e2e_*.rs`.
 pub fn e2e_targets() -> Result<Vec<String>> {
-    let dir = workspace_root().join("lb-agent/tests");
+    let dir = workspace_root().join("test/e2e/tests");
     let mut targets: Vec<String> = fs::read_dir(&dir)
         .with_context(|| format!("failed to read {}", dir.display()))?
         .filter_map(Result::ok)
@@ -78,10 +82,20 @@ pub fn run(args: &Args) -> Result<()> {
     run_step("formatting (cargo fmt --check)", &mut || {
         cargo(&root, &["fmt", "--all", "--check"], &[]).map(|()| String::new())
     });
-    run_step("lints (cargo clippy -D warnings)", &mut || {
+    run_step("lints (cargo clippy --workspace -D warnings)", &mut || {
         cargo(
             &root,
-            &["clippy", "--all-targets", "--", "-D", "warnings"],
+            // Every crate but the eBPF one, which only builds for BPF.
+            &[
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "lb-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
             &[],
         )
         .map(|()| String::new())
@@ -89,14 +103,28 @@ pub fn run(args: &Args) -> Result<()> {
     run_step("unit tests", &mut || {
         cargo(&root, &["test", "--lib", "--bins"], &[]).map(|()| String::new())
     });
-    run_step("API server protocol tests", &mut || {
-        cargo(
-            &root,
-            &["test", "-p", "lb-agent", "--test", "apiserver"],
-            &[],
-        )
-        .map(|()| String::new())
-    });
+    run_step(
+        "integration tests (test API server, manifests)",
+        &mut || {
+            cargo(
+                &root,
+                &["test", "-p", "lb-testbed", "-p", "lb-agent", "--tests"],
+                &[],
+            )
+            .map(|()| String::new())
+        },
+    );
+    run_step(
+        "the agent the end-to-end suites run (cargo build)",
+        &mut || {
+            cargo(
+                &root,
+                &["build", "-p", "lb-agent", "--bin", "lb-agent"],
+                &[],
+            )
+            .map(|()| String::new())
+        },
+    );
     let targets = e2e_targets()?;
     for target in &targets {
         let filter = args.filter.clone();
@@ -152,7 +180,7 @@ fn host_e2e(root: &Path, target: &str, filter: Option<&str>) -> Result<String> {
     let report = report_path(target);
     let _ = fs::remove_file(&report);
     let report_str = report.display().to_string();
-    let mut args = vec!["test", "-p", "lb-agent", "--test", target, "--"];
+    let mut args = vec!["test", "-p", E2E_PACKAGE, "--test", target, "--"];
     if let Some(f) = filter {
         args.push(f);
     }

@@ -2,7 +2,7 @@
 //! API server (kube-rs's real client), one Service's endpoint moved back
 //! and forth, timed from the write to the API server until a `connect()`
 //! reaches the new pod. The measuring code is the ignored test
-//! `lb-agent/tests/kube_latency.rs` (it needs the test API server, which
+//! `test/e2e/tests/kube_latency.rs` (it needs the test API server, which
 //! lives with the tests); this runs it in release and tabulates its output.
 
 use std::{fmt::Write as _, path::Path};

@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use crate::util::workspace_root;
 
-/// Builds integration-test target `target` of lb-agent in release and
-/// returns its executable.
+/// Builds integration-test target `target` of the end-to-end package in
+/// release and returns its executable.
 fn build(target: &str) -> Result<PathBuf> {
     let out = Command::new("cargo")
         .current_dir(workspace_root())
@@ -23,7 +23,7 @@ fn build(target: &str) -> Result<PathBuf> {
             "test",
             "--release",
             "-p",
-            "lb-agent",
+            crate::test::E2E_PACKAGE,
             "--test",
             target,
             "--no-run",
@@ -34,7 +34,7 @@ fn build(target: &str) -> Result<PathBuf> {
         .context("failed to run cargo test --no-run")?;
     ensure!(
         out.status.success(),
-        "building lb-agent's {target} benchmark failed"
+        "building the {target} benchmark failed"
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -2,7 +2,7 @@
 //! client namespaces, all on one backend that then leaves the service;
 //! timed from the services-file write until every socket reports the close,
 //! and the agent's own pass. The measuring code is the ignored test
-//! `lb-agent/tests/socket_close_latency.rs` (it needs the test world).
+//! `test/e2e/tests/socket_close_latency.rs` (it needs the test world).
 
 use std::{fmt::Write as _, path::Path};
 

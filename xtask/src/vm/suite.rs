@@ -33,12 +33,13 @@ pub struct Suite {
 #[derive(Clone, Debug)]
 pub enum TestSource {
     /// `cargo test -p <package> --no-run`, the integration-test targets that
-    /// `targets` selects, and the package's binary `agent` (if any). The
-    /// workspace is this one unless `manifest_path` names another.
+    /// `targets` selects, and the binary `agent` (if any: `(package, bin)`,
+    /// built with `cargo build`). The workspace is this one unless
+    /// `manifest_path` names another.
     Cargo {
         package: String,
         targets: Targets,
-        agent: Option<String>,
+        agent: Option<(String, String)>,
         manifest_path: Option<PathBuf>,
     },
     /// Prebuilt libtest binaries (for trying the runner itself).
@@ -58,13 +59,14 @@ pub enum Targets {
 }
 
 impl Suite {
-    /// lb-agent's end-to-end suite: its `e2e*` integration tests.
+    /// lb-agent's end-to-end suite: the `e2e*` integration tests of
+    /// `test/e2e`, and the agent binary.
     pub fn lb_agent() -> Self {
         Self {
             tests: TestSource::Cargo {
-                package: "lb-agent".to_owned(),
+                package: crate::test::E2E_PACKAGE.to_owned(),
                 targets: Targets::Prefix("e2e".to_owned()),
-                agent: Some("lb-agent".to_owned()),
+                agent: Some(("lb-agent".to_owned(), "lb-agent".to_owned())),
                 manifest_path: None,
             },
             // veth and bridge: the tests' pods and node; cls_bpf and
@@ -168,7 +170,7 @@ pub fn build(suite: &Suite, filter: &[String]) -> Result<Built> {
             targets,
             agent,
             manifest_path,
-        } => cargo_build(package, targets, agent.as_deref(), manifest_path.as_deref())?,
+        } => cargo_build(package, targets, agent.as_ref(), manifest_path.as_deref())?,
         TestSource::Binaries { tests, agent } => {
             let named = tests
                 .iter()
@@ -233,13 +235,7 @@ pub fn build(suite: &Suite, filter: &[String]) -> Result<Built> {
 struct CargoMessage {
     reason: String,
     target: Option<CargoTarget>,
-    profile: Option<CargoProfile>,
     executable: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-struct CargoProfile {
-    test: bool,
 }
 
 #[derive(Deserialize)]
@@ -252,70 +248,76 @@ struct CargoTarget {
 type Executables = Vec<(String, PathBuf)>;
 
 /// `cargo test --no-run --message-format=json`: (target name, executable) of
-/// the selected test targets, and the agent binary (cargo builds a package's
-/// binaries for its integration tests).
+/// the selected test targets; and `cargo build` of the agent binary.
 fn cargo_build(
     package: &str,
     targets: &Targets,
-    agent: Option<&str>,
+    agent: Option<&(String, String)>,
     manifest_path: Option<&Path>,
 ) -> Result<(Executables, Option<PathBuf>)> {
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root())
-        .args([
-            "test",
-            "--package",
-            package,
-            "--no-run",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stderr(Stdio::inherit());
+    let mut cmd = cargo(&["test", "--package", package, "--no-run"], manifest_path);
     match targets {
         Targets::Prefix(prefix) => cmd.arg("--test").arg(format!("{prefix}*")),
         Targets::Names(names) => names.iter().fold(&mut cmd, |c, n| c.arg("--test").arg(n)),
     };
-    if let Some(manifest) = manifest_path {
-        cmd.arg("--manifest-path").arg(manifest);
-    }
     let stdout = cmd_output(&mut cmd)
         .with_context(|| format!("failed to build the end-to-end tests of {package}"))?;
-    let mut tests = Vec::new();
-    let mut agent_path = None;
-    for line in stdout.lines().filter(|l| l.starts_with('{')) {
-        let msg: CargoMessage = serde_json::from_str(line)
-            .with_context(|| format!("unexpected cargo message: {line}"))?;
-        let (Some(target), Some(exe)) = (msg.target, msg.executable) else {
-            continue;
-        };
-        if msg.reason != "compiler-artifact" {
-            continue;
-        }
-        let test_profile = msg.profile.is_some_and(|p| p.test);
-        let selected = match targets {
+    let mut tests: Executables = artifacts(&stdout)?
+        .filter(|(target, _)| target.kind.iter().any(|k| k == "test"))
+        .filter(|(target, _)| match targets {
             Targets::Prefix(prefix) => target.name.starts_with(prefix.as_str()),
             Targets::Names(names) => names.contains(&target.name),
-        };
-        if target.kind.iter().any(|k| k == "test") && selected {
-            tests.push((target.name, exe));
-        } else if !test_profile
-            && target.kind.iter().any(|k| k == "bin")
-            && agent == Some(target.name.as_str())
-        {
-            agent_path = Some(exe);
-        }
-    }
+        })
+        .map(|(target, exe)| (target.name, exe))
+        .collect();
     if tests.is_empty() {
         bail!("{package} has no end-to-end test targets ({targets:?})");
     }
-    if let Some(agent) = agent {
-        ensure!(
-            agent_path.is_some(),
-            "cargo built no binary {agent:?} for {package}"
-        );
-    }
     tests.sort();
-    Ok((tests, agent_path))
+    let Some((agent_package, bin)) = agent else {
+        return Ok((tests, None));
+    };
+    let mut cmd = cargo(
+        &["build", "--package", agent_package, "--bin", bin],
+        manifest_path,
+    );
+    let stdout = cmd_output(&mut cmd).with_context(|| format!("failed to build {bin}"))?;
+    let agent_path = artifacts(&stdout)?
+        .find(|(target, _)| target.kind.iter().any(|k| k == "bin") && target.name == *bin)
+        .map(|(_, exe)| exe)
+        .with_context(|| format!("cargo built no binary {bin:?} for {agent_package}"))?;
+    Ok((tests, Some(agent_path)))
+}
+
+/// `cargo ARGS --message-format=json-render-diagnostics` in this workspace
+/// (or the one of `manifest_path`).
+fn cargo(args: &[&str], manifest_path: Option<&Path>) -> Command {
+    let program = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(program);
+    cmd.current_dir(workspace_root())
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit());
+    if let Some(manifest) = manifest_path {
+        cmd.arg("--manifest-path").arg(manifest);
+    }
+    cmd
+}
+
+/// The (target, executable) of each artifact cargo reported.
+fn artifacts(stdout: &str) -> Result<impl Iterator<Item = (CargoTarget, PathBuf)>> {
+    let mut out = Vec::new();
+    for line in stdout.lines().filter(|l| l.starts_with('{')) {
+        let msg: CargoMessage = serde_json::from_str(line)
+            .with_context(|| format!("unexpected cargo message: {line}"))?;
+        if msg.reason != "compiler-artifact" {
+            continue;
+        }
+        if let (Some(target), Some(exe)) = (msg.target, msg.executable) {
+            out.push((target, exe));
+        }
+    }
+    Ok(out.into_iter())
 }
 
 /// The tests a libtest binary holds, as `--list` with the filter prints them.

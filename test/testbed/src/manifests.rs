@@ -7,10 +7,6 @@ use serde_json::{Value, json};
 
 /// A service port: name, port, targetPort (number or name), protocol.
 #[derive(Clone, Debug)]
-#[expect(
-    clippy::struct_field_names,
-    reason = "the Kubernetes field is called port"
-)]
 pub struct Port {
     pub name: &'static str,
     pub port: u16,

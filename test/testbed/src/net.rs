@@ -120,6 +120,12 @@ impl Cgroup {
     }
 }
 
+impl Default for Cgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Drop for Cgroup {
     fn drop(&mut self) {
         let pid = std::process::id().to_string();

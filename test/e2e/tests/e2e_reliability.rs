@@ -17,8 +17,6 @@
 //!
 //! Needs root; run one at a time: `cargo xtask test` does.
 
-mod support;
-
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt::Write as _,
@@ -45,8 +43,7 @@ use lb_agent::{
     objects,
     translate::{self, NodeContext, Options},
 };
-use serde_json::Value;
-use support::{
+use lb_testbed::{
     agent::Agent,
     client,
     env::FileEnv,
@@ -54,6 +51,7 @@ use support::{
     net::spawn_in,
     skip, unique, wait_for,
 };
+use serde_json::Value;
 
 /// Pods behind both services.
 const PODS: usize = 8;

@@ -6,22 +6,20 @@
 //! The world: pod-1 is the client pod; pod-2 and pod-3 are the backends.
 //! Needs root; run one at a time: `cargo xtask test` does both.
 
-mod support;
-
 use std::{
     io::{self, BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
-use support::{
+use lb_testbed::{
     agent::Agent,
     cluster::POD_HOLD_PORT,
     env::FileEnv,
     manifests::{self, annotate, ready, service, slice},
     skip,
 };
+use serde_json::Value;
 
 const VIP: &str = "10.96.0.100";
 const OTHER_VIP: &str = "10.96.0.101";

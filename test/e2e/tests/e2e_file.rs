@@ -3,8 +3,6 @@
 //!
 //! Needs root; run one at a time: `cargo xtask test` does both.
 
-mod support;
-
 use std::{
     collections::BTreeMap,
     io::ErrorKind,
@@ -16,16 +14,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::sys::signal::Signal;
-use serde_json::Value;
-use statrs::distribution::{ChiSquared, ContinuousCDF as _};
-use support::{
+use lb_testbed::{
     agent::{Agent, run_cli},
     client::{self, tally},
     env::FileEnv,
     manifests::{self, Endpoint, Port, annotate, ready, service, slice, terminating},
     wait_for,
 };
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use statrs::distribution::{ChiSquared, ContinuousCDF as _};
 
 const VIP: &str = "10.96.0.100";
 const VIP6: &str = "fd00:96::100";
@@ -336,7 +334,7 @@ fn edit_removing_a_backend_stops_new_connections_to_it_within_1s() {
     let client = {
         let (stop, failures, log) = (Arc::clone(&stop), Arc::clone(&failures), Arc::clone(&log));
         let node = env.cluster.node.path();
-        support::net::spawn_in(&node, move || {
+        lb_testbed::net::spawn_in(&node, move || {
             while !stop.load(Ordering::Relaxed) {
                 // The time a connection started is what "new connection" means.
                 let started = Instant::now();
@@ -498,7 +496,7 @@ fn sigkill_leaves_connects_working_and_a_restart_adopts_the_state() {
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let client = {
         let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
-        support::net::spawn_in(&env.cluster.node.path(), move || {
+        lb_testbed::net::spawn_in(&env.cluster.node.path(), move || {
             while !stop.load(Ordering::Relaxed) {
                 let counter = if client::tcp(vip(80)).is_ok() {
                     &ok

@@ -13,22 +13,18 @@
 //! (`LB_BENCH_SIZES=1,1000,10000` and `LB_BENCH_CHANGES=50` set the sizes
 //! and the number of changes per size).
 
-#[path = "support/apiserver.rs"]
-mod apiserver;
-mod support;
-
 use std::time::{Duration, Instant};
 
-use apiserver::ApiServer;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use serde_json::json;
-use support::{
+use lb_testbed::apiserver::ApiServer;
+use lb_testbed::{
     agent::{Agent, histogram},
     client,
     cluster::Cluster,
     manifests::{self, ready, service, slice, typed},
     net::Cgroup,
 };
+use serde_json::json;
 
 const VIP: &str = "10.127.255.250";
 
@@ -102,7 +98,7 @@ fn measure(services: usize, changes: usize) {
     );
     let programmed = started.elapsed();
     let vip = format!("{VIP}:80").parse().expect("addr");
-    support::wait_for("the measured service", Duration::from_mins(1), || {
+    lb_testbed::wait_for("the measured service", Duration::from_mins(1), || {
         client::tcp(vip).is_ok_and(|r| r.body == pods[0].0)
     });
 
@@ -110,7 +106,7 @@ fn measure(services: usize, changes: usize) {
     // the watch that follows it is open yet.
     for target in [1, 0] {
         point_at(target);
-        support::wait_for("the warm-up change", Duration::from_secs(30), || {
+        lb_testbed::wait_for("the warm-up change", Duration::from_secs(30), || {
             client::tcp(vip).is_ok_and(|r| r.body == pods[target].0)
         });
     }

@@ -1,19 +1,23 @@
-//! End-to-end test support: real network namespaces joined by veth, a child
-//! cgroup the test process joins, pod servers, the real agent binary, and
-//! clients. Every resource is an RAII guard that cleans up on drop (also
-//! when the test panics), so a run leaves no namespace, cgroup, pin or
-//! process behind.
+//! The test world of lb-agent's end-to-end suites (`test/e2e`): real
+//! network namespaces joined by veth, a child cgroup the test process joins,
+//! pod servers, the real agent binary, clients, services files, and a
+//! list/watch Kubernetes API server ([`apiserver`]). Every resource is an
+//! RAII guard that cleans up on drop (also when the test panics), so a run
+//! leaves no namespace, cgroup, pin or process behind.
 //!
 //! Tests using this need root and run one at a time: the test process itself
 //! moves into the test's cgroup, so a [`net::Cgroup`] holds a process-wide
 //! lock for as long as it lives.
 
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the support code"
+#![expect(
+    clippy::missing_panics_doc,
+    clippy::missing_errors_doc,
+    clippy::must_use_candidate,
+    reason = "test support: every helper panics with what failed, as a test wants, and the API is the tests'"
 )]
 
 pub mod agent;
+pub mod apiserver;
 pub mod client;
 pub mod cluster;
 pub mod env;

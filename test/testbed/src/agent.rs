@@ -15,12 +15,29 @@ use nix::{
 
 use super::{client::http_get, unique, wait_for};
 
-/// The agent binary: `LB_AGENT_BIN` (VM runs), else the one cargo built.
+/// The agent binary: `LB_AGENT_BIN` (VM runs, benchmarks), else the one
+/// cargo built beside the running test (`target/<profile>/lb-agent`; `cargo
+/// xtask test` builds it first).
+///
+/// # Panics
+/// When there is none: build it with `cargo build -p lb-agent`.
 pub fn bin() -> PathBuf {
-    std::env::var_os("LB_AGENT_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_lb-agent")),
-        PathBuf::from,
-    )
+    if let Some(path) = std::env::var_os("LB_AGENT_BIN") {
+        return PathBuf::from(path);
+    }
+    // A test runs from target/<profile>/deps/<name>-<hash>.
+    let exe = std::env::current_exe().expect("the test's own path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("lb-agent"))
+        .expect("the test runs from target/<profile>/deps");
+    assert!(
+        path.exists(),
+        "{} does not exist: build the agent first (`cargo build -p lb-agent`; `cargo xtask test` does), or set LB_AGENT_BIN",
+        path.display()
+    );
+    path
 }
 
 /// `_count` and `_sum` of the histogram `name` in a `/metrics` text.

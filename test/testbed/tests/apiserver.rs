@@ -1,9 +1,6 @@
-//! The test API server (`support/apiserver.rs`) against kube-rs's real
+//! The test API server (`lb_testbed::apiserver`) against kube-rs's real
 //! `Client`, `watcher` and reflectors: the protocol the agent relies on, and
 //! the chaos knobs other tests use. No root needed.
-
-#[path = "support/apiserver.rs"]
-mod apiserver;
 
 use std::{
     collections::BTreeSet,
@@ -34,7 +31,7 @@ use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 
-use apiserver::{
+use lb_testbed::apiserver::{
     ApiServer, LabelSelector, Verb, endpoint_slice, labeled, node, service, wait_until_async,
 };
 
@@ -153,7 +150,7 @@ fn web(name: &str) -> Service {
 }
 
 /// The requests of one verb for `services`.
-fn service_requests(server: &ApiServer, verb: Verb) -> Vec<apiserver::RequestRecord> {
+fn service_requests(server: &ApiServer, verb: Verb) -> Vec<lb_testbed::apiserver::RequestRecord> {
     server
         .requests()
         .into_iter()
@@ -801,7 +798,7 @@ async fn errors_and_knobs_clients_see() {
         &wrong,
         server
             .kubeconfig()
-            .replace(apiserver::TOKEN, "not-the-token"),
+            .replace(lb_testbed::apiserver::TOKEN, "not-the-token"),
     )
     .expect("write");
     let intruder = Api::<Service>::all(client_from(&wrong).await);

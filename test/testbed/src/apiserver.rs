@@ -39,16 +39,6 @@
 //! [`ApiServer::compact`], [`ApiServer::stop`] / [`ApiServer::restart`] (same
 //! port, same data) and [`ApiServer::reset`].
 //!
-//! Self-contained on purpose: test binaries and benchmarks include it with
-//! `#[path = "support/apiserver.rs"] mod apiserver;`.
-
-// Each including binary uses a different part of this module. (clippy's
-// `allow_attributes` only looks at outer attributes: this inner one is the
-// module-wide switch.)
-#![allow(
-    dead_code,
-    reason = "included by several test binaries, each using a part of it"
-)]
 
 use std::{
     borrow::Cow,

@@ -10,20 +10,18 @@
 //! socket reports the close is measured, and the agent's own time for the
 //! pass (`lb_socket_scan_duration_seconds`). One JSON line per case.
 
-mod support;
-
 use std::{
     net::{SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
-use support::{
+use lb_testbed::{
     agent::histogram,
     env::FileEnv,
     manifests::{self, ready, service, slice},
     net::Netns,
 };
+use serde_json::{Value, json};
 
 const VIP: &str = "10.96.0.100";
 

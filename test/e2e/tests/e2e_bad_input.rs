@@ -16,8 +16,6 @@
 //!
 //! The second test needs root; run one at a time: `cargo xtask test` does.
 
-mod support;
-
 use std::{
     fmt::Write as _,
     path::Path,
@@ -28,14 +26,14 @@ use lb_agent::{
     source::file::FileSource,
     translate::{NodeContext, Options},
 };
-use serde_json::Value;
-use support::{
+use lb_testbed::{
     agent::Agent,
     client::{self, tally},
     env::FileEnv,
     manifests::{self, Endpoint, ready},
     wait_for,
 };
+use serde_json::Value;
 
 /// One bad input and what its error must say (besides the file's path).
 struct Case {

@@ -4,10 +4,6 @@
 //!
 //! Needs root; run one at a time: `cargo xtask test` does both.
 
-#[path = "support/apiserver.rs"]
-mod apiserver;
-mod support;
-
 use std::{
     collections::BTreeSet,
     io::ErrorKind,
@@ -21,16 +17,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use apiserver::ApiServer;
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
-use serde_json::{Value, json};
-use support::{
+use lb_testbed::apiserver::ApiServer;
+use lb_testbed::{
     agent::Agent,
     client::{self, tally},
     env::World,
     manifests::{self, Endpoint, annotate, ready, service, slice, terminating, typed},
     wait_for,
 };
+use serde_json::{Value, json};
 
 const VIP: &str = "10.96.0.100";
 
@@ -266,7 +262,7 @@ fn client_ip_affinity_holds_across_changes_and_expires() {
         .split(' ')
         .any(|f| f == "netns_cookie")
     {
-        support::skip(
+        lb_testbed::skip(
             "client_ip_affinity_holds_across_changes_and_expires",
             "no bpf_get_netns_cookie for sock_addr programs (Linux 5.7+)",
         );
@@ -406,7 +402,7 @@ fn a_relist_after_410_removes_what_was_deleted() {
     assert!(
         requests
             .iter()
-            .any(|r| r.is(apiserver::Verb::List, "services")),
+            .any(|r| r.is(lb_testbed::apiserver::Verb::List, "services")),
         "the watcher had to relist services: {}",
         requests
             .iter()
@@ -429,7 +425,7 @@ fn agent_restarted_while_objects_change_converges_without_failed_connects() {
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let clients = {
         let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
-        support::net::spawn_in(&env.cluster.node.path(), move || {
+        lb_testbed::net::spawn_in(&env.cluster.node.path(), move || {
             while !stop.load(Ordering::Relaxed) {
                 let c = if client::tcp(vip(80)).is_ok() {
                     &ok
