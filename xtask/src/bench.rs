@@ -51,6 +51,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
+use lb_testbed::net::in_netns;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -58,7 +59,7 @@ use self::{
     agent::{Agent, EMPTY, Memory, Programmed},
     stats::{Percentiles, median},
     workload::{CHURN_VIP, MEASURED_VIP, SERVICE_PORT, TARGET_PORT, Workload},
-    world::{ClientNs, PODS, World, in_netns},
+    world::{ClientNs, PODS, World},
 };
 use crate::{
     build,
@@ -865,8 +866,7 @@ impl SizeBench<'_> {
         apply: impl FnOnce() -> Result<Option<Duration>>,
     ) -> Result<(Option<f64>, Option<f64>)> {
         let client = run.client.as_ref().context("client namespace")?;
-        let mut cmd = in_netns(&client.name);
-        cmd.arg(&self.world.client_bin);
+        let mut cmd = in_netns(&client.name, &self.world.client_bin);
         if let Some(cg) = &run.cgroup {
             cmd.arg("--cgroup").arg(cg);
         }
@@ -998,7 +998,6 @@ fn capacity(services: usize, endpoints: usize) -> (u32, u32) {
 
 /// `iptables-restore` (kube-proxy's flags) or `nft -f` of `file` in `ns`.
 fn load_command(peer: Peer, ns: &str, file: &Path) -> Result<Command> {
-    let mut cmd = in_netns(ns);
     match peer {
         Peer::Iptables | Peer::IptablesLegacy => {
             let tool = if peer == Peer::Iptables {
@@ -1006,18 +1005,21 @@ fn load_command(peer: Peer, ns: &str, file: &Path) -> Result<Command> {
             } else {
                 "iptables-legacy-restore"
             };
-            cmd.args([tool, "-w", "5", "--noflush", "--counters"]);
+            let mut cmd = in_netns(ns, tool);
+            cmd.args(["-w", "5", "--noflush", "--counters"]);
             cmd.stdin(
                 fs::File::open(file)
                     .with_context(|| format!("failed to open {}", file.display()))?,
             );
+            Ok(cmd)
         }
         Peer::Nftables => {
-            cmd.arg("nft").arg("-f").arg(file);
+            let mut cmd = in_netns(ns, "nft");
+            cmd.arg("-f").arg(file);
+            Ok(cmd)
         }
         _ => bail!("{} loads no rules", peer.name()),
     }
-    Ok(cmd)
 }
 
 /// Empties a rules peer's tables before its namespace goes: deleting a
@@ -1034,9 +1036,9 @@ fn flush_rules(peer: Peer, ns: &str) {
         ],
         Peer::Direct | Peer::LbAgent => &[],
     };
-    for args in script {
-        let _ = in_netns(ns)
-            .args(*args)
+    for (program, args) in script.iter().filter_map(|a| a.split_first()) {
+        let _ = in_netns(ns, program)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -1087,8 +1089,7 @@ fn timed(mut cmd: Command, budget: Duration) -> Result<Option<Duration>> {
 /// Runs `bench-client ARGS` as `run`'s client and parses its JSON line.
 fn client_json(world: &World, run: &PeerRun, args: &[String]) -> Result<Value> {
     let client = run.client.as_ref().context("client namespace")?;
-    let mut cmd = in_netns(&client.name);
-    cmd.arg(&world.client_bin);
+    let mut cmd = in_netns(&client.name, &world.client_bin);
     if let Some(cg) = &run.cgroup {
         cmd.arg("--cgroup").arg(cg);
     }

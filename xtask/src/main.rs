@@ -40,9 +40,6 @@ enum Task {
     Vm(vm::Args),
     /// Latency, throughput and programming time against kube-proxy's modes (needs root).
     Bench(bench::Args),
-    /// Helpers the demo runs inside its namespaces.
-    #[command(subcommand, hide = true)]
-    DemoHelper(demo::Helper),
 }
 
 fn main() -> ExitCode {
@@ -53,7 +50,6 @@ fn main() -> ExitCode {
         Task::Test(args) => test::run(&args),
         Task::Vm(args) => vm::run(&args),
         Task::Bench(args) => bench::run(&args),
-        Task::DemoHelper(helper) => demo::helper(&helper),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -63,6 +63,7 @@ pub fn run_cli(args: &[&str]) -> Output {
 /// A running agent with its own pin directory, cleaned up on drop.
 pub struct Agent {
     child: Option<Child>,
+    bin: PathBuf,
     pub bpffs: PathBuf,
     pub metrics: SocketAddr,
     pub log: PathBuf,
@@ -82,6 +83,18 @@ impl Agent {
 
     /// Starts the agent without waiting for readiness.
     pub fn spawn(cgroup: &Path, args: &[&str]) -> Self {
+        Self::spawn_bin(&bin(), cgroup, args)
+    }
+
+    /// [`Agent::start`] with the agent binary at `bin`.
+    pub fn start_bin(bin: &Path, cgroup: &Path, args: &[&str]) -> Self {
+        let mut agent = Self::spawn_bin(bin, cgroup, args);
+        agent.wait_ready();
+        agent
+    }
+
+    /// [`Agent::spawn`] with the agent binary at `bin`.
+    pub fn spawn_bin(bin: &Path, cgroup: &Path, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("lb-test-"));
         let metrics: SocketAddr = "127.0.0.1:9464".parse().expect("addr");
@@ -96,6 +109,7 @@ impl Agent {
         ]);
         let mut agent = Self {
             child: None,
+            bin: bin.to_path_buf(),
             bpffs,
             metrics,
             log: dir.path().join("agent.log"),
@@ -113,7 +127,7 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("open agent log");
-        let child = Command::new(bin())
+        let child = Command::new(&self.bin)
             .arg("run")
             .args(&self.args)
             .env("RUST_LOG", "info")
@@ -166,9 +180,17 @@ impl Agent {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// `lb-agent ARGS` with this agent's binary, to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(args)
+            .output()
+            .expect("run lb-agent")
+    }
+
     /// `lb-agent list -o json` for this agent's pins.
     pub fn list(&self) -> serde_json::Value {
-        let out = run_cli(&[
+        let out = self.cli(&[
             "list",
             "-o",
             "json",
@@ -248,7 +270,7 @@ impl Agent {
 
     /// Removes the data path (`lb-agent cleanup`).
     pub fn cleanup(&self) -> Output {
-        run_cli(&["cleanup", "--bpffs", &self.bpffs.display().to_string()])
+        self.cli(&["cleanup", "--bpffs", &self.bpffs.display().to_string()])
     }
 }
 

@@ -1,6 +1,7 @@
-//! A one-node "cluster" in network namespaces: a node namespace with a
-//! bridge, and pods (each its own namespace, joined to the bridge by a veth
-//! pair) running servers that answer with the pod's name.
+//! A one-node "cluster" in network namespaces: a [`Node`] (a namespace with
+//! a bridge) and pods (each its own namespace, joined to the bridge by a
+//! veth pair) running servers that answer with the pod's name. The bench
+//! builds its own world on [`Node`] too.
 //!
 //! Addresses: node bridge `10.200.0.1/24` and `fd00:200::1/64`; pod `i`
 //! (from 1) `10.200.0.(10+i)` and `fd00:200::(10+i)`.
@@ -56,21 +57,77 @@ impl Drop for Pod {
     }
 }
 
+/// A node: a network namespace with a bridge (`br0`) that namespaces are
+/// attached to by veth pairs, as a node's pods are. The node's addresses
+/// on the bridge are the gateway of everything attached.
+pub struct Node {
+    pub netns: Netns,
+    /// IPv4 prefix length of the bridge network.
+    prefix4: u8,
+}
+
+impl Node {
+    /// The node namespace `netns` with `br0` at `10.200.0.1/<prefix4>` and
+    /// `fd00:200::1/64`.
+    pub fn new(netns: Netns, prefix4: u8) -> Self {
+        netns.ip(&["link", "add", "br0", "type", "bridge"]);
+        netns.ip(&[
+            "addr",
+            "add",
+            &format!("10.200.0.1/{prefix4}"),
+            "dev",
+            "br0",
+        ]);
+        netns.ip(&["addr", "add", "fd00:200::1/64", "dev", "br0", "nodad"]);
+        netns.ip(&["link", "set", "br0", "up"]);
+        Self { netns, prefix4 }
+    }
+
+    /// Joins `ns` to the bridge: a veth pair (`host_if` on the node, `eth0`
+    /// in `ns`), the addresses, and default routes via the node.
+    pub fn attach(&self, ns: &Netns, host_if: &str, ip4: Ipv4Addr, ip6: Option<Ipv6Addr>) {
+        self.netns.ip(&[
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
+        self.netns
+            .ip(&["link", "set", host_if, "master", "br0", "up"]);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{ip4}/{}", self.prefix4),
+            "dev",
+            "eth0",
+        ]);
+        if let Some(ip6) = ip6 {
+            ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
+        }
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", "default", "via", "10.200.0.1"]);
+        if ip6.is_some() {
+            ns.ip(&["-6", "route", "add", "default", "via", "fd00:200::1"]);
+        }
+    }
+}
+
+/// The node's namespace is the node (`cluster.node.enter()`).
+impl std::ops::Deref for Node {
+    type Target = Netns;
+
+    fn deref(&self) -> &Netns {
+        &self.netns
+    }
+}
+
 pub struct Cluster {
-    pub node: Netns,
+    pub node: Node,
     pub pods: Vec<Pod>,
 }
 
 impl Cluster {
     /// A node with `pods` pods named `pod-1` ... `pod-N`.
     pub fn new(pods: usize) -> Self {
-        let node = Netns::new("node");
-        node.ip(&["link", "add", "br0", "type", "bridge"]);
-        node.ip(&["addr", "add", "10.200.0.1/24", "dev", "br0"]);
-        node.ip(&["addr", "add", "fd00:200::1/64", "dev", "br0", "nodad"]);
-        node.ip(&["link", "set", "br0", "up"]);
         let mut cluster = Self {
-            node,
+            node: Node::new(Netns::new("node"), 24),
             pods: Vec::new(),
         };
         for i in 1..=pods {
@@ -83,30 +140,12 @@ impl Cluster {
     pub fn add_pod(&mut self, name: &str) -> &Pod {
         let index = u8::try_from(self.pods.len() + 1).expect("at most 200 pods");
         let netns = Netns::new("pod");
-        let host_if = format!("v{index}");
-        self.node.ip(&[
-            "link",
-            "add",
-            &host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &netns.name,
-        ]);
-        self.node
-            .ip(&["link", "set", &host_if, "master", "br0", "up"]);
         let ip4 = Ipv4Addr::new(10, 200, 0, 10 + index);
         let ip6: Ipv6Addr = format!("fd00:200::{}", 10 + u16::from(index))
             .parse()
             .expect("ipv6");
-        netns.ip(&["addr", "add", &format!("{ip4}/24"), "dev", "eth0"]);
-        netns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
-        netns.ip(&["link", "set", "eth0", "up"]);
-        netns.ip(&["route", "add", "default", "via", "10.200.0.1"]);
-        netns.ip(&["-6", "route", "add", "default", "via", "fd00:200::1"]);
+        self.node
+            .attach(&netns, &format!("v{index}"), ip4, Some(ip6));
 
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));

@@ -16,15 +16,34 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// A namespace with a name unique to this process and call.
     pub fn new(role: &str) -> Self {
-        let name = unique(&format!("lbt-{role}-"));
-        sh("ip", &["netns", "add", &name]);
-        sh("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Self { name }
+        Self::named(&unique(&format!("lbt-{role}-")))
+    }
+
+    /// A namespace called `name`; one of that name left by an interrupted
+    /// earlier run is replaced.
+    pub fn named(name: &str) -> Self {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        sh("ip", &["netns", "add", name]);
+        sh("ip", &["-n", name, "link", "set", "lo", "up"]);
+        Self {
+            name: name.to_owned(),
+        }
     }
 
     pub fn path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.name)
+    }
+
+    /// `program` run in this namespace and nothing else: unlike `ip netns
+    /// exec`, `nsenter --net` does not remount /sys, so the cgroup2 and
+    /// bpffs mounts stay visible.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        in_netns(&self.name, program)
     }
 
     /// Runs `ip ARGS` inside this namespace.
@@ -63,6 +82,16 @@ impl Drop for Entered {
     }
 }
 
+/// `program` run in the network namespace called `name` (see
+/// [`Netns::command`]).
+pub fn in_netns(name: &str, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{name}"))
+        .arg("--")
+        .arg(program);
+    cmd
+}
+
 /// Runs `f` on a thread inside `netns` (for servers that must live there).
 pub fn spawn_in<T: Send + 'static>(
     netns: &Path,
@@ -94,7 +123,7 @@ impl Cgroup {
         let turn = ONE_AT_A_TIME
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let root = cgroup2_root();
+        let root = cgroup2_root().expect("a cgroup2 mount");
         let path = root.join(unique("lb-test-"));
         fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
         let own = fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
@@ -129,8 +158,10 @@ impl Default for Cgroup {
 impl Drop for Cgroup {
     fn drop(&mut self) {
         let pid = std::process::id().to_string();
-        if fs::write(self.original.join("cgroup.procs"), &pid).is_err() {
-            let _ = fs::write(cgroup2_root().join("cgroup.procs"), &pid);
+        if fs::write(self.original.join("cgroup.procs"), &pid).is_err()
+            && let Ok(root) = cgroup2_root()
+        {
+            let _ = fs::write(root.join("cgroup.procs"), &pid);
         }
         // Children (agents) may take a moment to exit.
         for _ in 0..100 {
@@ -143,16 +174,54 @@ impl Drop for Cgroup {
     }
 }
 
-/// The cgroup2 mount point, from `/proc/self/mountinfo`.
-pub fn cgroup2_root() -> PathBuf {
-    let mi = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+/// The cgroup2 mount point, from `/proc/self/mountinfo` (whose fields
+/// escape spaces and other odd bytes as `\ooo`).
+pub fn cgroup2_root() -> std::io::Result<PathBuf> {
+    let mi = fs::read_to_string("/proc/self/mountinfo")?;
     mi.lines()
         .find_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
             let mut fields = pre.split_whitespace();
             let (root, mount_point) = (fields.nth(3)?, fields.next()?);
             (post.split_whitespace().next()? == "cgroup2" && root == "/")
-                .then(|| PathBuf::from(mount_point))
+                .then(|| unescape(mount_point))
         })
-        .expect("no cgroup2 mount")
+        .ok_or_else(|| std::io::Error::other("no cgroup2 filesystem is mounted"))
+}
+
+/// Undoes mountinfo's octal escapes (`\040` is a space).
+fn unescape(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt as _;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        if let Some(b) = octal {
+            out.push(b);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(
+            unescape("/sys/fs/cgroup/my\\040dir"),
+            std::path::Path::new("/sys/fs/cgroup/my dir")
+        );
+        assert_eq!(unescape("/plain"), std::path::Path::new("/plain"));
+        assert_eq!(unescape("/odd\\9"), std::path::Path::new("/odd\\9"));
+    }
 }

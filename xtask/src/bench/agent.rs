@@ -14,7 +14,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
-use super::world::{NODE, PREFIX, World, in_netns};
+use lb_testbed::net::in_netns;
+
+use super::world::{NODE, PREFIX, World};
 
 /// The empty `v1 List`: no services.
 pub const EMPTY: &str = "{\"apiVersion\":\"v1\",\"kind\":\"List\",\"metadata\":{\"resourceVersion\":\"\"},\"items\":[]}\n";
@@ -67,8 +69,7 @@ impl Agent {
         let file = world.dir.join(format!("services-{seq}.json"));
         let log = world.dir.join(format!("agent-{seq}.log"));
         fs::write(&file, EMPTY).with_context(|| format!("failed to write {}", file.display()))?;
-        let child = in_netns(NODE)
-            .arg(bin)
+        let child = in_netns(NODE, bin)
             .arg("run")
             .arg("--services-file")
             .arg(&file)

@@ -18,8 +18,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use lb_testbed::{
+    cluster::Node,
+    net::{Netns, cgroup2_root, in_netns},
+};
 
-use crate::{demo::cgroup2_root, util::run_cmd};
+use crate::util::run_cmd;
 
 /// Prefix of everything this creates (namespaces, cgroup, pins).
 pub const PREFIX: &str = "lb-bench";
@@ -46,9 +50,11 @@ pub struct World {
     /// cgroup membership is the same for all peers but the agent's hooks.
     pub base_cgroup: PathBuf,
     pub dir: PathBuf,
-    netns: Vec<String>,
+    /// Pods and clients (removed before the node, on drop).
+    netns: Vec<Netns>,
     servers: Vec<Child>,
     next_client: u8,
+    node: Node,
 }
 
 impl World {
@@ -58,8 +64,9 @@ impl World {
         remove_leftovers();
         let dir = std::env::temp_dir().join(format!("{PREFIX}-{}", std::process::id()));
         fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
-        let cgroup = cgroup2_root()?.join(PREFIX);
-        let base_cgroup = cgroup2_root()?.join(format!("{PREFIX}-base"));
+        let root = cgroup2_root().context("failed to find the cgroup2 mount")?;
+        let cgroup = root.join(PREFIX);
+        let base_cgroup = root.join(format!("{PREFIX}-base"));
         for cg in [&cgroup, &base_cgroup] {
             fs::create_dir_all(cg)
                 .with_context(|| format!("failed to create cgroup {}", cg.display()))?;
@@ -72,17 +79,15 @@ impl World {
             netns: Vec::new(),
             servers: Vec::new(),
             next_client: 1,
+            node: Node::new(Netns::named(NODE), 16),
         };
-        world.netns_add(NODE)?;
-        ip(&["-n", NODE, "link", "set", "lo", "up"])?;
-        ip(&["-n", NODE, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", NODE, "addr", "add", "10.200.0.1/16", "dev", "br0"])?;
-        ip(&["-n", NODE, "link", "set", "br0", "up"])?;
         for (i, pod) in PODS.iter().enumerate() {
-            let ns = format!("{PREFIX}-pod-{}", i + 1);
-            world.attach(&ns, &format!("lbbp{}", i + 1), *pod)?;
-            let mut server = in_netns(&ns)
-                .arg(&world.client_bin)
+            let ns = world.attach(
+                &format!("{PREFIX}-pod-{}", i + 1),
+                &format!("lbbp{}", i + 1),
+                *pod,
+            )?;
+            let mut server = in_netns(&ns, &world.client_bin)
                 .args(["serve", "--ports", POD_PORTS, "--threads", "2"])
                 .stdout(Stdio::piped())
                 .spawn()
@@ -106,18 +111,12 @@ impl World {
         let n = self.next_client;
         ensure!(n < 250, "out of client addresses");
         self.next_client += 1;
-        let name = format!("{PREFIX}-{role}-{n}");
         let ip = Ipv4Addr::new(10, 200, 1, n);
-        self.attach(&name, &format!("lbbc{n}"), ip)?;
+        let name = self.attach(&format!("{PREFIX}-{role}-{n}"), &format!("lbbc{n}"), ip)?;
         // Many short connections: use every port.
         run_cmd(
-            in_netns(&name)
-                .args([
-                    "sysctl",
-                    "-q",
-                    "-w",
-                    "net.ipv4.ip_local_port_range=1024 65535",
-                ])
+            in_netns(&name, "sysctl")
+                .args(["-q", "-w", "net.ipv4.ip_local_port_range=1024 65535"])
                 .stdout(Stdio::null()),
         )?;
         Ok(ClientNs { name })
@@ -125,41 +124,18 @@ impl World {
 
     /// Deletes a client namespace (and every rule in it).
     pub fn remove_client(&mut self, client: &ClientNs) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &client.name])
-            .status();
-        self.netns.retain(|n| n != &client.name);
+        self.netns.retain(|n| n.name != client.name);
     }
 
-    fn attach(&mut self, ns: &str, host_if: &str, addr: Ipv4Addr) -> Result<()> {
-        self.netns_add(ns)?;
-        ip(&[
-            "-n", NODE, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns,
-        ])?;
-        ip(&["-n", NODE, "link", "set", host_if, "master", "br0", "up"])?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{addr}/16"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", ns, "route", "add", "default", "via", "10.200.0.1"])?;
-        Ok(())
-    }
-
-    fn netns_add(&mut self, name: &str) -> Result<()> {
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
-        ip(&["netns", "add", name])?;
-        self.netns.push(name.to_owned());
-        Ok(())
+    /// A namespace `name` joined to the bridge at `addr`; returns its name.
+    fn attach(&mut self, name: &str, host_if: &str, addr: Ipv4Addr) -> Result<String> {
+        if super::interrupted() {
+            bail!("interrupted");
+        }
+        let ns = Netns::named(name);
+        self.node.attach(&ns, host_if, addr, None);
+        self.netns.push(ns);
+        Ok(name.to_owned())
     }
 }
 
@@ -169,9 +145,8 @@ impl Drop for World {
             let _ = s.kill();
             let _ = s.wait();
         }
-        for ns in self.netns.drain(..).rev() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
+        // Pods and clients before the node (their veth ends go with them).
+        self.netns.drain(..).rev().for_each(drop);
         for cg in [&self.cgroup, &self.base_cgroup] {
             for _ in 0..100 {
                 if fs::remove_dir(cg).is_ok() || !cg.exists() {
@@ -213,19 +188,4 @@ fn remove_leftovers() {
         let _ = fs::remove_dir(root.join(PREFIX));
         let _ = fs::remove_dir(root.join(format!("{PREFIX}-base")));
     }
-}
-
-/// A command run in network namespace `ns` (nsenter keeps /sys as it is,
-/// so the cgroup2 and bpffs mounts stay visible).
-pub fn in_netns(ns: &str) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{ns}")).arg("--");
-    cmd
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    if super::interrupted() {
-        bail!("interrupted");
-    }
-    run_cmd(Command::new("ip").args(args))
 }
