@@ -21,7 +21,7 @@ use lb_common::{
 };
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
-use super::Error;
+use super::{Error, convert::name_str};
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -200,29 +200,6 @@ pub struct ServiceRecord {
     /// `None` when the range is outside the table (corrupt entry).
     pub backends: Option<Vec<Backend>>,
     pub stats: ServiceStats,
-}
-
-/// The UTF-8 text of a NUL-padded name.
-#[must_use]
-pub fn name_str(name: &ServiceName) -> String {
-    let end = name
-        .name
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(name.name.len());
-    String::from_utf8_lossy(&name.name[..end]).into_owned()
-}
-
-/// A name as stored (truncated to fit, on a character boundary).
-#[must_use]
-pub fn service_name(text: &str) -> ServiceName {
-    let mut name = ServiceName { name: [0; 128] };
-    let mut end = text.len().min(name.name.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    name.name[..end].copy_from_slice(&text.as_bytes()[..end]);
-    name
 }
 
 /// A `BPF_F_MMAPABLE` array mapped into the agent's memory: entries are

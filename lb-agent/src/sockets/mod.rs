@@ -40,7 +40,7 @@ use aya::maps::{HashMap, Map, MapData};
 use lb_common::revnat::{RevNatKey, RevNatValue};
 
 use crate::{
-    bpf::dataplane::{addr16, ip_of},
+    bpf::convert::{addr16, ip_of},
     metrics::Metrics,
     model::{Frontend, Protocol},
     sync::Departure,
