@@ -22,7 +22,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     ops::Range,
-    os::fd::{AsFd as _, BorrowedFd},
 };
 
 use lb_common::{
@@ -36,14 +35,14 @@ use range_alloc::RangeAllocator;
 
 use super::{
     Error,
+    batch::{self, Batcher},
     convert::{
         adopt_record, backend, member_key, members, range_word, service_key, service_name,
         service_state,
     },
     ids::IdAllocator,
-    maps::{self, Barrier, Maps},
+    maps::{Barrier, Maps},
     reaper::Reaper,
-    sys,
 };
 use crate::{
     dataplane::{ApplyReport, Change, Dataplane, RejectReason, Rejected, Usage},
@@ -84,9 +83,8 @@ pub struct BpfDataplane {
     pending: std::collections::VecDeque<(u64, Retired)>,
     /// The last barrier requested.
     generation: u64,
-    /// Whether the kernel has batch map operations (5.6+); found out on
-    /// first use.
-    batch_ops: std::cell::Cell<bool>,
+    /// Writes many map elements at once where the kernel can.
+    batch: Batcher,
 }
 
 enum UpsertError {
@@ -129,7 +127,7 @@ impl BpfDataplane {
             retired: Retired::default(),
             pending: std::collections::VecDeque::new(),
             generation: 0,
-            batch_ops: std::cell::Cell::new(true),
+            batch: Batcher::new(),
         };
         let mut adopted = Adopted::default();
         let mut used_ranges: Vec<Range<u32>> = Vec::new();
@@ -354,7 +352,7 @@ impl BpfDataplane {
             self.release_range(staged.slot.range.clone());
         }
         if staged.new_id {
-            let _ = sys::delete_elem(maps::fd(&self.maps.names), &staged.slot.id);
+            let _ = self.maps.names.remove(&staged.slot.id);
             self.ids.free(staged.slot.id);
         }
     }
@@ -383,7 +381,8 @@ impl BpfDataplane {
                 members_gone.extend(members(slot.id, self.applied.get(frontend)));
             }
         }
-        self.delete_many(maps::fd(&self.maps.services), &keys, map_names::SERVICES)?;
+        self.batch
+            .delete(&mut self.maps.services, &keys, map_names::SERVICES)?;
         for frontend in frontends {
             if let Some(slot) = self.slots.remove(frontend) {
                 self.applied.remove(frontend);
@@ -392,73 +391,11 @@ impl BpfDataplane {
                 report.removed += 1;
             }
         }
-        self.delete_many(
-            maps::fd(&self.maps.members),
+        self.batch.delete(
+            &mut self.maps.members,
             &members_gone,
             map_names::AFFINITY_MEMBERS,
         )
-    }
-
-    /// Writes many elements: batched where the kernel can (5.6+), one by
-    /// one otherwise.
-    fn update_many<K, V>(
-        &self,
-        fd: BorrowedFd<'_>,
-        keys: &[K],
-        values: &[V],
-        map: &'static str,
-    ) -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        if self.batch_ops.get() {
-            match sys::update_batch(fd, keys, values) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.unsupported() => self.batch_ops.set(false),
-                Err(e) => {
-                    return Err(Error::Sys {
-                        op: "update",
-                        map,
-                        source: e.error,
-                    });
-                }
-            }
-        }
-        for (k, v) in keys.iter().zip(values) {
-            sys::update_elem(fd, k, v).map_err(|source| Error::Sys {
-                op: "update",
-                map,
-                source,
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Deletes many keys (missing keys are fine): batched where possible.
-    fn delete_many<K>(&self, fd: BorrowedFd<'_>, keys: &[K], map: &'static str) -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        if self.batch_ops.get() {
-            match sys::delete_batch(fd, keys) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.unsupported() => self.batch_ops.set(false),
-                // A key already gone stops the batch: finish one by one.
-                Err(e) => return Self::delete_each(fd, &keys[e.done..], map),
-            }
-        }
-        Self::delete_each(fd, keys, map)
-    }
-
-    fn delete_each<K>(fd: BorrowedFd<'_>, keys: &[K], map: &'static str) -> Result<()> {
-        for k in keys {
-            sys::delete_elem(fd, k).map_err(|source| Error::Sys {
-                op: "delete",
-                map,
-                source,
-            })?;
-        }
-        Ok(())
     }
 
     /// Publishes staged services (step 2): one map update each, batched.
@@ -494,27 +431,19 @@ impl BpfDataplane {
         let keys: Vec<ServiceKey> = new.iter().map(|s| service_key(&s.frontend)).collect();
         let values: Vec<ServiceValue> =
             new.iter().map(|s| ServiceValue { id: s.slot.id }).collect();
-        // An owned duplicate: `self` is mutated while it is in use.
-        let fd = maps::fd(&self.maps.services)
-            .try_clone_to_owned()
-            .map_err(|source| Error::Sys {
-                op: "dup",
-                map: map_names::SERVICES,
-                source,
-            })?;
-        let fd = fd.as_fd();
-        let done = if self.batch_ops.get() {
-            match sys::update_batch(fd, &keys, &values) {
-                Ok(()) => keys.len(),
-                Err(e) if e.unsupported() => {
-                    self.batch_ops.set(false);
-                    0
+        let done =
+            match self
+                .batch
+                .update_prefix(&self.maps.services, &keys, &values, map_names::SERVICES)
+            {
+                Ok(done) => done,
+                Err(e) => {
+                    for s in &new {
+                        self.unstage(s);
+                    }
+                    return Err(e);
                 }
-                Err(e) => e.done,
-            }
-        } else {
-            0
-        };
+            };
         let mut failure = None;
         for (i, staged) in new.into_iter().enumerate() {
             if i < done {
@@ -525,9 +454,9 @@ impl BpfDataplane {
                 self.unstage(&staged);
                 continue;
             }
-            match sys::update_elem(fd, &keys[i], &values[i]) {
+            match self.maps.services.insert(keys[i], values[i], 0) {
                 Ok(()) => self.commit(staged, report),
-                Err(e) if e.raw_os_error() == Some(libc::E2BIG) => {
+                Err(e) if batch::errno(&e) == Some(libc::E2BIG) => {
                     self.unstage(&staged);
                     report.rejected.push(Rejected {
                         frontend: staged.frontend,
@@ -537,13 +466,9 @@ impl BpfDataplane {
                         },
                     });
                 }
-                Err(source) => {
+                Err(e) => {
                     self.unstage(&staged);
-                    failure = Some(Error::Sys {
-                        op: "update",
-                        map: map_names::SERVICES,
-                        source,
-                    });
+                    failure = Some(batch::elem_error("update", map_names::SERVICES, e));
                 }
             }
         }
@@ -631,8 +556,8 @@ impl BpfDataplane {
         }
         // Names are only for `lb-agent list` and bpftool: a failure to write
         // them is logged, never a reason to leave a Service out.
-        if let Err(e) = self.update_many(
-            maps::fd(&self.maps.names),
+        if let Err(e) = self.batch.update(
+            &mut self.maps.names,
             &name_ids,
             &names,
             map_names::SERVICE_NAMES,
@@ -640,8 +565,8 @@ impl BpfDataplane {
             tracing::warn!(error = %e, "service names not recorded (lb-agent list shows them blank)");
         }
         let ones = vec![1u32; members_new.len()];
-        if let Err(e) = self.update_many(
-            maps::fd(&self.maps.members),
+        if let Err(e) = self.batch.update(
+            &mut self.maps.members,
             &members_new,
             &ones,
             map_names::AFFINITY_MEMBERS,
@@ -656,8 +581,8 @@ impl BpfDataplane {
 
         // Stale members go now, so that once the barrier has passed no
         // affinity entry can lead to a removed backend.
-        self.delete_many(
-            maps::fd(&self.maps.members),
+        self.batch.delete(
+            &mut self.maps.members,
             &members_gone,
             map_names::AFFINITY_MEMBERS,
         )

@@ -414,7 +414,7 @@ fn remove_links(layout: &PinLayout, detach: bool) -> Result<Vec<PathBuf>> {
             })?
             .path();
         if detach {
-            match super::sys::obj_get(&path).and_then(|fd| super::sys::link_detach(&fd)) {
+            match super::sys::detach_link(&path) {
                 Ok(()) => {}
                 // Before Linux 5.9 there is no BPF_LINK_DETACH: the unpin
                 // below still detaches, asynchronously.

@@ -27,7 +27,8 @@ type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The pinned maps the agent reads and writes. The arrays the agent
 /// writes in bulk are mapped into its memory; the hash maps are read
-/// through aya and written in batches (`super::sys`) through [`Maps::fd`].
+/// through aya and written in batches where the kernel can
+/// (`super::batch`).
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub state: MmapArray<ServiceState>,
@@ -38,11 +39,6 @@ pub struct Maps {
     pub stats: PerCpuArray<MapData, u64>,
     pub names: HashMap<MapData, u32, ServiceName>,
     pub meta: Array<MapData, Meta>,
-}
-
-/// The file descriptor of a map, for the batch operations.
-pub fn fd<K: aya::Pod, V, M: aya::maps::IterableMap<K, V>>(map: &M) -> std::os::fd::BorrowedFd<'_> {
-    map.map().fd().as_fd()
 }
 
 /// Something that hands out maps by name: a freshly loaded object, or a

@@ -3,6 +3,7 @@
 //! the model and the map types, and the map-backed dataplane that
 //! implements the update protocol (with its id allocator and its reaper).
 
+mod batch;
 pub mod convert;
 pub mod dataplane;
 pub mod features;
