@@ -111,25 +111,31 @@ impl BatchError {
     }
 }
 
-/// Checks `K` (and `V`, when given) against the key and value sizes of
-/// `map`, as aya's typed maps do when they are made.
-fn check_sizes<K: Pod, V: Pod>(map: &MapData, with_value: bool) -> Result<(), MapError> {
+/// The key and value sizes of `map`, as the kernel has them.
+fn sizes(map: &MapData) -> Result<(u32, u32), MapError> {
     let info = map.info()?;
-    let expected = info.key_size() as usize;
-    if size_of::<K>() != expected {
-        return Err(MapError::InvalidKeySize {
-            size: size_of::<K>(),
-            expected,
-        });
+    Ok((info.key_size(), info.value_size()))
+}
+
+/// Checks that `K` is `key_size` bytes, as aya's typed maps do when they
+/// are made.
+fn check_key<K: Pod>(key_size: u32) -> Result<(), MapError> {
+    let (size, expected) = (size_of::<K>(), key_size as usize);
+    if size == expected {
+        Ok(())
+    } else {
+        Err(MapError::InvalidKeySize { size, expected })
     }
-    let expected = info.value_size() as usize;
-    if with_value && size_of::<V>() != expected {
-        return Err(MapError::InvalidValueSize {
-            size: size_of::<V>(),
-            expected,
-        });
+}
+
+/// Checks that `V` is `value_size` bytes.
+fn check_value<V: Pod>(value_size: u32) -> Result<(), MapError> {
+    let (size, expected) = (size_of::<V>(), value_size as usize);
+    if size == expected {
+        Ok(())
+    } else {
+        Err(MapError::InvalidValueSize { size, expected })
     }
-    Ok(())
 }
 
 /// Writes `keys[i] -> values[i]` in order, `BATCH` elements per syscall
@@ -151,7 +157,12 @@ pub(super) fn update_batch<K: Pod, V: Pod>(
     if keys.is_empty() {
         return Ok(());
     }
-    check_sizes::<K, V>(map, true).map_err(BatchError::Layout)?;
+    sizes(map)
+        .and_then(|(key_size, value_size)| {
+            check_key::<K>(key_size)?;
+            check_value::<V>(value_size)
+        })
+        .map_err(BatchError::Layout)?;
     let mut done = 0;
     for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
         done += batch(
@@ -179,7 +190,9 @@ pub(super) fn delete_batch<K: Pod>(map: &MapData, keys: &[K]) -> Result<(), Batc
     if keys.is_empty() {
         return Ok(());
     }
-    check_sizes::<K, K>(map, false).map_err(BatchError::Layout)?;
+    sizes(map)
+        .and_then(|(key_size, _)| check_key::<K>(key_size))
+        .map_err(BatchError::Layout)?;
     let mut done = 0;
     for k in keys.chunks(BATCH) {
         done += batch(
@@ -222,7 +235,30 @@ fn batch(
 mod tests {
     use std::io;
 
-    use super::BatchError;
+    use aya::maps::MapError;
+    use lb_common::service::{ServiceKey, ServiceValue};
+
+    use super::{BatchError, check_key, check_value};
+
+    #[test]
+    fn keys_and_values_must_have_the_map_sizes() {
+        assert!(check_key::<ServiceKey>(20).is_ok());
+        assert!(check_value::<ServiceValue>(4).is_ok());
+        assert!(matches!(
+            check_key::<u32>(20),
+            Err(MapError::InvalidKeySize {
+                size: 4,
+                expected: 20
+            })
+        ));
+        assert!(matches!(
+            check_value::<ServiceKey>(4),
+            Err(MapError::InvalidValueSize {
+                size: 20,
+                expected: 4
+            })
+        ));
+    }
 
     #[test]
     fn only_a_first_element_refusal_means_no_batches() {
