@@ -117,24 +117,19 @@ fn sizes(map: &MapData) -> Result<(u32, u32), MapError> {
     Ok((info.key_size(), info.value_size()))
 }
 
-/// Checks that `K` is `key_size` bytes, as aya's typed maps do when they
-/// are made.
-fn check_key<K: Pod>(key_size: u32) -> Result<(), MapError> {
+/// Checks that `K` is `key_size` bytes and, when a value size is given,
+/// that `V` is `value_size` bytes, as aya's typed maps do when they are
+/// made.
+fn check_sizes<K: Pod, V: Pod>(key_size: u32, value_size: Option<u32>) -> Result<(), MapError> {
     let (size, expected) = (size_of::<K>(), key_size as usize);
-    if size == expected {
-        Ok(())
-    } else {
-        Err(MapError::InvalidKeySize { size, expected })
+    if size != expected {
+        return Err(MapError::InvalidKeySize { size, expected });
     }
-}
-
-/// Checks that `V` is `value_size` bytes.
-fn check_value<V: Pod>(value_size: u32) -> Result<(), MapError> {
-    let (size, expected) = (size_of::<V>(), value_size as usize);
-    if size == expected {
-        Ok(())
-    } else {
-        Err(MapError::InvalidValueSize { size, expected })
+    match value_size.map(|v| (size_of::<V>(), v as usize)) {
+        Some((size, expected)) if size != expected => {
+            Err(MapError::InvalidValueSize { size, expected })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -154,30 +149,7 @@ pub(super) fn update_batch<K: Pod, V: Pod>(
     values: &[V],
 ) -> Result<(), BatchError> {
     assert_eq!(keys.len(), values.len(), "one value per key");
-    if keys.is_empty() {
-        return Ok(());
-    }
-    sizes(map)
-        .and_then(|(key_size, value_size)| {
-            check_key::<K>(key_size)?;
-            check_value::<V>(value_size)
-        })
-        .map_err(BatchError::Layout)?;
-    let mut done = 0;
-    for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
-        done += batch(
-            bpf_cmd::BPF_MAP_UPDATE_BATCH,
-            map,
-            k.as_ptr() as u64,
-            v.as_ptr() as u64,
-            k.len(),
-        )
-        .map_err(|(n, error)| BatchError::Kernel {
-            done: done + n,
-            error,
-        })?;
-    }
-    Ok(())
+    batches(bpf_cmd::BPF_MAP_UPDATE_BATCH, map, keys, Some(values))
 }
 
 /// Deletes `keys`, `BATCH` per syscall (`BPF_MAP_DELETE_BATCH`, Linux 5.6+).
@@ -187,24 +159,33 @@ pub(super) fn update_batch<K: Pod, V: Pod>(
 /// deleted); [`BatchError::Kernel`] with the number done when a key fails
 /// (a missing key fails with ENOENT).
 pub(super) fn delete_batch<K: Pod>(map: &MapData, keys: &[K]) -> Result<(), BatchError> {
+    batches(bpf_cmd::BPF_MAP_DELETE_BATCH, map, keys, None::<&[K]>)
+}
+
+/// Runs `cmd` over `keys` (and `values`, as many), `BATCH` elements per
+/// syscall, once their sizes are checked against the map's.
+fn batches<K: Pod, V: Pod>(
+    cmd: bpf_cmd,
+    map: &MapData,
+    keys: &[K],
+    values: Option<&[V]>,
+) -> Result<(), BatchError> {
     if keys.is_empty() {
         return Ok(());
     }
     sizes(map)
-        .and_then(|(key_size, _)| check_key::<K>(key_size))
+        .and_then(|(key_size, value_size)| {
+            check_sizes::<K, V>(key_size, values.map(|_| value_size))
+        })
         .map_err(BatchError::Layout)?;
     let mut done = 0;
-    for k in keys.chunks(BATCH) {
-        done += batch(
-            bpf_cmd::BPF_MAP_DELETE_BATCH,
-            map,
-            k.as_ptr() as u64,
-            0,
-            k.len(),
-        )
-        .map_err(|(n, error)| BatchError::Kernel {
-            done: done + n,
-            error,
+    for (i, k) in keys.chunks(BATCH).enumerate() {
+        let v = values.map_or(0, |v| v[i * BATCH..].as_ptr() as u64);
+        done += batch(cmd, map, k.as_ptr() as u64, v, k.len()).map_err(|(n, error)| {
+            BatchError::Kernel {
+                done: done + n,
+                error,
+            }
         })?;
     }
     Ok(())
@@ -238,21 +219,24 @@ mod tests {
     use aya::maps::MapError;
     use lb_common::service::{ServiceKey, ServiceValue};
 
-    use super::{BatchError, check_key, check_value};
+    use super::{BatchError, check_sizes};
 
     #[test]
     fn keys_and_values_must_have_the_map_sizes() {
-        assert!(check_key::<ServiceKey>(20).is_ok());
-        assert!(check_value::<ServiceValue>(4).is_ok());
+        assert!(check_sizes::<ServiceKey, ServiceValue>(20, Some(4)).is_ok());
+        assert!(
+            check_sizes::<ServiceKey, u64>(20, None).is_ok(),
+            "no value to check"
+        );
         assert!(matches!(
-            check_key::<u32>(20),
+            check_sizes::<u32, ServiceValue>(20, Some(4)),
             Err(MapError::InvalidKeySize {
                 size: 4,
                 expected: 20
             })
         ));
         assert!(matches!(
-            check_value::<ServiceKey>(4),
+            check_sizes::<ServiceKey, ServiceKey>(20, Some(4)),
             Err(MapError::InvalidValueSize {
                 size: 20,
                 expected: 4
