@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::{
     bpf::{
         Error,
-        dataplane::{frontend_of, socket_addr},
+        convert::{frontend_of, socket_addr},
         features::describe_bits,
         loader::PinLayout,
         maps::{Maps, PinDir},

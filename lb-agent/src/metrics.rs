@@ -13,9 +13,8 @@ use std::{
     },
 };
 
-use crate::model::Protocol;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray};
 use lb_common::{
     meta::FEATURE_NAMES,
     stats::{STAT_COUNT, STAT_NAMES},
@@ -31,6 +30,8 @@ use prometheus_client::{
     },
     registry::Registry,
 };
+
+use crate::{bpf::maps::open_pinned, model::Protocol};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
@@ -267,9 +268,8 @@ impl Metrics {
     ///
     /// # Errors
     /// When the pinned map cannot be opened.
-    pub fn add_datapath(&mut self, pinned_stats: &Path) -> Result<(), aya::maps::MapError> {
-        let data = MapData::from_pin(pinned_stats)?;
-        let map = PerCpuArray::try_from(Map::PerCpuArray(data))?;
+    pub fn add_datapath(&mut self, pinned_stats: &Path) -> Result<(), crate::bpf::Error> {
+        let map = open_pinned(pinned_stats)?;
         self.registry
             .register_collector(Box::new(DatapathCollector {
                 map: Mutex::new(map),

@@ -92,7 +92,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     let stats_pin = PinLayout::new(&cfg.bpffs).map(lb_common::map_names::GLOBAL_STATS);
     metrics
         .add_datapath(&stats_pin)
-        .with_context(|| format!("failed to open {}", stats_pin.display()))?;
+        .context("cannot export the data-path counters")?;
     let metrics = Arc::new(metrics);
     let usage = dataplane.usage();
     metrics

@@ -19,29 +19,34 @@
 //! them. An allocation that needs retired room waits for the barrier.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
     ops::Range,
-    os::fd::{AsFd as _, BorrowedFd},
 };
 
 use lb_common::{
     affinity::MemberKey,
     backend::Backend,
     map_names,
-    service::{BackendRange, FLAG_AFFINITY, ServiceKey, ServiceName, ServiceState, ServiceValue},
+    service::{ServiceKey, ServiceName, ServiceValue},
     stats::ServiceStats,
 };
 use range_alloc::RangeAllocator;
 
 use super::{
     Error,
-    maps::{self, Barrier, Maps, ServiceRecord, service_name},
-    sys,
+    batch::{self, Batcher},
+    convert::{
+        adopt_record, backend, member_key, members, range_word, service_key, service_name,
+        service_state,
+    },
+    ids::IdAllocator,
+    maps::{Barrier, Maps},
+    reaper::Reaper,
 };
 use crate::{
     dataplane::{ApplyReport, Change, Dataplane, RejectReason, Rejected, Usage},
-    model::{Algorithm, DesiredState, Frontend, Protocol, ServiceEntry, ServicePortName},
+    model::{DesiredState, Frontend, ServiceEntry},
 };
 
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -78,9 +83,8 @@ pub struct BpfDataplane {
     pending: std::collections::VecDeque<(u64, Retired)>,
     /// The last barrier requested.
     generation: u64,
-    /// Whether the kernel has batch map operations (5.6+); found out on
-    /// first use.
-    batch_ops: std::cell::Cell<bool>,
+    /// Writes many map elements at once where the kernel can.
+    batch: Batcher,
 }
 
 enum UpsertError {
@@ -123,7 +127,7 @@ impl BpfDataplane {
             retired: Retired::default(),
             pending: std::collections::VecDeque::new(),
             generation: 0,
-            batch_ops: std::cell::Cell::new(true),
+            batch: Batcher::new(),
         };
         let mut adopted = Adopted::default();
         let mut used_ranges: Vec<Range<u32>> = Vec::new();
@@ -289,7 +293,7 @@ impl BpfDataplane {
         self.ids
             .allocate()
             .ok_or(UpsertError::Rejected(RejectReason::ServicesFull {
-                capacity: self.ids.capacity,
+                capacity: self.ids.capacity(),
             }))
     }
 
@@ -348,7 +352,7 @@ impl BpfDataplane {
             self.release_range(staged.slot.range.clone());
         }
         if staged.new_id {
-            let _ = sys::delete_elem(maps::fd(&self.maps.names), &staged.slot.id);
+            let _ = self.maps.names.remove(&staged.slot.id);
             self.ids.free(staged.slot.id);
         }
     }
@@ -377,7 +381,8 @@ impl BpfDataplane {
                 members_gone.extend(members(slot.id, self.applied.get(frontend)));
             }
         }
-        self.delete_many(maps::fd(&self.maps.services), &keys, map_names::SERVICES)?;
+        self.batch
+            .delete(&mut self.maps.services, &keys, map_names::SERVICES)?;
         for frontend in frontends {
             if let Some(slot) = self.slots.remove(frontend) {
                 self.applied.remove(frontend);
@@ -386,73 +391,11 @@ impl BpfDataplane {
                 report.removed += 1;
             }
         }
-        self.delete_many(
-            maps::fd(&self.maps.members),
+        self.batch.delete(
+            &mut self.maps.members,
             &members_gone,
             map_names::AFFINITY_MEMBERS,
         )
-    }
-
-    /// Writes many elements: batched where the kernel can (5.6+), one by
-    /// one otherwise.
-    fn update_many<K, V>(
-        &self,
-        fd: BorrowedFd<'_>,
-        keys: &[K],
-        values: &[V],
-        map: &'static str,
-    ) -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        if self.batch_ops.get() {
-            match sys::update_batch(fd, keys, values) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.unsupported() => self.batch_ops.set(false),
-                Err(e) => {
-                    return Err(Error::Sys {
-                        op: "update",
-                        map,
-                        source: e.error,
-                    });
-                }
-            }
-        }
-        for (k, v) in keys.iter().zip(values) {
-            sys::update_elem(fd, k, v).map_err(|source| Error::Sys {
-                op: "update",
-                map,
-                source,
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Deletes many keys (missing keys are fine): batched where possible.
-    fn delete_many<K>(&self, fd: BorrowedFd<'_>, keys: &[K], map: &'static str) -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        if self.batch_ops.get() {
-            match sys::delete_batch(fd, keys) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.unsupported() => self.batch_ops.set(false),
-                // A key already gone stops the batch: finish one by one.
-                Err(e) => return Self::delete_each(fd, &keys[e.done..], map),
-            }
-        }
-        Self::delete_each(fd, keys, map)
-    }
-
-    fn delete_each<K>(fd: BorrowedFd<'_>, keys: &[K], map: &'static str) -> Result<()> {
-        for k in keys {
-            sys::delete_elem(fd, k).map_err(|source| Error::Sys {
-                op: "delete",
-                map,
-                source,
-            })?;
-        }
-        Ok(())
     }
 
     /// Publishes staged services (step 2): one map update each, batched.
@@ -465,7 +408,7 @@ impl BpfDataplane {
             staged.into_iter().partition(|s| s.previous.is_some());
         for s in existing {
             let id = s.slot.id;
-            let mut state = service_state(&s);
+            let mut state = service_state(&s.frontend, &s.entry, &s.slot.range);
             if let Some(current) = self.maps.state.get(id) {
                 state.backends = current.backends;
             }
@@ -480,32 +423,27 @@ impl BpfDataplane {
         // an id is reused only after a grace period), then the
         // `lb_services` entry that makes them visible, batched.
         for s in &new {
-            self.maps.state.write(s.slot.id, &[service_state(s)]);
+            self.maps.state.write(
+                s.slot.id,
+                &[service_state(&s.frontend, &s.entry, &s.slot.range)],
+            );
         }
         let keys: Vec<ServiceKey> = new.iter().map(|s| service_key(&s.frontend)).collect();
         let values: Vec<ServiceValue> =
             new.iter().map(|s| ServiceValue { id: s.slot.id }).collect();
-        // An owned duplicate: `self` is mutated while it is in use.
-        let fd = maps::fd(&self.maps.services)
-            .try_clone_to_owned()
-            .map_err(|source| Error::Sys {
-                op: "dup",
-                map: map_names::SERVICES,
-                source,
-            })?;
-        let fd = fd.as_fd();
-        let done = if self.batch_ops.get() {
-            match sys::update_batch(fd, &keys, &values) {
-                Ok(()) => keys.len(),
-                Err(e) if e.unsupported() => {
-                    self.batch_ops.set(false);
-                    0
+        let done =
+            match self
+                .batch
+                .update_prefix(&self.maps.services, &keys, &values, map_names::SERVICES)
+            {
+                Ok(done) => done,
+                Err(e) => {
+                    for s in &new {
+                        self.unstage(s);
+                    }
+                    return Err(e);
                 }
-                Err(e) => e.done,
-            }
-        } else {
-            0
-        };
+            };
         let mut failure = None;
         for (i, staged) in new.into_iter().enumerate() {
             if i < done {
@@ -516,25 +454,21 @@ impl BpfDataplane {
                 self.unstage(&staged);
                 continue;
             }
-            match sys::update_elem(fd, &keys[i], &values[i]) {
+            match self.maps.services.insert(keys[i], values[i], 0) {
                 Ok(()) => self.commit(staged, report),
-                Err(e) if e.raw_os_error() == Some(libc::E2BIG) => {
+                Err(e) if batch::errno(&e) == Some(libc::E2BIG) => {
                     self.unstage(&staged);
                     report.rejected.push(Rejected {
                         frontend: staged.frontend,
                         name: staged.entry.name.clone(),
                         reason: RejectReason::ServicesFull {
-                            capacity: self.ids.capacity,
+                            capacity: self.ids.capacity(),
                         },
                     });
                 }
-                Err(source) => {
+                Err(e) => {
                     self.unstage(&staged);
-                    failure = Some(Error::Sys {
-                        op: "update",
-                        map: map_names::SERVICES,
-                        source,
-                    });
+                    failure = Some(batch::elem_error("update", map_names::SERVICES, e));
                 }
             }
         }
@@ -622,8 +556,8 @@ impl BpfDataplane {
         }
         // Names are only for `lb-agent list` and bpftool: a failure to write
         // them is logged, never a reason to leave a Service out.
-        if let Err(e) = self.update_many(
-            maps::fd(&self.maps.names),
+        if let Err(e) = self.batch.update(
+            &mut self.maps.names,
             &name_ids,
             &names,
             map_names::SERVICE_NAMES,
@@ -631,8 +565,8 @@ impl BpfDataplane {
             tracing::warn!(error = %e, "service names not recorded (lb-agent list shows them blank)");
         }
         let ones = vec![1u32; members_new.len()];
-        if let Err(e) = self.update_many(
-            maps::fd(&self.maps.members),
+        if let Err(e) = self.batch.update(
+            &mut self.maps.members,
             &members_new,
             &ones,
             map_names::AFFINITY_MEMBERS,
@@ -647,8 +581,8 @@ impl BpfDataplane {
 
         // Stale members go now, so that once the barrier has passed no
         // affinity entry can lead to a removed backend.
-        self.delete_many(
-            maps::fd(&self.maps.members),
+        self.batch.delete(
+            &mut self.maps.members,
             &members_gone,
             map_names::AFFINITY_MEMBERS,
         )
@@ -664,31 +598,6 @@ struct Staged {
     new_id: bool,
     backends_changed: bool,
     renamed: bool,
-}
-
-/// A range as the programs read it: one little-endian word, `first` in the
-/// low half (the layout of `BackendRange`).
-fn range_word(range: &Range<u32>) -> u64 {
-    u64::from(range.start) | (u64::from(range.end - range.start) << 32)
-}
-
-fn service_state(s: &Staged) -> ServiceState {
-    ServiceState {
-        backends: BackendRange {
-            first: s.slot.range.start,
-            count: s.slot.range.end - s.slot.range.start,
-        },
-        key: service_key(&s.frontend),
-        algorithm: s.entry.algorithm.to_raw(),
-        flags: if s.entry.affinity_timeout_s.is_some() {
-            FLAG_AFFINITY
-        } else {
-            0
-        },
-        pad: [0; 2],
-        affinity_timeout_s: s.entry.affinity_timeout_s.unwrap_or(0),
-        pad2: [0; 4],
-    }
 }
 
 impl Dataplane for BpfDataplane {
@@ -710,326 +619,9 @@ impl Dataplane for BpfDataplane {
     fn usage(&self) -> Usage {
         Usage {
             services: u32::try_from(self.slots.len()).unwrap_or(u32::MAX),
-            services_capacity: self.ids.capacity,
+            services_capacity: self.ids.capacity(),
             backends: self.backends_used - self.backends_retired,
             backends_capacity: self.maps.backends.capacity(),
         }
-    }
-}
-
-/// Runs barriers ([`Barrier::wait`], an RCU grace period) on its own
-/// thread, so that no update waits for one; requests that queue up while a
-/// barrier runs are served by the next one.
-struct Reaper {
-    requests: Option<std::sync::mpsc::Sender<u64>>,
-    state: std::sync::Arc<(std::sync::Mutex<ReaperState>, std::sync::Condvar)>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-#[derive(Default)]
-struct ReaperState {
-    /// The highest generation whose barrier has completed.
-    done: u64,
-    /// The last barrier failed (the kernel refused the map update).
-    failed: Option<String>,
-}
-
-impl Reaper {
-    fn start(mut barrier: Barrier) -> Self {
-        let (requests, queue) = std::sync::mpsc::channel::<u64>();
-        let state: std::sync::Arc<(std::sync::Mutex<ReaperState>, std::sync::Condvar)> =
-            std::sync::Arc::default();
-        let shared = std::sync::Arc::clone(&state);
-        let thread = std::thread::Builder::new()
-            .name("lb-reaper".to_owned())
-            .spawn(move || {
-                while let Ok(mut generation) = queue.recv() {
-                    while let Ok(later) = queue.try_recv() {
-                        generation = generation.max(later);
-                    }
-                    let outcome = barrier.wait();
-                    let (lock, cv) = &*shared;
-                    let Ok(mut s) = lock.lock() else { return };
-                    match outcome {
-                        Ok(()) => {
-                            s.done = s.done.max(generation);
-                            s.failed = None;
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "barrier failed: retired backend slots are not recycled");
-                            s.failed = Some(e.to_string());
-                        }
-                    }
-                    cv.notify_all();
-                }
-            })
-            .ok();
-        Self {
-            requests: Some(requests),
-            state,
-            thread,
-        }
-    }
-
-    fn request(&self, generation: u64) {
-        if let Some(r) = &self.requests {
-            let _ = r.send(generation);
-        }
-    }
-
-    fn done(&self) -> u64 {
-        self.state.0.lock().map_or(0, |s| s.done)
-    }
-
-    /// Blocks until barrier `generation` has completed.
-    fn wait_for(&self, generation: u64) -> Result<()> {
-        let (lock, cv) = &*self.state;
-        let mut s = lock
-            .lock()
-            .map_err(|_| Error::Reaper("lock poisoned".to_owned()))?;
-        while s.done < generation {
-            if let Some(e) = s.failed.take() {
-                return Err(Error::Reaper(e));
-            }
-            s = cv
-                .wait(s)
-                .map_err(|_| Error::Reaper("lock poisoned".to_owned()))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        self.requests = None; // ends the thread's loop
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Rebuilds a frontend and entry from one record of the service table.
-fn adopt_record(
-    r: &ServiceRecord,
-    service_capacity: u32,
-) -> Result<(Frontend, ServiceEntry, ServiceState), String> {
-    let frontend = frontend_of(&r.key)
-        .ok_or_else(|| format!("unknown protocol {} in {:?}", r.key.proto, r.key))?;
-    if r.id >= service_capacity {
-        return Err(format!("{frontend}: id {} beyond the table", r.id));
-    }
-    let state = r
-        .state
-        .ok_or_else(|| format!("{frontend}: id {} has no record", r.id))?;
-    if state.key != r.key {
-        return Err(format!(
-            "{frontend}: the record of id {} is another frontend's",
-            r.id
-        ));
-    }
-    let backends = r
-        .backends
-        .as_ref()
-        .ok_or_else(|| format!("{frontend}: backend range outside the table"))?;
-    let algorithm = Algorithm::from_raw(state.algorithm)
-        .ok_or_else(|| format!("{frontend}: unknown algorithm {}", state.algorithm))?;
-    let name = r.name.as_deref().map(parse_name).unwrap_or_default();
-    Ok((
-        frontend,
-        ServiceEntry {
-            name,
-            algorithm,
-            affinity_timeout_s: (state.flags & FLAG_AFFINITY != 0)
-                .then_some(state.affinity_timeout_s),
-            backends: backends.iter().map(socket_addr).collect(),
-        },
-        state,
-    ))
-}
-
-/// Parses `namespace/name:port` back (the form `ServicePortName` prints).
-fn parse_name(s: &str) -> ServicePortName {
-    let (namespace, rest) = s.split_once('/').unwrap_or(("", s));
-    let (name, port) = rest.split_once(':').unwrap_or((rest, ""));
-    ServicePortName {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        port: port.to_owned(),
-    }
-}
-
-fn members(id: u32, entry: Option<&ServiceEntry>) -> BTreeSet<MemberKey> {
-    entry
-        .filter(|e| e.affinity_timeout_s.is_some())
-        .map(|e| e.backends.iter().map(|b| member_key(id, b)).collect())
-        .unwrap_or_default()
-}
-
-fn member_key(id: u32, b: &SocketAddr) -> MemberKey {
-    MemberKey {
-        service_id: id,
-        port_be: b.port().to_be(),
-        pad: [0; 2],
-        addr: addr16(b.ip()),
-    }
-}
-
-/// The 16-byte form of an address (IPv4-mapped for IPv4).
-#[must_use]
-pub fn addr16(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-/// The inverse of [`addr16`].
-#[must_use]
-pub fn ip_of(addr: [u8; 16]) -> IpAddr {
-    let v6 = Ipv6Addr::from(addr);
-    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-}
-
-#[must_use]
-pub fn service_key(fe: &Frontend) -> ServiceKey {
-    ServiceKey {
-        addr: addr16(fe.ip),
-        port_be: fe.port.to_be(),
-        proto: fe.protocol.number(),
-        pad: 0,
-    }
-}
-
-#[must_use]
-pub fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
-    Some(Frontend {
-        ip: ip_of(key.addr),
-        port: u16::from_be(key.port_be),
-        protocol: Protocol::from_number(key.proto)?,
-    })
-}
-
-fn backend(b: &SocketAddr) -> Backend {
-    Backend {
-        addr: addr16(b.ip()),
-        port_be: b.port().to_be(),
-        pad: [0; 6],
-    }
-}
-
-#[must_use]
-pub fn socket_addr(b: &Backend) -> SocketAddr {
-    SocketAddr::new(ip_of(b.addr), u16::from_be(b.port_be))
-}
-
-/// Service ids: the lowest free id first, so the per-service arrays stay
-/// dense.
-struct IdAllocator {
-    capacity: u32,
-    free: BTreeSet<u32>,
-    next: u32,
-    used: HashSet<u32>,
-}
-
-impl IdAllocator {
-    fn new(capacity: u32) -> Self {
-        Self {
-            capacity,
-            free: BTreeSet::new(),
-            next: 0,
-            used: HashSet::new(),
-        }
-    }
-
-    fn allocate(&mut self) -> Option<u32> {
-        let id = if let Some(id) = self.free.pop_first() {
-            id
-        } else if self.next < self.capacity {
-            self.next += 1;
-            self.next - 1
-        } else {
-            return None;
-        };
-        self.used.insert(id);
-        Some(id)
-    }
-
-    /// Marks an adopted id as used; false if it already was (or is out of range).
-    fn mark_used(&mut self, id: u32) -> bool {
-        if id >= self.capacity || self.used.contains(&id) {
-            return false;
-        }
-        while self.next <= id {
-            self.free.insert(self.next);
-            self.next += 1;
-        }
-        self.free.remove(&id);
-        self.used.insert(id);
-        true
-    }
-
-    fn free(&mut self, id: u32) {
-        if self.used.remove(&id) {
-            self.free.insert(id);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-    use super::{IdAllocator, addr16, frontend_of, ip_of, parse_name, service_key};
-    use crate::model::{Frontend, Protocol};
-
-    #[test]
-    fn ids_lowest_first_and_reused() {
-        let mut ids = IdAllocator::new(3);
-        assert_eq!(ids.allocate(), Some(0));
-        assert_eq!(ids.allocate(), Some(1));
-        assert_eq!(ids.allocate(), Some(2));
-        assert_eq!(ids.allocate(), None);
-        ids.free(1);
-        assert_eq!(ids.allocate(), Some(1));
-    }
-
-    #[test]
-    fn adopted_ids_are_not_handed_out_again() {
-        let mut ids = IdAllocator::new(10);
-        assert!(ids.mark_used(4));
-        assert!(!ids.mark_used(4), "twice");
-        assert!(!ids.mark_used(10), "out of range");
-        let got: Vec<u32> = (0..9).filter_map(|_| ids.allocate()).collect();
-        assert_eq!(got, vec![0, 1, 2, 3, 5, 6, 7, 8, 9]);
-    }
-
-    #[test]
-    fn addresses_round_trip_both_families() {
-        for ip in [
-            IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1)),
-            IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)),
-        ] {
-            assert_eq!(ip_of(addr16(ip)), ip);
-            let fe = Frontend {
-                ip,
-                port: 8080,
-                protocol: Protocol::Udp,
-            };
-            assert_eq!(frontend_of(&service_key(&fe)), Some(fe));
-        }
-        assert_eq!(
-            &addr16("10.0.0.1".parse().expect("ip"))[..12],
-            &lb_common::addr::V4_MAPPED_PREFIX
-        );
-    }
-
-    #[test]
-    fn names_parse_back() {
-        let n = parse_name("default/web:http");
-        assert_eq!(
-            (n.namespace.as_str(), n.name.as_str(), n.port.as_str()),
-            ("default", "web", "http")
-        );
-        assert_eq!(parse_name("kube-system/dns").to_string(), "kube-system/dns");
     }
 }

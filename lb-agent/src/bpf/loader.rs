@@ -14,6 +14,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{Array, MapData},
     programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
 };
 use lb_common::{
@@ -33,7 +34,7 @@ use lb_common::{
 use super::{
     Error,
     features::{Features, HOOKS},
-    maps::{Barrier, MapShape, Maps, pinned_shape},
+    maps::{Barrier, MapShape, Maps, open_pinned, pinned_shape},
     object,
 };
 use crate::{model::Algorithm, system};
@@ -311,11 +312,8 @@ fn check_pins(layout: &PinLayout, capacity: &Capacity) -> Result<bool> {
     }
     if found {
         let meta_path = layout.map(map_names::META);
-        if let Ok(data) = aya::maps::MapData::from_pin(&meta_path) {
-            let meta: Option<Meta> =
-                aya::maps::Array::<_, Meta>::try_from(aya::maps::Map::Array(data))
-                    .ok()
-                    .and_then(|a| a.get(&0, 0).ok());
+        if let Ok(pinned) = open_pinned::<Array<MapData, Meta>>(&meta_path) {
+            let meta = pinned.get(&0, 0).ok();
             if let Some(meta) = meta.filter(|m| m.abi_version != 0 && m.abi_version != ABI_VERSION)
             {
                 return Err(Error::IncompatiblePins {
@@ -414,7 +412,7 @@ fn remove_links(layout: &PinLayout, detach: bool) -> Result<Vec<PathBuf>> {
             })?
             .path();
         if detach {
-            match super::sys::obj_get(&path).and_then(|fd| super::sys::link_detach(&fd)) {
+            match super::sys::detach_link(&path) {
                 Ok(()) => {}
                 // Before Linux 5.9 there is no BPF_LINK_DETACH: the unpin
                 // below still detaches, asynchronously.

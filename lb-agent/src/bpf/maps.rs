@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{
-    Array, ArrayOfMaps, HashMap, IterableMap as _, Map, MapData, MapError, MapInfo, PerCpuArray,
+    Array, ArrayOfMaps, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray,
 };
 use lb_common::{
     affinity::MemberKey,
@@ -21,13 +21,14 @@ use lb_common::{
 };
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
-use super::Error;
+use super::{Error, convert::name_str};
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The pinned maps the agent reads and writes. The arrays the agent
 /// writes in bulk are mapped into its memory; the hash maps are read
-/// through aya and written in batches (`super::sys`) through [`Maps::fd`].
+/// through aya and written in batches where the kernel can
+/// (`super::batch`).
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub state: MmapArray<ServiceState>,
@@ -40,22 +41,19 @@ pub struct Maps {
     pub meta: Array<MapData, Meta>,
 }
 
-/// The file descriptor of a map, for the batch operations.
-pub fn fd<K: aya::Pod, V, M: aya::maps::IterableMap<K, V>>(map: &M) -> std::os::fd::BorrowedFd<'_> {
-    map.map().fd().as_fd()
-}
-
-/// Something that hands out maps by name: a freshly loaded object, or a
-/// directory of pins.
+/// Something that hands out maps by name, each as the type its user
+/// wants (a typed aya map, checked against the map's key and value sizes):
+/// a freshly loaded object, or a directory of pins.
 pub trait MapSource {
     /// # Errors
-    /// When the map is missing or cannot be opened.
-    fn take(&mut self, name: &'static str) -> Result<Map>;
+    /// When the map is missing, cannot be opened, or is not a `T`.
+    fn take<T: TryFrom<Map, Error = MapError>>(&mut self, name: &'static str) -> Result<T>;
 }
 
 impl MapSource for aya::Ebpf {
-    fn take(&mut self, name: &'static str) -> Result<Map> {
-        self.take_map(name).ok_or(Error::MissingMap { name })
+    fn take<T: TryFrom<Map, Error = MapError>>(&mut self, name: &'static str) -> Result<T> {
+        let map = self.take_map(name).ok_or(Error::MissingMap { name })?;
+        T::try_from(map).map_err(|source| Error::MapLayout { name, source })
     }
 }
 
@@ -63,21 +61,33 @@ impl MapSource for aya::Ebpf {
 pub struct PinDir(pub PathBuf);
 
 impl MapSource for PinDir {
-    fn take(&mut self, name: &'static str) -> Result<Map> {
-        let path = self.0.join(name);
-        let data = MapData::from_pin(&path).map_err(|source| Error::OpenPin {
-            path: path.clone(),
-            source,
-        })?;
-        Map::from_map_data(data).map_err(|source| Error::OpenPin { path, source })
+    fn take<T: TryFrom<Map, Error = MapError>>(&mut self, name: &'static str) -> Result<T> {
+        open_pinned(&self.0.join(name))
     }
 }
 
-fn typed<T>(name: &'static str, map: Map) -> Result<T>
-where
-    T: TryFrom<Map, Error = MapError>,
-{
-    T::try_from(map).map_err(|source| Error::MapLayout { name, source })
+/// Opens the map pinned at `path` as `T`, a typed aya map (`HashMap`,
+/// `Array`, ...), which checks the map's type and its key and value sizes.
+/// The one way the agent opens a pinned map.
+///
+/// # Errors
+/// [`Error::OpenPin`], naming the path, when nothing is pinned there or
+/// the map there is not a `T`.
+pub fn open_pinned<T: TryFrom<Map, Error = MapError>>(path: &Path) -> Result<T> {
+    let open_error = |source| Error::OpenPin {
+        path: path.into(),
+        source,
+    };
+    let map = pinned_data(path)
+        .and_then(Map::from_map_data)
+        .map_err(open_error)?;
+    T::try_from(map).map_err(open_error)
+}
+
+/// The untyped handle on the map pinned at `path`, for [`open_pinned`] and
+/// [`pinned_shape`] only.
+fn pinned_data(path: &Path) -> Result<MapData, MapError> {
+    MapData::from_pin(path)
 }
 
 impl Maps {
@@ -87,36 +97,15 @@ impl Maps {
     /// When a map is missing or its key/value sizes are not this build's.
     pub fn open(source: &mut impl MapSource) -> Result<Self> {
         Ok(Self {
-            services: typed(map_names::SERVICES, source.take(map_names::SERVICES)?)?,
-            state: MmapArray::new(typed(
-                map_names::SERVICE_STATE,
-                source.take(map_names::SERVICE_STATE)?,
-            )?)?,
-            backends: MmapArray::new(typed(
-                map_names::BACKENDS,
-                source.take(map_names::BACKENDS)?,
-            )?)?,
-            members: typed(
-                map_names::AFFINITY_MEMBERS,
-                source.take(map_names::AFFINITY_MEMBERS)?,
-            )?,
-            rr: MmapArray::new(typed(
-                map_names::RR_COUNTERS,
-                source.take(map_names::RR_COUNTERS)?,
-            )?)?,
-            service_stats: MmapArray::new(typed(
-                map_names::SERVICE_STATS,
-                source.take(map_names::SERVICE_STATS)?,
-            )?)?,
-            stats: typed(
-                map_names::GLOBAL_STATS,
-                source.take(map_names::GLOBAL_STATS)?,
-            )?,
-            names: typed(
-                map_names::SERVICE_NAMES,
-                source.take(map_names::SERVICE_NAMES)?,
-            )?,
-            meta: typed(map_names::META, source.take(map_names::META)?)?,
+            services: source.take(map_names::SERVICES)?,
+            state: MmapArray::new(source.take(map_names::SERVICE_STATE)?)?,
+            backends: MmapArray::new(source.take(map_names::BACKENDS)?)?,
+            members: source.take(map_names::AFFINITY_MEMBERS)?,
+            rr: MmapArray::new(source.take(map_names::RR_COUNTERS)?)?,
+            service_stats: MmapArray::new(source.take(map_names::SERVICE_STATS)?)?,
+            stats: source.take(map_names::GLOBAL_STATS)?,
+            names: source.take(map_names::SERVICE_NAMES)?,
+            meta: source.take(map_names::META)?,
         })
     }
 
@@ -200,29 +189,6 @@ pub struct ServiceRecord {
     /// `None` when the range is outside the table (corrupt entry).
     pub backends: Option<Vec<Backend>>,
     pub stats: ServiceStats,
-}
-
-/// The UTF-8 text of a NUL-padded name.
-#[must_use]
-pub fn name_str(name: &ServiceName) -> String {
-    let end = name
-        .name
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(name.name.len());
-    String::from_utf8_lossy(&name.name[..end]).into_owned()
-}
-
-/// A name as stored (truncated to fit, on a character boundary).
-#[must_use]
-pub fn service_name(text: &str) -> ServiceName {
-    let mut name = ServiceName { name: [0; 128] };
-    let mut end = text.len().min(name.name.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    name.name[..end].copy_from_slice(&text.as_bytes()[..end]);
-    name
 }
 
 /// A `BPF_F_MMAPABLE` array mapped into the agent's memory: entries are
@@ -372,7 +338,7 @@ impl Barrier {
     /// # Errors
     /// When the map is missing or the inner map cannot be created.
     pub fn open(source: &mut impl MapSource) -> Result<Self> {
-        let outer = typed(map_names::BARRIER, source.take(map_names::BARRIER)?)?;
+        let outer = source.take(map_names::BARRIER)?;
         let inner = Array::<MapData, u32>::create(1, 0)
             .map_err(|source| Error::map("create", "lb_barrier inner", source))?;
         Ok(Self { outer, inner })
@@ -405,10 +371,12 @@ pub fn pinned_shape(path: &Path) -> Result<Option<MapShape>> {
     if !path.exists() {
         return Ok(None);
     }
-    let info = MapInfo::from_pin(path).map_err(|source| Error::OpenPin {
-        path: path.into(),
-        source,
-    })?;
+    let info = pinned_data(path)
+        .and_then(|map| map.info())
+        .map_err(|source| Error::OpenPin {
+            path: path.into(),
+            source,
+        })?;
     Ok(Some(MapShape {
         key_size: info.key_size(),
         value_size: info.value_size(),

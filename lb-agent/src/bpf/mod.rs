@@ -1,12 +1,17 @@
 //! Everything that touches the kernel's BPF objects: the embedded programs,
-//! feature probes, loading and pinning, the maps, and the map-backed
-//! dataplane that implements the update protocol.
+//! feature probes, loading and pinning, the maps, the conversions between
+//! the model and the map types, and the map-backed dataplane that
+//! implements the update protocol (with its id allocator and its reaper).
 
+mod batch;
+pub mod convert;
 pub mod dataplane;
 pub mod features;
+mod ids;
 pub mod loader;
 pub mod maps;
 pub mod object;
+mod reaper;
 mod sys;
 
 use std::path::PathBuf;

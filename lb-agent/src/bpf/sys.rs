@@ -1,43 +1,56 @@
-//! The `bpf()` commands aya does not expose:
-//! - opening a pinned object by path and `BPF_LINK_DETACH` (Linux 5.9+),
-//!   which detaches a link at once, whoever else holds it. Without it, a
-//!   link goes away only when the kernel gets round to releasing its last
-//!   reference, so `lb-agent cleanup` could return while programs still run;
+//! The `bpf()` commands aya 0.14 does not expose, wrapped once with
+//! aya-obj's generated `bpf_cmd` and `bpf_attr`, and typed as aya's map API
+//! is (keys and values `aya::Pod`, checked against the map's sizes):
+//! - `BPF_LINK_DETACH` (Linux 5.9+), which detaches a link at once,
+//!   whoever else holds it. Without it, a link goes away only when the
+//!   kernel gets round to releasing its last reference, so `lb-agent
+//!   cleanup` could return while programs still run. aya's `PinnedLink`
+//!   opens a pinned link but keeps its descriptor to itself, so the link is
+//!   opened here (`BPF_OBJ_GET`);
 //! - `BPF_MAP_UPDATE_BATCH`/`BPF_MAP_DELETE_BATCH` (Linux 5.6+): thousands
 //!   of map writes per syscall instead of one, for programming at scale.
+//!
+//! Everything aya has (single elements, opening pinned maps) goes through
+//! aya.
 
 use std::{
     ffi::CString,
     io,
     os::{
-        fd::{BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
 };
 
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_LINK_DETACH: libc::c_long = 34;
+use aya::{
+    Pod,
+    maps::{MapData, MapError},
+};
+use aya_obj::generated::{bpf_attr, bpf_cmd};
 
-/// `bpf_attr` for `BPF_OBJ_GET` (the fields used here).
-#[repr(C)]
-struct ObjGetAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
+/// Elements per batch call: bounds the kernel's time in one syscall.
+const BATCH: usize = 16_384;
+
+/// A `bpf_attr` with every byte zero, as the kernel wants the ones a
+/// command does not use.
+fn zeroed_attr() -> bpf_attr {
+    // SAFETY: `bpf_attr` is a union of plain integer structs, for which
+    // all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
 }
 
-/// `bpf_attr` for `BPF_LINK_DETACH`.
-#[repr(C)]
-struct LinkDetachAttr {
-    link_fd: u32,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a valid `bpf_attr` prefix for `cmd`, and its size is
-    // passed; the kernel checks that it knows every byte given.
-    let ret =
-        unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
+fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a whole `bpf_attr` with the fields of `cmd` set and
+    // the rest zero, and its size is passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_int,
+            std::ptr::from_mut(attr),
+            size_of::<bpf_attr>(),
+        )
+    };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -45,194 +58,201 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
-/// Opens the object pinned at `path`.
+/// A file descriptor as `bpf_attr` holds it.
+fn attr_fd(fd: RawFd) -> u32 {
+    u32::try_from(fd).unwrap_or(u32::MAX)
+}
+
+/// Detaches the link pinned at `path` now (`BPF_LINK_DETACH`); the pin
+/// stays.
 ///
 /// # Errors
-/// When nothing is pinned there.
-pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+/// When nothing is pinned there; `EINVAL`/`EOPNOTSUPP` on kernels before
+/// 5.9, or for a link that cannot be detached.
+pub(super) fn detach_link(path: &Path) -> io::Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = ObjGetAttr {
-        pathname: c_path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-    };
-    let fd = RawFd::try_from(bpf(BPF_OBJ_GET, &mut attr)?)
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4.pathname = c_path.as_ptr() as u64;
+    let fd = RawFd::try_from(bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?)
         .map_err(|_| io::Error::other("file descriptor out of range"))?;
     // SAFETY: the kernel just returned this new descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let link = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut attr = zeroed_attr();
+    attr.link_detach.link_fd = attr_fd(link.as_raw_fd());
+    bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr).map(drop)
 }
 
-/// Detaches the link behind `fd` now.
-///
-/// # Errors
-/// `EINVAL`/`EOPNOTSUPP` on kernels before 5.9, or for a link that cannot
-/// be detached.
-pub fn link_detach(fd: &OwnedFd) -> io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let mut attr = LinkDetachAttr {
-        link_fd: u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::other("bad fd"))?,
-    };
-    bpf(BPF_LINK_DETACH, &mut attr).map(drop)
-}
-
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-/// Elements per batch call: bounds the kernel's time in one syscall.
-const BATCH: usize = 16_384;
-
-/// `bpf_attr` for the batch commands.
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// Why a batch stopped early.
-#[derive(Debug)]
-pub struct BatchError {
-    /// Elements processed before the failure.
-    pub done: usize,
-    pub error: io::Error,
+/// Why a batch stopped.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BatchError {
+    /// The key or value type is not the map's, or the map's sizes could
+    /// not be read.
+    #[error(transparent)]
+    Layout(MapError),
+    /// The kernel refused element `done` (the ones before it were done).
+    #[error("after {done} elements: {error}")]
+    Kernel {
+        done: usize,
+        #[source]
+        error: io::Error,
+    },
 }
 
 impl BatchError {
     /// The kernel has no batch operations for this map (before Linux 5.6).
-    #[must_use]
-    pub fn unsupported(&self) -> bool {
+    pub(super) fn unsupported(&self) -> bool {
         // ENOTSUPP (524) is kernel-internal but reaches user space from bpf().
-        self.done == 0
-            && matches!(
-                self.error.raw_os_error(),
-                Some(libc::EINVAL | 524 | libc::EOPNOTSUPP)
-            )
+        matches!(
+            self,
+            Self::Kernel { done: 0, error }
+                if matches!(error.raw_os_error(), Some(libc::EINVAL | 524 | libc::EOPNOTSUPP))
+        )
+    }
+}
+
+/// The key and value sizes of `map`, as the kernel has them.
+fn sizes(map: &MapData) -> Result<(u32, u32), MapError> {
+    let info = map.info()?;
+    Ok((info.key_size(), info.value_size()))
+}
+
+/// Checks that `K` is `key_size` bytes and, when a value size is given,
+/// that `V` is `value_size` bytes, as aya's typed maps do when they are
+/// made.
+fn check_sizes<K: Pod, V: Pod>(key_size: u32, value_size: Option<u32>) -> Result<(), MapError> {
+    let (size, expected) = (size_of::<K>(), key_size as usize);
+    if size != expected {
+        return Err(MapError::InvalidKeySize { size, expected });
+    }
+    match value_size.map(|v| (size_of::<V>(), v as usize)) {
+        Some((size, expected)) if size != expected => {
+            Err(MapError::InvalidValueSize { size, expected })
+        }
+        _ => Ok(()),
     }
 }
 
 /// Writes `keys[i] -> values[i]` in order, `BATCH` elements per syscall
-/// (`BPF_MAP_UPDATE_BATCH`, Linux 5.6+). `K`/`V` must be the map's key and
-/// value types.
+/// (`BPF_MAP_UPDATE_BATCH`, Linux 5.6+).
 ///
 /// # Errors
-/// With the number done when an element fails (that element and the ones
-/// after it were not written).
-pub fn update_batch<K, V>(
-    map_fd: BorrowedFd<'_>,
+/// [`BatchError::Layout`] when `K` or `V` is not the map's key or value
+/// type (nothing written); [`BatchError::Kernel`] with the number done when
+/// an element fails (that element and the ones after it were not written).
+///
+/// # Panics
+/// When there is not one value per key.
+pub(super) fn update_batch<K: Pod, V: Pod>(
+    map: &MapData,
     keys: &[K],
     values: &[V],
 ) -> Result<(), BatchError> {
     assert_eq!(keys.len(), values.len(), "one value per key");
-    let mut done = 0;
-    for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
-        let sent = batch(
-            BPF_MAP_UPDATE_BATCH,
-            map_fd,
-            k.as_ptr() as u64,
-            v.as_ptr() as u64,
-            k.len(),
-        )
-        .map_err(|(n, error)| BatchError {
-            done: done + n,
-            error,
-        })?;
-        done += sent;
-    }
-    Ok(())
+    batches(bpf_cmd::BPF_MAP_UPDATE_BATCH, map, keys, Some(values))
 }
 
 /// Deletes `keys`, `BATCH` per syscall (`BPF_MAP_DELETE_BATCH`, Linux 5.6+).
 ///
 /// # Errors
-/// With the number done when a key fails (a missing key fails with ENOENT).
-pub fn delete_batch<K>(map_fd: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchError> {
+/// [`BatchError::Layout`] when `K` is not the map's key type (nothing
+/// deleted); [`BatchError::Kernel`] with the number done when a key fails
+/// (a missing key fails with ENOENT).
+pub(super) fn delete_batch<K: Pod>(map: &MapData, keys: &[K]) -> Result<(), BatchError> {
+    batches(bpf_cmd::BPF_MAP_DELETE_BATCH, map, keys, None::<&[K]>)
+}
+
+/// Runs `cmd` over `keys` (and `values`, as many), `BATCH` elements per
+/// syscall, once their sizes are checked against the map's.
+fn batches<K: Pod, V: Pod>(
+    cmd: bpf_cmd,
+    map: &MapData,
+    keys: &[K],
+    values: Option<&[V]>,
+) -> Result<(), BatchError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sizes(map)
+        .and_then(|(key_size, value_size)| {
+            check_sizes::<K, V>(key_size, values.map(|_| value_size))
+        })
+        .map_err(BatchError::Layout)?;
     let mut done = 0;
-    for k in keys.chunks(BATCH) {
-        let sent = batch(BPF_MAP_DELETE_BATCH, map_fd, k.as_ptr() as u64, 0, k.len()).map_err(
-            |(n, error)| BatchError {
+    for (i, k) in keys.chunks(BATCH).enumerate() {
+        let v = values.map_or(0, |v| v[i * BATCH..].as_ptr() as u64);
+        done += batch(cmd, map, k.as_ptr() as u64, v, k.len()).map_err(|(n, error)| {
+            BatchError::Kernel {
                 done: done + n,
                 error,
-            },
-        )?;
-        done += sent;
+            }
+        })?;
     }
     Ok(())
 }
 
+/// One batch command over `count` elements; the number done, also on error.
 fn batch(
-    cmd: libc::c_long,
-    map_fd: BorrowedFd<'_>,
+    cmd: bpf_cmd,
+    map: &MapData,
     keys: u64,
     values: u64,
     count: usize,
 ) -> Result<usize, (usize, io::Error)> {
-    use std::os::fd::AsRawFd as _;
-    let mut attr = BatchAttr {
-        in_batch: 0,
-        out_batch: 0,
-        keys,
-        values,
-        count: u32::try_from(count).unwrap_or(u32::MAX),
-        map_fd: u32::try_from(map_fd.as_raw_fd()).unwrap_or(u32::MAX),
-        elem_flags: 0,
-        flags: 0,
-    };
-    match bpf(cmd, &mut attr) {
-        // On success and on error the kernel leaves the number done in `count`.
-        Ok(_) => Ok(attr.count as usize),
-        Err(error) => Err((attr.count as usize, error)),
+    let mut attr = zeroed_attr();
+    attr.batch.keys = keys;
+    attr.batch.values = values;
+    attr.batch.count = u32::try_from(count).unwrap_or(u32::MAX);
+    attr.batch.map_fd = attr_fd(map.fd().as_fd().as_raw_fd());
+    let result = bpf(cmd, &mut attr);
+    // On success and on error the kernel leaves the number done in `count`.
+    // SAFETY: reading the plain integer the kernel wrote into the member
+    // this command uses.
+    let done = unsafe { attr.batch.count } as usize;
+    result.map(|_| done).map_err(|error| (done, error))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use aya::maps::MapError;
+    use lb_common::service::{ServiceKey, ServiceValue};
+
+    use super::{BatchError, check_sizes};
+
+    #[test]
+    fn keys_and_values_must_have_the_map_sizes() {
+        assert!(check_sizes::<ServiceKey, ServiceValue>(20, Some(4)).is_ok());
+        assert!(
+            check_sizes::<ServiceKey, u64>(20, None).is_ok(),
+            "no value to check"
+        );
+        assert!(matches!(
+            check_sizes::<u32, ServiceValue>(20, Some(4)),
+            Err(MapError::InvalidKeySize {
+                size: 4,
+                expected: 20
+            })
+        ));
+        assert!(matches!(
+            check_sizes::<ServiceKey, ServiceKey>(20, Some(4)),
+            Err(MapError::InvalidValueSize {
+                size: 20,
+                expected: 4
+            })
+        ));
     }
-}
 
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-
-/// `bpf_attr` for the single-element commands.
-#[repr(C)]
-struct ElemAttr {
-    map_fd: u32,
-    pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-/// Writes one element (`BPF_MAP_UPDATE_ELEM`, `BPF_ANY`).
-///
-/// # Errors
-/// As the kernel reports them (`E2BIG` when a hash map is full).
-pub fn update_elem<K, V>(map_fd: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let mut attr = ElemAttr {
-        map_fd: u32::try_from(map_fd.as_raw_fd()).unwrap_or(u32::MAX),
-        pad: 0,
-        key: std::ptr::from_ref(key) as u64,
-        value: std::ptr::from_ref(value) as u64,
-        flags: 0,
-    };
-    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
-}
-
-/// Deletes one element; a missing key is not an error.
-///
-/// # Errors
-/// As the kernel reports them.
-pub fn delete_elem<K>(map_fd: BorrowedFd<'_>, key: &K) -> io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let mut attr = ElemAttr {
-        map_fd: u32::try_from(map_fd.as_raw_fd()).unwrap_or(u32::MAX),
-        pad: 0,
-        key: std::ptr::from_ref(key) as u64,
-        value: 0,
-        flags: 0,
-    };
-    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => other.map(drop),
+    #[test]
+    fn only_a_first_element_refusal_means_no_batches() {
+        let kernel = |done, errno| BatchError::Kernel {
+            done,
+            error: io::Error::from_raw_os_error(errno),
+        };
+        assert!(kernel(0, libc::EINVAL).unsupported());
+        assert!(kernel(0, 524).unsupported());
+        assert!(!kernel(3, libc::EINVAL).unsupported(), "some were written");
+        assert!(!kernel(0, libc::E2BIG).unsupported(), "map full");
     }
 }

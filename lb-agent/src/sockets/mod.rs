@@ -36,11 +36,14 @@ use std::{
     time::Instant,
 };
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 use lb_common::revnat::{RevNatKey, RevNatValue};
 
 use crate::{
-    bpf::dataplane::{addr16, ip_of},
+    bpf::{
+        convert::{addr16, ip_of},
+        maps::open_pinned,
+    },
     metrics::Metrics,
     model::{Frontend, Protocol},
     sync::Departure,
@@ -77,12 +80,8 @@ impl CloseSockets {
 /// The error of [`Closer::start`].
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("failed to open {path} (the reverse-translation map): {source}")]
-    Map {
-        path: PathBuf,
-        #[source]
-        source: aya::maps::MapError,
-    },
+    #[error("cannot read the reverse-translation map: {0}")]
+    Map(#[source] crate::bpf::Error),
     #[error("failed to start the socket-closing thread: {0}")]
     Thread(#[source] io::Error),
 }
@@ -104,12 +103,7 @@ impl Closer {
         netns_dirs: Vec<PathBuf>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StartError> {
-        let open_error = |source| StartError::Map {
-            path: revnat_pin.to_path_buf(),
-            source,
-        };
-        let data = MapData::from_pin(revnat_pin).map_err(open_error)?;
-        let revnat = HashMap::try_from(Map::LruHashMap(data)).map_err(open_error)?;
+        let revnat: RevNat = open_pinned(revnat_pin).map_err(StartError::Map)?;
         let (tx, rx) = channel();
         std::thread::Builder::new()
             .name("socket-closer".into())

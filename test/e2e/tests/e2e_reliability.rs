@@ -34,7 +34,8 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use lb_agent::{
     bpf::{
         self,
-        dataplane::{BpfDataplane, frontend_of, socket_addr},
+        convert::{frontend_of, socket_addr},
+        dataplane::BpfDataplane,
         loader::{self, Capacity, PinLayout},
         maps::{Maps, PinDir},
     },
