@@ -425,9 +425,11 @@ struct UdpClients {
 }
 
 /// How long after a backend left its service a connected UDP socket may
-/// still reach it: the agent closes it well within this (milliseconds on a
-/// host), and the issue gives the application one second.
-const CLOSE_WINDOW: Duration = Duration::from_millis(500);
+/// still reach it: the bound issue 9 gives the application. The agent
+/// closes it well within this (milliseconds on a quiet host; its pass is
+/// measured in `cargo xtask bench --sockets only`), but a VM under TCG on a
+/// busy machine is slower by two orders of magnitude.
+const CLOSE_WINDOW: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct UdpLog {

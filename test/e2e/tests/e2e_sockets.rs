@@ -13,11 +13,11 @@ use std::{
 };
 
 use lb_testbed::{
-    agent::Agent,
+    agent::{Agent, histogram},
     cluster::POD_HOLD_PORT,
     env::FileEnv,
     manifests::{self, annotate, ready, service, slice},
-    skip,
+    skip, wait_for,
 };
 use serde_json::Value;
 
@@ -140,14 +140,26 @@ fn until_closed(conn: &mut Conn, since: Instant) -> (Duration, io::Error, Vec<(D
     }
 }
 
-/// The labelled counter `lb_sockets_destroyed_total{protocol="..."}`.
+/// The labelled counter `lb_sockets_destroyed_total{protocol="..."}` once
+/// the pass that closed the sockets has ended: the agent counts a pass when
+/// it has searched every namespace, which is after the first socket it
+/// closed has already failed for its owner.
 fn destroyed(agent: &Agent, protocol: &str) -> f64 {
     let prefix = format!("lb_sockets_destroyed_total{{protocol=\"{protocol}\"}} ");
-    agent
-        .metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {prefix}in /metrics"))
+    let mut value = None;
+    wait_for(
+        "the socket-closing pass to end",
+        Duration::from_secs(10),
+        || {
+            let metrics = agent.metrics();
+            let (passes, _) = histogram(&metrics, "lb_socket_scan_duration_seconds");
+            value = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()));
+            passes >= 1.0
+        },
+    );
+    value.unwrap_or_else(|| panic!("no {prefix}in /metrics"))
 }
 
 /// Whether the agent probed `SOCK_DESTROY` as working; records a skip if not.
