@@ -51,6 +51,42 @@ pub enum Error {
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A capability the agent uses, and what for.
+#[derive(Clone, Copy, Debug)]
+pub struct Capability {
+    /// As container runtimes and `capabilities(7)` name it, without `CAP_`.
+    pub name: &'static str,
+    /// Its bit in `CapEff`.
+    pub bit: u32,
+    pub what_for: &'static str,
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Every capability the agent uses (the DaemonSet grants exactly these).
+/// [`check_privileges`] refuses to start without `NET_ADMIN` and one of
+/// `BPF` or `SYS_ADMIN`; without `SYS_ADMIN` it cannot enter pods' network
+/// namespaces to close their sockets (it warns), nor mount bpffs.
+pub const CAPABILITIES: [Capability; 3] = [
+    Capability {
+        name: "BPF",
+        bit: CAP_BPF,
+        what_for: "bpf(): create the maps, load the programs, pin them (CAP_SYS_ADMIN also allows it)",
+    },
+    Capability {
+        name: "NET_ADMIN",
+        bit: CAP_NET_ADMIN,
+        what_for: "load and attach cgroup sock_addr programs; destroy sockets over sock_diag",
+    },
+    Capability {
+        name: "SYS_ADMIN",
+        bit: CAP_SYS_ADMIN,
+        what_for: "enter pods' network namespaces (setns) to close their sockets; mount bpffs",
+    },
+];
+
 /// Checks the effective capabilities before anything is loaded, so that a
 /// missing privilege gets one clear line instead of an `EPERM` from deep
 /// inside a syscall.
@@ -58,9 +94,6 @@ type Result<T, E = Error> = std::result::Result<T, E>;
 /// # Errors
 /// [`Error::NotPrivileged`] when a needed capability is missing.
 pub fn check_privileges() -> Result<()> {
-    const CAP_NET_ADMIN: u32 = 12;
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_BPF: u32 = 39;
     let status = fs::read_to_string("/proc/self/status").map_err(|source| Error::Io {
         path: "/proc/self/status".into(),
         source,
@@ -71,11 +104,17 @@ pub fn check_privileges() -> Result<()> {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
     let has = |cap: u32| eff & (1 << cap) != 0;
-    if has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
-        Ok(())
-    } else {
-        Err(Error::NotPrivileged)
+    if !(has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))) {
+        return Err(Error::NotPrivileged);
     }
+    for cap in CAPABILITIES.iter().filter(|c| !has(c.bit)) {
+        tracing::warn!(
+            capability = cap.name,
+            what_for = cap.what_for,
+            "capability missing: what it is for will fail"
+        );
+    }
+    Ok(())
 }
 
 /// Lifts `RLIMIT_MEMLOCK`: before Linux 5.11, BPF maps are charged to it

@@ -25,19 +25,9 @@ use k8s_openapi::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
-/// What the agent's watchers use: (API group, resource) pairs, each with
-/// exactly get, list and watch.
-const WATCHED: [(&str, &str); 3] = [
-    ("", "services"),
-    ("discovery.k8s.io", "endpointslices"),
-    ("", "nodes"),
-];
+/// What the watchers need on each resource they watch
+/// (`lb_agent::source::kube::WATCHED`).
 const READ_VERBS: [&str; 3] = ["get", "list", "watch"];
-
-/// The capabilities the `DaemonSet` adds. The agent's start-up check
-/// (`system::check_privileges`) demands `SYS_ADMIN` and `NET_ADMIN`, and `BPF`
-/// or `SYS_ADMIN`; `BPF` is what the kernel checks `bpf()` against first.
-const CAPABILITIES: [&str; 3] = ["BPF", "NET_ADMIN", "SYS_ADMIN"];
 
 /// Where the agent only mounts bpffs itself, and where the host has it.
 const BPFFS: &str = "/sys/fs/bpf";
@@ -535,13 +525,13 @@ fn cluster_role_grants_exactly_what_the_watchers_use() {
             }
         }
     }
-    let wanted: BTreeSet<(String, String, String)> = WATCHED
+    let wanted: BTreeSet<(String, String, String)> = lb_agent::source::kube::WATCHED
         .iter()
-        .flat_map(|(group, resource)| {
+        .flat_map(|w| {
             READ_VERBS.iter().map(|verb| {
                 (
-                    (*group).to_owned(),
-                    (*resource).to_owned(),
+                    w.group.to_owned(),
+                    w.resource.to_owned(),
                     (*verb).to_owned(),
                 )
             })
@@ -954,9 +944,9 @@ fn agent_holds_exactly_the_capabilities_it_checks_for() {
     let added: BTreeSet<String> = capabilities.add.iter().flatten().map(normalize).collect();
     assert_eq!(
         added,
-        CAPABILITIES
+        lb_agent::system::CAPABILITIES
             .iter()
-            .map(|c| (*c).to_owned())
+            .map(|c| c.name.to_owned())
             .collect::<BTreeSet<_>>()
     );
     // What `system::check_privileges` demands.

@@ -137,6 +137,31 @@ enum Scope {
     Service(String, String, Option<String>),
 }
 
+/// A resource the source lists and watches (with get): its API group and
+/// plural name, as RBAC rules name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watched {
+    pub group: &'static str,
+    pub resource: &'static str,
+}
+
+impl Watched {
+    const fn of<K: k8s_openapi::Resource>() -> Self {
+        Self {
+            group: K::GROUP,
+            resource: K::URL_PATH_SEGMENT,
+        }
+    }
+}
+
+/// Everything the source watches: what the agent's `ClusterRole` must grant
+/// get, list and watch on, and nothing more.
+pub const WATCHED: [Watched; 3] = [
+    Watched::of::<Service>(),
+    Watched::of::<EndpointSlice>(),
+    Watched::of::<Node>(),
+];
+
 /// What a watcher (or the recovery probe) reports to the publisher.
 enum Signal {
     /// An event arrived; `None`: nothing to publish yet (a relist in
@@ -208,12 +233,27 @@ impl KubeSource {
         publish_changes(translator, &stores, &mut rx, &tx, &mut health).await;
     }
 
+    /// The API of a resource the source watches; it must be in [`WATCHED`],
+    /// which the `ClusterRole` in `deploy/rbac.yaml` is checked against (a
+    /// debug build, what the end-to-end tests run, panics otherwise).
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource + k8s_openapi::Resource,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        debug_assert!(
+            WATCHED.contains(&Watched::of::<K>()),
+            "{} is watched but missing from WATCHED (and so from the ClusterRole check)",
+            K::URL_PATH_SEGMENT
+        );
+        Api::all(self.client.clone())
+    }
+
     /// Starts the three reflectors; their events arrive on `signals`.
     fn start_watches(&self, selector: &str, signals: &mpsc::UnboundedSender<Signal>) -> Stores {
         let config = watcher::Config::default().labels(selector);
         let (services, writer) = reflector::store::<Service>();
-        let stream =
-            watcher(Api::<Service>::all(self.client.clone()), config.clone()).default_backoff();
+        let stream = watcher(self.api::<Service>(), config.clone()).default_backoff();
         tokio::spawn(drive(
             Watch::Services,
             stream.reflect(writer),
@@ -222,8 +262,7 @@ impl KubeSource {
         ));
 
         let (slices, writer) = reflector::store::<EndpointSlice>();
-        let stream =
-            watcher(Api::<EndpointSlice>::all(self.client.clone()), config).default_backoff();
+        let stream = watcher(self.api::<EndpointSlice>(), config).default_backoff();
         tokio::spawn(drive(
             Watch::Slices,
             stream.reflect(writer),
@@ -234,7 +273,7 @@ impl KubeSource {
         let node = self.node_name.as_ref().map(|name| {
             let (store, writer) = reflector::store::<Node>();
             let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-            let stream = watcher(Api::<Node>::all(self.client.clone()), config).default_backoff();
+            let stream = watcher(self.api::<Node>(), config).default_backoff();
             tokio::spawn(drive(
                 Watch::Node,
                 stream.reflect(writer),
