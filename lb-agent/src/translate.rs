@@ -53,6 +53,9 @@ pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
 /// flip this to follow v1.34.
 const PREFER_SAME_NODE: bool = false;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 /// The node the agent runs on, for topology and `internalTrafficPolicy: Local`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeContext {
@@ -1019,14 +1022,15 @@ fn insert(
 
 #[cfg(test)]
 mod tests {
-    use std::{path::Path, time::Instant};
+    use std::time::Instant;
 
-    use super::*;
-    use crate::objects::{self, Objects};
-
-    fn parse(yaml: &str) -> Objects {
-        objects::parse(yaml, Path::new("test.yaml")).unwrap_or_else(|error| panic!("{error}"))
-    }
+    use super::{
+        testing::{
+            EndpointBuilder, Metadata as _, ServiceBuilder, SliceBuilder, SlicePortBuilder,
+            endpoint, endpoint_at, port, ready, service, slice, slice_port,
+        },
+        *,
+    };
 
     fn node(name: Option<&str>, zone: Option<&str>) -> NodeContext {
         NodeContext {
@@ -1035,50 +1039,45 @@ mod tests {
         }
     }
 
-    fn run_with(yaml: &str, node: &NodeContext, opts: &Options) -> Translation {
-        let objects = parse(yaml);
-        translate(&objects.services, &objects.endpoint_slices, node, opts)
+    fn run_with(
+        services: &[ServiceBuilder],
+        slices: &[SliceBuilder],
+        node: &NodeContext,
+        opts: &Options,
+    ) -> Translation {
+        let services: Vec<Service> = services
+            .iter()
+            .cloned()
+            .map(ServiceBuilder::build)
+            .collect();
+        let slices: Vec<EndpointSlice> = slices.iter().cloned().map(SliceBuilder::build).collect();
+        translate(&services, &slices, node, opts)
     }
 
-    fn run(yaml: &str) -> Translation {
+    fn run(services: &[ServiceBuilder], slices: &[SliceBuilder]) -> Translation {
         run_with(
-            yaml,
+            services,
+            slices,
             &node(Some("node-1"), Some("zone-a")),
             &Options::default(),
         )
     }
 
-    /// A Service document: `spec` is the YAML flow mapping of its spec.
-    fn service(name: &str, spec: &str) -> String {
-        format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {spec}\n"
-        )
+    /// `web`: 10.0.0.1, port `http` 80 to the target port named `http`.
+    fn web() -> ServiceBuilder {
+        service("web")
+            .cluster_ip("10.0.0.1")
+            .port(port(80).name("http").target_name("http"))
     }
 
-    fn service_with_meta(metadata: &str, spec: &str) -> String {
-        format!("---\napiVersion: v1\nkind: Service\nmetadata: {metadata}\nspec: {spec}\n")
+    /// The slice port `http`, 8080.
+    fn http() -> SlicePortBuilder {
+        slice_port(8080).name("http")
     }
 
-    /// An `EndpointSlice` document for `service`.
-    fn slice(
-        name: &str,
-        service: &str,
-        address_type: &str,
-        ports: &str,
-        endpoints: &[&str],
-    ) -> String {
-        format!(
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: default, labels: \
-             {{kubernetes.io/service-name: {service}}}}}\naddressType: {address_type}\nports: {ports}\nendpoints: [{}]\n",
-            endpoints.join(", ")
-        )
-    }
-
-    const WEB: &str = "{clusterIP: 10.0.0.1, ports: [{name: http, port: 80, targetPort: http}]}";
-    const HTTP: &str = "[{name: http, port: 8080}]";
-
-    fn ready(ip: &str) -> String {
-        format!("{{addresses: [{ip}], conditions: {{ready: true}}}}")
+    /// A slice of `web` with the port `http` and these endpoints.
+    fn web_slice(name: &str, endpoints: impl IntoIterator<Item = EndpointBuilder>) -> SliceBuilder {
+        slice(name, "web").port(http()).endpoints(endpoints)
     }
 
     /// The frontends, as `ip:port/PROTO`.
@@ -1113,49 +1112,16 @@ mod tests {
     }
 
     #[test]
-    fn example_file_is_one_frontend_with_three_backends() {
-        let objects = parse(include_str!("../../examples/services.yaml"));
-        let t = translate(
-            &objects.services,
-            &objects.endpoint_slices,
-            &NodeContext::default(),
-            &Options::default(),
-        );
-        assert_clean(&t);
-        let expected = ServiceEntry {
-            name: ServicePortName {
-                namespace: "default".to_owned(),
-                name: "demo".to_owned(),
-                port: "http".to_owned(),
-            },
-            algorithm: Algorithm::RoundRobin,
-            affinity_timeout_s: None,
-            backends: ["10.200.0.11:8080", "10.200.0.12:8080", "10.200.0.13:8080"]
-                .iter()
-                .map(|s| s.parse().expect("addr"))
-                .collect(),
-        };
-        let frontend = Frontend {
-            ip: "10.96.0.100".parse().expect("ip"),
-            port: 80,
-            protocol: Protocol::Tcp,
-        };
-        assert_eq!(t.state, DesiredState::from([(frontend, expected)]));
-    }
-
-    #[test]
     fn target_port_by_name_resolves_through_the_slice_port() {
-        let yaml = service(
-            "web",
-            "{clusterIP: 10.0.0.1, ports: [{name: http, port: 80, targetPort: web}, {name: admin, port: 81, targetPort: 9000}]}",
-        ) + &slice(
-            "web-1",
-            "web",
-            "IPv4",
-            "[{name: admin, port: 9000}, {name: http, port: 8080}]",
-            &[&ready("10.1.0.2"), &ready("10.1.0.1")],
-        );
-        let t = run(&yaml);
+        let services = [service("web")
+            .cluster_ip("10.0.0.1")
+            .port(port(80).name("http").target_name("web"))
+            .port(port(81).name("admin").target(9000))];
+        let slices = [slice("web-1", "web")
+            .port(slice_port(9000).name("admin"))
+            .port(http())
+            .endpoints([ready("10.1.0.2"), ready("10.1.0.1")])];
+        let t = run(&services, &slices);
         assert_clean(&t);
         assert_eq!(
             backends(&t, "10.0.0.1:80/TCP"),
@@ -1175,15 +1141,11 @@ mod tests {
 
     #[test]
     fn unnamed_port_joins_the_unnamed_slice_port() {
-        let yaml = service("web", "{clusterIP: 10.0.0.1, ports: [{port: 80}]}")
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                "[{name: \"\", port: 8080}]",
-                &[&ready("10.1.0.1")],
-            );
-        let t = run(&yaml);
+        let services = [service("web").cluster_ip("10.0.0.1").port(port(80))];
+        let slices = [slice("web-1", "web")
+            .port(slice_port(8080).name(""))
+            .endpoint(ready("10.1.0.1"))];
+        let t = run(&services, &slices);
         assert_clean(&t);
         assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
         assert_eq!(entry(&t, "10.0.0.1:80/TCP").name.to_string(), "default/web");
@@ -1191,25 +1153,23 @@ mod tests {
 
     #[test]
     fn service_without_endpoints_refuses() {
-        let t = run(&service("web", WEB));
+        let t = run(&[web()], &[]);
         assert_clean(&t);
         assert_eq!(backends(&t, "10.0.0.1:80/TCP"), Vec::<String>::new());
     }
 
     #[test]
     fn dual_stack_programs_each_family_from_its_slices() {
-        let yaml = service(
-            "web",
-            "{clusterIP: 10.0.0.1, clusterIPs: [10.0.0.1, 'fd00::1'], ipFamilies: [IPv4, IPv6], ports: [{name: http, port: 80}]}",
-        ) + &slice("web-v4", "web", "IPv4", HTTP, &[&ready("10.1.0.1")])
-            + &slice(
-                "web-v6",
-                "web",
-                "IPv6",
-                HTTP,
-                &[&ready("'fd00:1::1'"), &ready("'fd00:1::2'")],
-            );
-        let t = run(&yaml);
+        let services = [service("web")
+            .cluster_ip("10.0.0.1")
+            .cluster_ips(&["10.0.0.1", "fd00::1"])
+            .ip_families(&["IPv4", "IPv6"])
+            .port(port(80).name("http"))];
+        let slices = [
+            web_slice("web-v4", [ready("10.1.0.1")]),
+            web_slice("web-v6", [ready("fd00:1::1"), ready("fd00:1::2")]).address_type("IPv6"),
+        ];
+        let t = run(&services, &slices);
         assert_clean(&t);
         assert_eq!(frontends(&t), ["10.0.0.1:80/TCP", "[fd00::1]:80/TCP"]);
         assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
@@ -1221,12 +1181,14 @@ mod tests {
 
     #[test]
     fn single_cluster_ip_without_cluster_ips() {
-        let yaml = service(
-            "web",
-            "{clusterIP: 'fd00::5', ports: [{name: http, port: 80}]}",
-        ) + &slice("web-v6", "web", "IPv6", HTTP, &[&ready("'fd00:1::1'")])
-            + &slice("web-v4", "web", "IPv4", HTTP, &[&ready("10.1.0.1")]);
-        let t = run(&yaml);
+        let services = [service("web")
+            .cluster_ip("fd00::5")
+            .port(port(80).name("http"))];
+        let slices = [
+            web_slice("web-v6", [ready("fd00:1::1")]).address_type("IPv6"),
+            web_slice("web-v4", [ready("10.1.0.1")]),
+        ];
+        let t = run(&services, &slices);
         assert_clean(&t);
         assert_eq!(frontends(&t), ["[fd00::5]:80/TCP"]);
         assert_eq!(backends(&t, "[fd00::5]:80/TCP"), ["[fd00:1::1]:8080"]);
@@ -1234,18 +1196,17 @@ mod tests {
 
     #[test]
     fn tcp_udp_and_sctp_are_distinct_frontends() {
-        let yaml = service(
-            "dns",
-            "{clusterIP: 10.0.0.10, ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}, \
-             {name: sig, port: 9, protocol: SCTP}]}",
-        ) + &slice(
-            "dns-1",
-            "dns",
-            "IPv4",
-            "[{name: dns, port: 5353, protocol: UDP}, {name: dns-tcp, port: 5354, protocol: TCP}, {name: sig, port: 9999, protocol: SCTP}]",
-            &[&ready("10.1.0.1")],
-        );
-        let t = run(&yaml);
+        let services = [service("dns")
+            .cluster_ip("10.0.0.10")
+            .port(port(53).name("dns").protocol("UDP"))
+            .port(port(53).name("dns-tcp").protocol("TCP"))
+            .port(port(9).name("sig").protocol("SCTP"))];
+        let slices = [slice("dns-1", "dns")
+            .port(slice_port(5353).name("dns").protocol("UDP"))
+            .port(slice_port(5354).name("dns-tcp").protocol("TCP"))
+            .port(slice_port(9999).name("sig").protocol("SCTP"))
+            .endpoint(ready("10.1.0.1"))];
+        let t = run(&services, &slices);
         assert_clean(&t);
         assert_eq!(
             frontends(&t),
@@ -1258,76 +1219,56 @@ mod tests {
 
     #[test]
     fn slice_port_of_another_protocol_is_not_joined() {
-        let yaml = service(
-            "dns",
-            "{clusterIP: 10.0.0.10, ports: [{name: dns, port: 53, protocol: UDP}]}",
-        ) + &slice(
-            "dns-1",
-            "dns",
-            "IPv4",
-            "[{name: dns, port: 53, protocol: TCP}]",
-            &[&ready("10.1.0.1")],
-        );
-        let t = run(&yaml);
+        let services = [service("dns")
+            .cluster_ip("10.0.0.10")
+            .port(port(53).name("dns").protocol("UDP"))];
+        let slices = [slice("dns-1", "dns")
+            .port(slice_port(53).name("dns").protocol("TCP"))
+            .endpoint(ready("10.1.0.1"))];
+        let t = run(&services, &slices);
         assert_clean(&t);
         assert_eq!(backends(&t, "10.0.0.10:53/UDP"), Vec::<String>::new());
     }
 
     #[test]
     fn fqdn_slices_are_ignored() {
-        let yaml = service("web", WEB)
-            + &slice(
-                "web-fqdn",
-                "web",
-                "FQDN",
-                HTTP,
-                &["{addresses: [example.com]}"],
-            )
-            + &slice("web-v4", "web", "IPv4", HTTP, &[&ready("10.1.0.1")]);
-        let t = run(&yaml);
+        let slices = [
+            web_slice("web-fqdn", [endpoint("example.com")]).address_type("FQDN"),
+            web_slice("web-v4", [ready("10.1.0.1")]),
+        ];
+        let t = run(&[web()], &slices);
         assert_clean(&t);
         assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
     }
 
     #[test]
     fn slices_of_the_other_family_are_ignored() {
-        let yaml =
-            service("web", WEB) + &slice("web-v6", "web", "IPv6", HTTP, &[&ready("'fd00:1::1'")]);
-        let t = run(&yaml);
+        let slices = [web_slice("web-v6", [ready("fd00:1::1")]).address_type("IPv6")];
+        let t = run(&[web()], &slices);
         assert_clean(&t);
         assert_eq!(backends(&t, "10.0.0.1:80/TCP"), Vec::<String>::new());
     }
 
     #[test]
     fn slices_join_by_label_in_the_same_namespace_only() {
-        let other_namespace = slice("web-1", "web", "IPv4", HTTP, &[&ready("10.1.0.9")])
-            .replace("namespace: default", "namespace: other");
-        let yaml = service("web", WEB)
-            + &other_namespace
-            + &slice("api-1", "api", "IPv4", HTTP, &[&ready("10.1.0.8")]);
-        let t = run(&yaml);
+        let slices = [
+            web_slice("web-1", [ready("10.1.0.9")]).namespace("other"),
+            slice("api-1", "api")
+                .port(http())
+                .endpoint(ready("10.1.0.8")),
+        ];
+        let t = run(&[web()], &slices);
         assert_clean(&t);
         assert_eq!(backends(&t, "10.0.0.1:80/TCP"), Vec::<String>::new());
     }
 
     #[test]
     fn endpoints_of_several_slices_are_merged_and_deduplicated() {
-        let yaml = service("web", WEB)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &[&ready("10.1.0.3"), &ready("10.1.0.1")],
-            )
-            + &slice(
-                "web-2",
-                "web",
-                "IPv4",
-                HTTP,
-                &[&ready("10.1.0.1"), &ready("10.1.0.2")],
-            );
-        let t = run(&yaml);
+        let slices = [
+            web_slice("web-1", [ready("10.1.0.3"), ready("10.1.0.1")]),
+            web_slice("web-2", [ready("10.1.0.1"), ready("10.1.0.2")]),
+        ];
+        let t = run(&[web()], &slices);
         assert_clean(&t);
         assert_eq!(
             backends(&t, "10.0.0.1:80/TCP"),
@@ -1340,21 +1281,24 @@ mod tests {
         // 10.1.0.1 is a terminating pod in one slice and a new ready pod in
         // the other; 10.1.0.2 is ready elsewhere, so the terminating copy of
         // 10.1.0.1, had it won, would leave it out.
-        let old =
-            "{addresses: [10.1.0.1], conditions: {ready: false, serving: true, terminating: true}}";
+        let old = endpoint("10.1.0.1")
+            .ready(false)
+            .serving(true)
+            .terminating(true);
         for (first, second) in [
-            (old.to_owned(), ready("10.1.0.1")),
-            (ready("10.1.0.1"), old.to_owned()),
+            (old.clone(), ready("10.1.0.1")),
+            (ready("10.1.0.1"), old.clone()),
         ] {
-            let yaml = service("web", WEB)
-                + &slice("web-1", "web", "IPv4", HTTP, &[&first])
-                + &slice("web-2", "web", "IPv4", HTTP, &[&second, &ready("10.1.0.2")]);
-            let t = run(&yaml);
+            let slices = [
+                web_slice("web-1", [first.clone()]),
+                web_slice("web-2", [second.clone(), ready("10.1.0.2")]),
+            ];
+            let t = run(&[web()], &slices);
             assert_clean(&t);
             assert_eq!(
                 backends(&t, "10.0.0.1:80/TCP"),
                 ["10.1.0.1:8080", "10.1.0.2:8080"],
-                "{first} then {second}"
+                "{first:?} then {second:?}"
             );
         }
     }
@@ -1363,39 +1307,24 @@ mod tests {
     fn duplicate_endpoint_not_ready_in_the_later_slice_wins() {
         // Both copies are non-terminating: the later one wins, as in
         // kube-proxy (whose order is the map's); here the file's order.
-        let yaml = service("web", WEB)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &[&ready("10.1.0.1"), &ready("10.1.0.2")],
-            )
-            + &slice(
-                "web-2",
-                "web",
-                "IPv4",
-                HTTP,
-                &["{addresses: [10.1.0.1], conditions: {ready: false}}"],
-            );
-        let t = run(&yaml);
+        let slices = [
+            web_slice("web-1", [ready("10.1.0.1"), ready("10.1.0.2")]),
+            web_slice("web-2", [endpoint("10.1.0.1").ready(false)]),
+        ];
+        let t = run(&[web()], &slices);
         assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.2:8080"]);
     }
 
     #[test]
     fn unset_conditions_mean_ready_serving_not_terminating() {
-        let yaml = service("web", WEB)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &[
-                    "{addresses: [10.1.0.1]}",
-                    "{addresses: [10.1.0.2], conditions: {}}",
-                ],
-            );
-        let t = run(&yaml);
+        let slices = [web_slice(
+            "web-1",
+            [
+                endpoint("10.1.0.1"),
+                endpoint("10.1.0.2").with_empty_conditions(),
+            ],
+        )];
+        let t = run(&[web()], &slices);
         assert_eq!(
             backends(&t, "10.0.0.1:80/TCP"),
             ["10.1.0.1:8080", "10.1.0.2:8080"]
@@ -1404,53 +1333,56 @@ mod tests {
 
     #[test]
     fn only_the_first_address_of_an_endpoint_is_used() {
-        let yaml = service("web", WEB)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &["{addresses: [10.1.0.1, 10.1.0.2]}"],
-            );
-        assert_eq!(backends(&run(&yaml), "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
+        let slices = [web_slice("web-1", [endpoint_at(&["10.1.0.1", "10.1.0.2"])])];
+        assert_eq!(
+            backends(&run(&[web()], &slices), "10.0.0.1:80/TCP"),
+            ["10.1.0.1:8080"]
+        );
     }
 
     #[test]
     fn not_ready_endpoints_are_not_used_while_some_are_ready() {
-        let yaml = service("web", WEB)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &[
-                    &ready("10.1.0.1"),
-                    "{addresses: [10.1.0.2], conditions: {ready: false, serving: true, terminating: true}}",
-                    "{addresses: [10.1.0.3], conditions: {ready: false}}",
-                ],
-            );
-        assert_eq!(backends(&run(&yaml), "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
+        let slices = [web_slice(
+            "web-1",
+            [
+                ready("10.1.0.1"),
+                endpoint("10.1.0.2")
+                    .ready(false)
+                    .serving(true)
+                    .terminating(true),
+                endpoint("10.1.0.3").ready(false),
+            ],
+        )];
+        assert_eq!(
+            backends(&run(&[web()], &slices), "10.0.0.1:80/TCP"),
+            ["10.1.0.1:8080"]
+        );
     }
 
     #[test]
     fn all_terminating_falls_back_to_serving_terminating_endpoints() {
-        let yaml = service("web", WEB)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &[
-                    "{addresses: [10.1.0.1], conditions: {ready: false, serving: true, terminating: true}}",
-                    // serving unset means serving
-                    "{addresses: [10.1.0.2], conditions: {ready: false, terminating: true}}",
-                    // terminating and not serving: never used
-                    "{addresses: [10.1.0.3], conditions: {ready: false, serving: false, terminating: true}}",
-                    // not ready, not terminating (starting up): never used
-                    "{addresses: [10.1.0.4], conditions: {ready: false, serving: true, terminating: false}}",
-                ],
-            );
-        let t = run(&yaml);
+        let slices = [web_slice(
+            "web-1",
+            [
+                endpoint("10.1.0.1")
+                    .ready(false)
+                    .serving(true)
+                    .terminating(true),
+                // serving unset means serving
+                endpoint("10.1.0.2").ready(false).terminating(true),
+                // terminating and not serving: never used
+                endpoint("10.1.0.3")
+                    .ready(false)
+                    .serving(false)
+                    .terminating(true),
+                // not ready, not terminating (starting up): never used
+                endpoint("10.1.0.4")
+                    .ready(false)
+                    .serving(true)
+                    .terminating(false),
+            ],
+        )];
+        let t = run(&[web()], &slices);
         assert_clean(&t);
         assert_eq!(
             backends(&t, "10.0.0.1:80/TCP"),
@@ -1460,46 +1392,36 @@ mod tests {
 
     #[test]
     fn no_serving_endpoint_refuses() {
-        let yaml = service("web", WEB)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &[
-                    "{addresses: [10.1.0.3], conditions: {ready: false, serving: false, terminating: true}}",
-                ],
-            );
+        let slices = [web_slice(
+            "web-1",
+            [endpoint("10.1.0.3")
+                .ready(false)
+                .serving(false)
+                .terminating(true)],
+        )];
         assert_eq!(
-            backends(&run(&yaml), "10.0.0.1:80/TCP"),
+            backends(&run(&[web()], &slices), "10.0.0.1:80/TCP"),
             Vec::<String>::new()
         );
     }
 
-    fn zoned(ip: &str, zones: &[&str]) -> String {
-        let zones: Vec<String> = zones.iter().map(|z| format!("{{name: {z}}}")).collect();
-        format!(
-            "{{addresses: [{ip}], hints: {{forZones: [{}]}}}}",
-            zones.join(", ")
-        )
+    fn zoned(ip: &str, zones: &[&str]) -> EndpointBuilder {
+        endpoint(ip).zone_hints(zones)
     }
 
     #[test]
     fn topology_hints_for_every_endpoint_keep_this_zone_only() {
-        let yaml = service("web", WEB)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &[
-                    &zoned("10.1.0.1", &["zone-a"]),
-                    &zoned("10.1.0.2", &["zone-b"]),
-                    &zoned("10.1.0.3", &["zone-b", "zone-a"]),
-                ],
-            );
+        let slices = [web_slice(
+            "web-1",
+            [
+                zoned("10.1.0.1", &["zone-a"]),
+                zoned("10.1.0.2", &["zone-b"]),
+                zoned("10.1.0.3", &["zone-b", "zone-a"]),
+            ],
+        )];
         let t = run_with(
-            &yaml,
+            &[web()],
+            &slices,
             &node(Some("node-1"), Some("zone-a")),
             &Options::default(),
         );
@@ -1508,7 +1430,8 @@ mod tests {
             ["10.1.0.1:8080", "10.1.0.3:8080"]
         );
         let t = run_with(
-            &yaml,
+            &[web()],
+            &slices,
             &node(Some("node-1"), Some("zone-b")),
             &Options::default(),
         );
@@ -1520,20 +1443,17 @@ mod tests {
 
     #[test]
     fn topology_hints_are_ignored_unless_every_ready_endpoint_has_one() {
-        let yaml = service("web", WEB)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &[
-                    &zoned("10.1.0.1", &["zone-a"]),
-                    &zoned("10.1.0.2", &["zone-b"]),
-                    &ready("10.1.0.3"),
-                ],
-            );
+        let slices = [web_slice(
+            "web-1",
+            [
+                zoned("10.1.0.1", &["zone-a"]),
+                zoned("10.1.0.2", &["zone-b"]),
+                ready("10.1.0.3"),
+            ],
+        )];
         let t = run_with(
-            &yaml,
+            &[web()],
+            &slices,
             &node(Some("node-1"), Some("zone-a")),
             &Options::default(),
         );
@@ -1546,20 +1466,17 @@ mod tests {
     #[test]
     fn topology_hints_of_not_ready_endpoints_do_not_count() {
         // The unhinted endpoint is not ready: every *ready* endpoint is hinted.
-        let yaml = service("web", WEB)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &[
-                    &zoned("10.1.0.1", &["zone-a"]),
-                    &zoned("10.1.0.2", &["zone-b"]),
-                    "{addresses: [10.1.0.3], conditions: {ready: false}}",
-                ],
-            );
+        let slices = [web_slice(
+            "web-1",
+            [
+                zoned("10.1.0.1", &["zone-a"]),
+                zoned("10.1.0.2", &["zone-b"]),
+                endpoint("10.1.0.3").ready(false),
+            ],
+        )];
         let t = run_with(
-            &yaml,
+            &[web()],
+            &slices,
             &node(Some("node-1"), Some("zone-a")),
             &Options::default(),
         );
@@ -1568,22 +1485,18 @@ mod tests {
 
     #[test]
     fn topology_hints_are_ignored_when_none_is_for_this_zone() {
-        let yaml = service("web", WEB)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &[
-                    &zoned("10.1.0.1", &["zone-a"]),
-                    &zoned("10.1.0.2", &["zone-b"]),
-                ],
-            );
+        let slices = [web_slice(
+            "web-1",
+            [
+                zoned("10.1.0.1", &["zone-a"]),
+                zoned("10.1.0.2", &["zone-b"]),
+            ],
+        )];
         for node in [
             node(Some("node-1"), Some("zone-c")),
             node(Some("node-1"), None),
         ] {
-            let t = run_with(&yaml, &node, &Options::default());
+            let t = run_with(&[web()], &slices, &node, &Options::default());
             assert_eq!(
                 backends(&t, "10.0.0.1:80/TCP"),
                 ["10.1.0.1:8080", "10.1.0.2:8080"],
@@ -1592,19 +1505,32 @@ mod tests {
         }
     }
 
-    const NODE_HINTED: [&str; 3] = [
-        "{addresses: [10.1.0.1], nodeName: node-1, hints: {forNodes: [{name: node-1}], forZones: [{name: zone-a}]}}",
-        "{addresses: [10.1.0.2], nodeName: node-2, hints: {forNodes: [{name: node-2}], forZones: [{name: zone-a}]}}",
-        "{addresses: [10.1.0.3], nodeName: node-3, hints: {forNodes: [{name: node-3}], forZones: [{name: zone-b}]}}",
-    ];
+    /// Three endpoints, each on its own node and hinted for it, and (with
+    /// `zones`) hinted for zone-a, zone-a and zone-b.
+    fn node_hinted(zones: bool) -> [EndpointBuilder; 3] {
+        [
+            ("10.1.0.1", "node-1", "zone-a"),
+            ("10.1.0.2", "node-2", "zone-a"),
+            ("10.1.0.3", "node-3", "zone-b"),
+        ]
+        .map(|(ip, node, zone)| {
+            let endpoint = endpoint(ip).node(node).node_hints(&[node]);
+            if zones {
+                endpoint.zone_hints(&[zone])
+            } else {
+                endpoint
+            }
+        })
+    }
 
     #[test]
     fn for_nodes_hints_are_ignored_as_by_kube_proxy_1_33() {
         // PreferSameTrafficDistribution is off by default in v1.33: the zone
         // hints apply, the node hints do not.
-        let yaml = service("web", WEB) + &slice("web-1", "web", "IPv4", HTTP, &NODE_HINTED);
+        let slices = [web_slice("web-1", node_hinted(true))];
         let t = run_with(
-            &yaml,
+            &[web()],
+            &slices,
             &node(Some("node-1"), Some("zone-a")),
             &Options::default(),
         );
@@ -1612,20 +1538,10 @@ mod tests {
             backends(&t, "10.0.0.1:80/TCP"),
             ["10.1.0.1:8080", "10.1.0.2:8080"]
         );
-        let without_zones = NODE_HINTED.map(|e| {
-            e.replace(", forZones: [{name: zone-a}]", "")
-                .replace(", forZones: [{name: zone-b}]", "")
-        });
-        let yaml = service("web", WEB)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &without_zones.each_ref().map(String::as_str),
-            );
+        let slices = [web_slice("web-1", node_hinted(false))];
         let t = run_with(
-            &yaml,
+            &[web()],
+            &slices,
             &node(Some("node-1"), Some("zone-a")),
             &Options::default(),
         );
@@ -1635,12 +1551,16 @@ mod tests {
         );
     }
 
-    /// The usable backends of the one frontend of `yaml` with the
-    /// `PreferSameTrafficDistribution` logic on or off.
-    fn backends_with_gate(yaml: &str, node: &NodeContext, prefer_same_node: bool) -> Vec<String> {
-        let objects = parse(yaml);
+    /// The usable backends of `web`'s one frontend, from these slices, with
+    /// the `PreferSameTrafficDistribution` logic on or off.
+    fn backends_with_gate(
+        slices: &[SliceBuilder],
+        node: &NodeContext,
+        prefer_same_node: bool,
+    ) -> Vec<String> {
+        let slices: Vec<EndpointSlice> = slices.iter().cloned().map(SliceBuilder::build).collect();
         let mut problems = Problems::default();
-        let slice_refs: Vec<&EndpointSlice> = objects.endpoint_slices.iter().collect();
+        let slice_refs: Vec<&EndpointSlice> = slices.iter().collect();
         let mut index = SliceIndex::new(&slice_refs, &Options::default(), &mut problems);
         let slices = index.for_service("default", "web", &mut problems);
         let port = Port {
@@ -1658,51 +1578,50 @@ mod tests {
 
     #[test]
     fn for_nodes_hints_with_prefer_same_node_keep_this_node_only() {
-        let yaml = service("web", WEB) + &slice("web-1", "web", "IPv4", HTTP, &NODE_HINTED);
+        let slices = [web_slice("web-1", node_hinted(true))];
         let here = node(Some("node-1"), Some("zone-a"));
-        assert_eq!(backends_with_gate(&yaml, &here, true), ["10.1.0.1:8080"]);
+        assert_eq!(backends_with_gate(&slices, &here, true), ["10.1.0.1:8080"]);
         assert_eq!(
-            backends_with_gate(&yaml, &here, false),
+            backends_with_gate(&slices, &here, false),
             ["10.1.0.1:8080", "10.1.0.2:8080"]
         );
         // No endpoint for this node: fall through to the zone hints.
         assert_eq!(
-            backends_with_gate(&yaml, &node(Some("node-9"), Some("zone-b")), true),
+            backends_with_gate(&slices, &node(Some("node-9"), Some("zone-b")), true),
             ["10.1.0.3:8080"]
         );
         // Not every endpoint has a node hint: zone hints again.
-        let partial = [
-            NODE_HINTED[0],
-            NODE_HINTED[1],
-            "{addresses: [10.1.0.3], hints: {forZones: [{name: zone-b}]}}",
-        ];
-        let yaml = service("web", WEB) + &slice("web-1", "web", "IPv4", HTTP, &partial);
+        let [first, second, _] = node_hinted(true);
+        let partial = [first, second, zoned("10.1.0.3", &["zone-b"])];
+        let slices = [web_slice("web-1", partial)];
         assert_eq!(
-            backends_with_gate(&yaml, &here, true),
+            backends_with_gate(&slices, &here, true),
             ["10.1.0.1:8080", "10.1.0.2:8080"]
         );
     }
 
-    const LOCAL: &str =
-        "{clusterIP: 10.0.0.1, internalTrafficPolicy: Local, ports: [{name: http, port: 80}]}";
+    /// `web` with `internalTrafficPolicy: Local`.
+    fn local() -> ServiceBuilder {
+        service("web")
+            .cluster_ip("10.0.0.1")
+            .internal_traffic_policy("Local")
+            .port(port(80).name("http"))
+    }
 
     #[test]
     fn internal_traffic_policy_local_uses_this_node_only() {
-        let yaml = service("web", LOCAL)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &[
-                    "{addresses: [10.1.0.1], nodeName: node-1, hints: {forZones: [{name: zone-b}]}}",
-                    "{addresses: [10.1.0.2], nodeName: node-2, hints: {forZones: [{name: zone-a}]}}",
-                    "{addresses: [10.1.0.3], nodeName: node-1, hints: {forZones: [{name: zone-a}]}}",
-                ],
-            );
+        let slices = [web_slice(
+            "web-1",
+            [
+                zoned("10.1.0.1", &["zone-b"]).node("node-1"),
+                zoned("10.1.0.2", &["zone-a"]).node("node-2"),
+                zoned("10.1.0.3", &["zone-a"]).node("node-1"),
+            ],
+        )];
         // Topology does not apply to local endpoints.
         let t = run_with(
-            &yaml,
+            &[local()],
+            &slices,
             &node(Some("node-1"), Some("zone-a")),
             &Options::default(),
         );
@@ -1712,7 +1631,8 @@ mod tests {
             ["10.1.0.1:8080", "10.1.0.3:8080"]
         );
         let t = run_with(
-            &yaml,
+            &[local()],
+            &slices,
             &node(Some("node-2"), Some("zone-a")),
             &Options::default(),
         );
@@ -1721,20 +1641,13 @@ mod tests {
 
     #[test]
     fn internal_traffic_policy_local_without_local_endpoints_refuses() {
-        let yaml = service("web", LOCAL)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &["{addresses: [10.1.0.1], nodeName: node-2}"],
-            );
+        let slices = [web_slice("web-1", [endpoint("10.1.0.1").node("node-2")])];
         for node in [
             node(Some("node-1"), None),
             node(None, None),
             node(Some(""), None),
         ] {
-            let t = run_with(&yaml, &node, &Options::default());
+            let t = run_with(&[local()], &slices, &node, &Options::default());
             assert_eq!(
                 backends(&t, "10.0.0.1:80/TCP"),
                 Vec::<String>::new(),
@@ -1742,11 +1655,10 @@ mod tests {
             );
         }
         // An endpoint without nodeName is never local, even for a nameless node.
-        let yaml = service("web", LOCAL)
-            + &slice("web-1", "web", "IPv4", HTTP, &["{addresses: [10.1.0.1]}"]);
+        let slices = [web_slice("web-1", [endpoint("10.1.0.1")])];
         assert_eq!(
             backends(
-                &run_with(&yaml, &node(None, None), &Options::default()),
+                &run_with(&[local()], &slices, &node(None, None), &Options::default()),
                 "10.0.0.1:80/TCP"
             ),
             Vec::<String>::new()
@@ -1755,36 +1667,41 @@ mod tests {
 
     #[test]
     fn internal_traffic_policy_local_falls_back_to_local_terminating() {
-        let yaml = service("web", LOCAL)
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                HTTP,
-                &[
-                    "{addresses: [10.1.0.1], nodeName: node-1, conditions: {ready: false, serving: true, terminating: true}}",
-                    "{addresses: [10.1.0.2], nodeName: node-2}",
-                ],
-            );
-        assert_eq!(backends(&run(&yaml), "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
+        let slices = [web_slice(
+            "web-1",
+            [
+                endpoint("10.1.0.1")
+                    .node("node-1")
+                    .ready(false)
+                    .serving(true)
+                    .terminating(true),
+                endpoint("10.1.0.2").node("node-2"),
+            ],
+        )];
+        assert_eq!(
+            backends(&run(&[local()], &slices), "10.0.0.1:80/TCP"),
+            ["10.1.0.1:8080"]
+        );
+    }
+
+    /// A Service `name` at `ip`, with one unnamed port 80.
+    fn plain(name: &str, ip: &str) -> ServiceBuilder {
+        service(name).cluster_ip(ip).port(port(80))
     }
 
     #[test]
     fn session_affinity_client_ip_default_and_explicit_timeout() {
-        let yaml = service(
-            "a",
-            "{clusterIP: 10.0.0.1, sessionAffinity: ClientIP, ports: [{port: 80}]}",
-        ) + &service(
-            "b",
-            "{clusterIP: 10.0.0.2, sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}, ports: [{port: 80}]}",
-        ) + &service(
-            "c",
-            "{clusterIP: 10.0.0.3, sessionAffinity: None, ports: [{port: 80}]}",
-        ) + &service(
-            "d",
-            "{clusterIP: 10.0.0.4, sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 86400}}, ports: [{port: 80}]}",
-        );
-        let t = run(&yaml);
+        let services = [
+            plain("a", "10.0.0.1").session_affinity("ClientIP"),
+            plain("b", "10.0.0.2")
+                .session_affinity("ClientIP")
+                .affinity_timeout(60),
+            plain("c", "10.0.0.3").session_affinity("None"),
+            plain("d", "10.0.0.4")
+                .session_affinity("ClientIP")
+                .affinity_timeout(86_400),
+        ];
+        let t = run(&services, &[]);
         assert_clean(&t);
         assert_eq!(
             entry(&t, "10.0.0.1:80/TCP").affinity_timeout_s,
@@ -1800,14 +1717,14 @@ mod tests {
 
     #[test]
     fn session_affinity_out_of_range_is_a_problem() {
-        for timeout in ["0", "86401", "-5"] {
-            let yaml = service(
-                "a",
-                &format!(
-                    "{{clusterIP: 10.0.0.1, sessionAffinity: ClientIP, sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {timeout}}}}}, ports: [{{port: 80}}]}}"
-                ),
-            ) + &service("b", "{clusterIP: 10.0.0.2, ports: [{port: 80}]}");
-            let t = run(&yaml);
+        for timeout in [0, 86_401, -5] {
+            let services = [
+                plain("a", "10.0.0.1")
+                    .session_affinity("ClientIP")
+                    .affinity_timeout(timeout),
+                plain("b", "10.0.0.2"),
+            ];
+            let t = run(&services, &[]);
             assert_eq!(
                 problems(&t),
                 [format!(
@@ -1816,10 +1733,7 @@ mod tests {
             );
             assert_eq!(frontends(&t), ["10.0.0.2:80/TCP"]);
         }
-        let t = run(&service(
-            "a",
-            "{clusterIP: 10.0.0.1, sessionAffinity: Sticky, ports: [{port: 80}]}",
-        ));
+        let t = run(&[plain("a", "10.0.0.1").session_affinity("Sticky")], &[]);
         assert_eq!(
             problems(&t),
             [
@@ -1830,18 +1744,16 @@ mod tests {
 
     #[test]
     fn algorithm_annotation_overrides_the_default() {
-        let yaml = service_with_meta(
-            "{name: rr, namespace: default, annotations: {lb-agent.io/algorithm: round-robin}}",
-            "{clusterIP: 10.0.0.1, ports: [{port: 80}]}",
-        ) + &service_with_meta(
-            "{name: rand, namespace: default, annotations: {lb-agent.io/algorithm: random}}",
-            "{clusterIP: 10.0.0.2, ports: [{port: 80}]}",
-        ) + &service("plain", "{clusterIP: 10.0.0.3, ports: [{port: 80}]}");
+        let services = [
+            plain("rr", "10.0.0.1").annotation(ANNOTATION_ALGORITHM, "round-robin"),
+            plain("rand", "10.0.0.2").annotation(ANNOTATION_ALGORITHM, "random"),
+            plain("plain", "10.0.0.3"),
+        ];
         let opts = Options {
             default_algorithm: Algorithm::RoundRobin,
             service_proxy_name: None,
         };
-        let t = run_with(&yaml, &node(None, None), &opts);
+        let t = run_with(&services, &[], &node(None, None), &opts);
         assert_clean(&t);
         assert_eq!(
             entry(&t, "10.0.0.1:80/TCP").algorithm,
@@ -1852,17 +1764,17 @@ mod tests {
             entry(&t, "10.0.0.3:80/TCP").algorithm,
             Algorithm::RoundRobin
         );
-        let t = run_with(&yaml, &node(None, None), &Options::default());
+        let t = run_with(&services, &[], &node(None, None), &Options::default());
         assert_eq!(entry(&t, "10.0.0.3:80/TCP").algorithm, Algorithm::Random);
     }
 
     #[test]
     fn bad_algorithm_annotation_is_a_problem_and_skips_the_service() {
-        let yaml = service_with_meta(
-            "{name: web, namespace: default, annotations: {lb-agent.io/algorithm: least-conn}}",
-            "{clusterIP: 10.0.0.1, ports: [{port: 80}]}",
-        ) + &service("other", "{clusterIP: 10.0.0.2, ports: [{port: 80}]}");
-        let t = run(&yaml);
+        let services = [
+            plain("web", "10.0.0.1").annotation(ANNOTATION_ALGORITHM, "least-conn"),
+            plain("other", "10.0.0.2"),
+        ];
+        let t = run(&services, &[]);
         assert_eq!(
             problems(&t),
             [
@@ -1872,21 +1784,17 @@ mod tests {
         assert_eq!(frontends(&t), ["10.0.0.2:80/TCP"]);
     }
 
-    fn proxy_services() -> String {
-        service("mine", "{clusterIP: 10.0.0.1, ports: [{port: 80}]}")
-            + &service_with_meta(
-                "{name: labelled, namespace: default, labels: {service.kubernetes.io/service-proxy-name: lb}}",
-                "{clusterIP: 10.0.0.2, ports: [{port: 80}]}",
-            )
-            + &service_with_meta(
-                "{name: others, namespace: default, labels: {service.kubernetes.io/service-proxy-name: other}}",
-                "{clusterIP: 10.0.0.3, ports: [{port: 80}]}",
-            )
+    fn proxy_services() -> [ServiceBuilder; 3] {
+        [
+            plain("mine", "10.0.0.1"),
+            plain("labelled", "10.0.0.2").label(LABEL_SERVICE_PROXY_NAME, "lb"),
+            plain("others", "10.0.0.3").label(LABEL_SERVICE_PROXY_NAME, "other"),
+        ]
     }
 
     #[test]
     fn services_of_another_proxy_are_skipped() {
-        let t = run(&proxy_services());
+        let t = run(&proxy_services(), &[]);
         assert_clean(&t);
         assert_eq!(frontends(&t), ["10.0.0.1:80/TCP"]);
     }
@@ -1897,87 +1805,78 @@ mod tests {
             service_proxy_name: Some("lb".to_owned()),
             ..Options::default()
         };
-        let t = run_with(&proxy_services(), &node(None, None), &opts);
+        let t = run_with(&proxy_services(), &[], &node(None, None), &opts);
         assert_clean(&t);
         assert_eq!(frontends(&t), ["10.0.0.2:80/TCP"]);
     }
 
     #[test]
     fn slices_labelled_for_another_proxy_or_headless_are_ignored() {
-        let labelled = |label: &str, ip: &str| {
-            slice("web-x", "web", "IPv4", HTTP, &[&ready(ip)])
-                .replace("web-x", &format!("web-{}", ip.replace('.', "-")))
-                .replace(
-                    "{kubernetes.io/service-name: web}",
-                    &format!("{{kubernetes.io/service-name: web, {label}}}"),
-                )
+        let labelled = |key: &str, value: &str, ip: &str| {
+            web_slice(&format!("web-{}", ip.replace('.', "-")), [ready(ip)]).label(key, value)
         };
-        let yaml = service("web", WEB)
-            + &labelled(
-                "service.kubernetes.io/service-proxy-name: other",
-                "10.1.0.1",
-            )
-            + &labelled("service.kubernetes.io/headless: ''", "10.1.0.2")
-            + &slice("web-3", "web", "IPv4", HTTP, &[&ready("10.1.0.3")]);
-        let t = run(&yaml);
+        let slices = [
+            labelled(LABEL_SERVICE_PROXY_NAME, "other", "10.1.0.1"),
+            labelled(LABEL_HEADLESS, "", "10.1.0.2"),
+            web_slice("web-3", [ready("10.1.0.3")]),
+        ];
+        let t = run(&[web()], &slices);
         assert_clean(&t);
         assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.3:8080"]);
     }
 
     #[test]
     fn headless_external_name_and_ip_less_services_are_skipped_silently() {
-        let yaml = service("headless", "{clusterIP: None, ports: [{port: 80}]}")
-            + &service(
-                "headless2",
-                "{clusterIP: None, clusterIPs: [None], ports: [{port: 80}]}",
-            )
-            + &service(
-                "external",
-                "{type: ExternalName, externalName: example.com, ports: [{port: 80}]}",
-            )
-            + &service(
-                "external-ip",
-                "{type: ExternalName, clusterIP: 10.0.0.9, ports: [{port: 80}]}",
-            )
-            + &service("no-ip", "{ports: [{port: 80}]}")
-            + &service("empty-ip", "{clusterIP: '', ports: [{port: 80}]}")
-            + "---\napiVersion: v1\nkind: Service\nmetadata: {name: no-spec, namespace: default}\n"
-            + &service_with_meta(
-                "{name: labelled, namespace: default, labels: {service.kubernetes.io/headless: ''}}",
-                "{clusterIP: 10.0.0.8, ports: [{port: 80}]}",
-            )
-            + &service("served", "{clusterIP: 10.0.0.1, ports: [{port: 80}]}");
-        let t = run(&yaml);
+        let services = [
+            plain("headless", "None"),
+            plain("headless2", "None").cluster_ips(&["None"]),
+            service("external")
+                .type_("ExternalName")
+                .external_name("example.com")
+                .port(port(80)),
+            plain("external-ip", "10.0.0.9").type_("ExternalName"),
+            service("no-ip").port(port(80)),
+            plain("empty-ip", ""),
+            service("no-spec"),
+            plain("labelled", "10.0.0.8").label(LABEL_HEADLESS, ""),
+            plain("served", "10.0.0.1"),
+        ];
+        let t = run(&services, &[]);
         assert_clean(&t);
         assert_eq!(frontends(&t), ["10.0.0.1:80/TCP"]);
     }
 
     #[test]
     fn node_port_and_load_balancer_services_get_their_cluster_ip() {
-        let yaml = service(
-            "np",
-            "{type: NodePort, clusterIP: 10.0.0.1, ports: [{port: 80, nodePort: 30080}]}",
-        ) + &service(
-            "lb",
-            "{type: LoadBalancer, clusterIP: 10.0.0.2, ports: [{port: 80, nodePort: 30081}]}",
-        );
-        let t = run(&yaml);
+        let services = [
+            service("np")
+                .type_("NodePort")
+                .cluster_ip("10.0.0.1")
+                .port(port(80).node_port(30_080)),
+            service("lb")
+                .type_("LoadBalancer")
+                .cluster_ip("10.0.0.2")
+                .port(port(80).node_port(30_081)),
+        ];
+        let t = run(&services, &[]);
         assert_clean(&t);
         assert_eq!(frontends(&t), ["10.0.0.1:80/TCP", "10.0.0.2:80/TCP"]);
     }
 
     #[test]
     fn invalid_cluster_ip_is_a_problem_and_the_rest_is_served() {
-        let yaml = service(
-            "web",
-            "{clusterIP: 10.0.0.1, clusterIPs: [10.0.0.1, 10.0.0.300], ports: [{name: http, port: 80}]}",
-        ) + &service("api", "{clusterIP: 10.0.0.2, ports: [{port: 80}]}")
-            + &service("bad", "{clusterIP: not-an-ip, ports: [{port: 80}]}")
-            + &service(
-                "twice",
-                "{clusterIPs: [10.0.0.3, 10.0.0.4], ports: [{port: 80}]}",
-            );
-        let t = run(&yaml);
+        let services = [
+            service("web")
+                .cluster_ip("10.0.0.1")
+                .cluster_ips(&["10.0.0.1", "10.0.0.300"])
+                .port(port(80).name("http")),
+            plain("api", "10.0.0.2"),
+            plain("bad", "not-an-ip"),
+            service("twice")
+                .cluster_ips(&["10.0.0.3", "10.0.0.4"])
+                .port(port(80)),
+        ];
+        let t = run(&services, &[]);
         assert_eq!(
             problems(&t),
             [
@@ -2006,13 +1905,18 @@ mod tests {
 
     #[test]
     fn invalid_ports_are_problems_and_the_other_ports_are_served() {
-        let yaml = service(
-            "web",
-            "{clusterIP: 10.0.0.1, ports: [{name: a, port: 0}, {name: b, port: 70000}, {name: c, port: 80, protocol: ICMP}, \
-             {name: d, port: 81, targetPort: 0}, {name: e, port: 82, targetPort: Not_A_Name}, {name: f, port: 83, targetPort: '8080'}, \
-             {name: ok, port: 84, protocol: UDP, targetPort: 9000}, {name: ok, port: 85, protocol: UDP}, {name: ok, port: 86}]}",
-        );
-        let t = run(&yaml);
+        let services = [service("web")
+            .cluster_ip("10.0.0.1")
+            .port(port(0).name("a"))
+            .port(port(70_000).name("b"))
+            .port(port(80).name("c").protocol("ICMP"))
+            .port(port(81).name("d").target(0))
+            .port(port(82).name("e").target_name("Not_A_Name"))
+            .port(port(83).name("f").target_name("8080"))
+            .port(port(84).name("ok").protocol("UDP").target(9000))
+            .port(port(85).name("ok").protocol("UDP"))
+            .port(port(86).name("ok"))];
+        let t = run(&services, &[]);
         assert_eq!(
             problems(&t),
             [
@@ -2032,14 +1936,11 @@ mod tests {
 
     #[test]
     fn invalid_type_or_traffic_policy_is_a_problem() {
-        let yaml = service(
-            "a",
-            "{type: Magic, clusterIP: 10.0.0.1, ports: [{port: 80}]}",
-        ) + &service(
-            "b",
-            "{internalTrafficPolicy: Nearby, clusterIP: 10.0.0.2, ports: [{port: 80}]}",
-        );
-        let t = run(&yaml);
+        let services = [
+            plain("a", "10.0.0.1").type_("Magic"),
+            plain("b", "10.0.0.2").internal_traffic_policy("Nearby"),
+        ];
+        let t = run(&services, &[]);
         assert_eq!(
             problems(&t),
             [
@@ -2052,22 +1953,22 @@ mod tests {
 
     #[test]
     fn slice_problems_skip_only_what_is_wrong() {
-        let yaml = service("web", WEB)
-            + "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: orphan, namespace: default}\naddressType: IPv4\nendpoints: []\n"
-            + &slice("web-bad-type", "web", "IPv5", HTTP, &[&ready("10.1.0.9")])
-            + &slice(
-                "web-1",
-                "web",
-                "IPv4",
-                "[{port: 7000}, {name: http, port: 0}, {name: http, port: 8080, protocol: QUIC}, {name: http, port: 8080}]",
-                &[
-                    "{addresses: [10.1.0.300]}",
-                    "{addresses: ['fd00::1']}",
-                    "{addresses: []}",
-                    &ready("10.1.0.1"),
-                ],
-            );
-        let t = run(&yaml);
+        let slices = [
+            slice("orphan", "web").unlabelled(),
+            web_slice("web-bad-type", [ready("10.1.0.9")]).address_type("IPv5"),
+            slice("web-1", "web")
+                .port(slice_port(7000))
+                .port(slice_port(0).name("http"))
+                .port(http().protocol("QUIC"))
+                .port(http())
+                .endpoints([
+                    endpoint("10.1.0.300"),
+                    endpoint("fd00::1"),
+                    endpoint_at(&[]),
+                    ready("10.1.0.1"),
+                ]),
+        ];
+        let t = run(&[web()], &slices);
         assert_eq!(
             problems(&t),
             [
@@ -2086,17 +1987,16 @@ mod tests {
 
     #[test]
     fn a_slice_shared_by_two_ports_is_checked_once() {
-        let yaml = service(
-            "web",
-            "{clusterIP: 10.0.0.1, clusterIPs: [10.0.0.1, 'fd00::1'], ports: [{name: http, port: 80}, {name: b, port: 81}]}",
-        ) + &slice(
-            "web-1",
-            "web",
-            "IPv4",
-            "[{name: http, port: 8080}, {name: b, port: 8081}]",
-            &["{addresses: [bad]}", &ready("10.1.0.1")],
-        );
-        let t = run(&yaml);
+        let services = [service("web")
+            .cluster_ip("10.0.0.1")
+            .cluster_ips(&["10.0.0.1", "fd00::1"])
+            .port(port(80).name("http"))
+            .port(port(81).name("b"))];
+        let slices = [slice("web-1", "web")
+            .port(http())
+            .port(slice_port(8081).name("b"))
+            .endpoints([endpoint("bad"), ready("10.1.0.1")])];
+        let t = run(&services, &slices);
         assert_eq!(
             problems(&t),
             [
@@ -2107,24 +2007,21 @@ mod tests {
 
     #[test]
     fn slices_of_services_not_served_are_not_checked() {
-        let yaml = service("headless", "{clusterIP: None}")
-            + &slice(
-                "headless-1",
-                "headless",
-                "IPv4",
-                HTTP,
-                &["{addresses: [bad]}"],
-            );
-        assert_clean(&run(&yaml));
+        let services = [service("headless").cluster_ip("None")];
+        let slices = [slice("headless-1", "headless")
+            .port(http())
+            .endpoint(endpoint("bad"))];
+        assert_clean(&run(&services, &slices));
     }
 
     #[test]
     fn duplicate_objects_are_problems_and_the_first_one_wins() {
-        let yaml = service("web", WEB)
-            + &service("web", "{clusterIP: 10.0.0.2, ports: [{port: 80}]}")
-            + &slice("web-1", "web", "IPv4", HTTP, &[&ready("10.1.0.1")])
-            + &slice("web-1", "web", "IPv4", HTTP, &[&ready("10.1.0.2")]);
-        let t = run(&yaml);
+        let services = [web(), plain("web", "10.0.0.2")];
+        let slices = [
+            web_slice("web-1", [ready("10.1.0.1")]),
+            web_slice("web-1", [ready("10.1.0.2")]),
+        ];
+        let t = run(&services, &slices);
         assert_eq!(
             problems(&t),
             [
@@ -2138,13 +2035,13 @@ mod tests {
 
     #[test]
     fn shared_frontend_goes_to_the_smaller_name_whatever_the_order() {
-        let a = service("a", "{clusterIP: 10.0.0.1, ports: [{name: x, port: 80}]}");
-        let b = service(
-            "b",
-            "{clusterIP: 10.0.0.1, ports: [{name: y, port: 81}, {name: x, port: 80}]}",
-        );
-        for yaml in [a.clone() + &b, b + &a] {
-            let t = run(&yaml);
+        let a = service("a").cluster_ip("10.0.0.1").port(port(80).name("x"));
+        let b = service("b")
+            .cluster_ip("10.0.0.1")
+            .port(port(81).name("y"))
+            .port(port(80).name("x"));
+        for services in [[a.clone(), b.clone()], [b, a]] {
+            let t = run(&services, &[]);
             assert_eq!(
                 problems(&t),
                 [
@@ -2158,8 +2055,7 @@ mod tests {
 
     #[test]
     fn objects_without_names_are_problems() {
-        let yaml = "---\napiVersion: v1\nkind: Service\nmetadata: {namespace: default}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n";
-        let t = run(yaml);
+        let t = run(&[plain("web", "10.0.0.1").without_name()], &[]);
         assert_eq!(
             problems(&t),
             ["Service default/: metadata: a Service needs a name and a namespace"]
@@ -2167,21 +2063,44 @@ mod tests {
         assert!(t.state.is_empty());
     }
 
-    /// `n` services, each with one slice of `endpoints` endpoints.
-    fn generate(n: usize, endpoints: usize) -> Objects {
-        let yaml = objects::tests::generate_yaml(n, endpoints);
-        let value: serde_json::Value =
-            serde_saphyr::from_str_with_options(&yaml, serde_saphyr::options! { budget: None })
-                .expect("yaml");
-        objects::parse(&value.to_string(), Path::new("bench.json")).expect("json")
+    /// `n` services, each with one slice of `endpoints` endpoints, as a
+    /// cluster has them (see `generate_yaml` in the file parser's tests).
+    fn generate(n: usize, endpoints: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
+        (0..n)
+            .map(|i| {
+                // Unique addresses up to 2^17 services: 10.96.0.0/15 and 10.100.0.0/11.
+                let (high, mid, low) = (i >> 16, (i >> 8) & 255, i & 255);
+                let name = format!("svc-{i}");
+                let ip = format!("10.{}.{mid}.{low}", 96 + high);
+                let service = service(&name)
+                    .namespace("bench")
+                    .type_("ClusterIP")
+                    .cluster_ip(&ip)
+                    .cluster_ips(&[&ip])
+                    .ip_families(&["IPv4"])
+                    .internal_traffic_policy("Cluster")
+                    .session_affinity("None")
+                    .port(port(80).name("http").protocol("TCP").target(8080));
+                let slice = slice(&format!("{name}-abcde"), &name)
+                    .namespace("bench")
+                    .port(http().protocol("TCP"))
+                    .endpoints((0..endpoints).map(|e| {
+                        ready(&format!("10.{}.{mid}.{low}", 100 + 2 * e + high))
+                            .serving(true)
+                            .terminating(false)
+                            .node(&format!("node-{e}"))
+                    }));
+                (service.build(), slice.build())
+            })
+            .unzip()
     }
 
     #[test]
     fn generated_objects_translate() {
-        let objects = generate(300, 3);
+        let (services, slices) = generate(300, 3);
         let t = translate(
-            &objects.services,
-            &objects.endpoint_slices,
+            &services,
+            &slices,
             &node(Some("node-1"), Some("zone-a")),
             &Options::default(),
         );
@@ -2196,13 +2115,13 @@ mod tests {
     #[ignore = "benchmark: run in release"]
     fn bench_translate() {
         for n in [10_000, 100_000] {
-            let objects = generate(n, 10);
+            let (services, slices) = generate(n, 10);
             let mut best = f64::MAX;
             for _ in 0..5 {
                 let start = Instant::now();
                 let t = translate(
-                    &objects.services,
-                    &objects.endpoint_slices,
+                    &services,
+                    &slices,
                     &node(Some("node-1"), Some("zone-a")),
                     &Options::default(),
                 );
