@@ -5,6 +5,14 @@
 //! state programmed before stays as it was. Edits are noticed through
 //! inotify on the file's directory (so editors that replace the file by a
 //! rename are seen too), and SIGHUP forces a reload.
+//!
+//! The parser of such files, [`parse`] into [`Objects`] or a [`ParseError`],
+//! lives here because this source is its only user (the API source gets
+//! typed objects from the API server).
+
+mod parse;
+#[cfg(test)]
+mod tests;
 
 use std::{
     fmt::Write as _,
@@ -26,9 +34,10 @@ use super::{Change, Publisher, Update};
 use crate::{
     metrics::{Metrics, SourceLabels},
     model::DesiredState,
-    objects::{self, ParseError},
     translate::{self, NodeContext, Options, Problem},
 };
+
+pub use self::parse::{Objects, ParseError, parse};
 
 /// How long a file that does not parse right after a change is given to
 /// finish being written before it is reported as invalid.
@@ -124,7 +133,7 @@ impl FileSource {
             source,
         })?;
         let started = Instant::now();
-        let objects = objects::parse(text, &self.path).map_err(Box::new)?;
+        let objects = parse(text, &self.path).map_err(Box::new)?;
         let parsed = started.elapsed();
         let t = translate::translate(
             &objects.services,
@@ -282,82 +291,5 @@ impl FileSource {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use notify::{
-        EventKind,
-        event::{
-            AccessKind, AccessMode, CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind,
-            RenameMode,
-        },
-    };
-
-    use super::{FileSource, changes_content};
-    use crate::{
-        model::{Algorithm, DesiredState, Frontend, Protocol, ServiceEntry, ServicePortName},
-        translate::{NodeContext, Options},
-    };
-
-    #[test]
-    fn example_file_is_one_frontend_with_three_backends() {
-        let source = FileSource {
-            path: "examples/services.yaml".into(),
-            node: NodeContext::default(),
-            options: Options::default(),
-        };
-        let state = source
-            .load_bytes(include_bytes!("../../../examples/services.yaml"))
-            .unwrap_or_else(|error| panic!("{error}"));
-        let expected = ServiceEntry {
-            name: ServicePortName {
-                namespace: "default".to_owned(),
-                name: "demo".to_owned(),
-                port: "http".to_owned(),
-            },
-            algorithm: Algorithm::RoundRobin,
-            affinity_timeout_s: None,
-            backends: ["10.200.0.11:8080", "10.200.0.12:8080", "10.200.0.13:8080"]
-                .iter()
-                .map(|s| s.parse().expect("addr"))
-                .collect(),
-        };
-        let frontend = Frontend {
-            ip: "10.96.0.100".parse().expect("ip"),
-            port: 80,
-            protocol: Protocol::Tcp,
-        };
-        assert_eq!(state, DesiredState::from([(frontend, expected)]));
-    }
-
-    #[test]
-    fn reads_do_not_count_as_changes() {
-        assert!(!changes_content(EventKind::Access(AccessKind::Open(
-            AccessMode::Read
-        ))));
-        assert!(!changes_content(EventKind::Access(AccessKind::Close(
-            AccessMode::Read
-        ))));
-        assert!(!changes_content(EventKind::Access(AccessKind::Read)));
-        assert!(!changes_content(EventKind::Modify(ModifyKind::Metadata(
-            MetadataKind::AccessTime
-        ))));
-    }
-
-    #[test]
-    fn writes_renames_and_removals_do() {
-        assert!(changes_content(EventKind::Access(AccessKind::Close(
-            AccessMode::Write
-        ))));
-        assert!(changes_content(EventKind::Modify(ModifyKind::Data(
-            DataChange::Any
-        ))));
-        assert!(changes_content(EventKind::Modify(ModifyKind::Name(
-            RenameMode::To
-        ))));
-        assert!(changes_content(EventKind::Create(CreateKind::File)));
-        assert!(changes_content(EventKind::Remove(RemoveKind::File)));
     }
 }
