@@ -777,7 +777,7 @@ mod tests {
     use super::{Dirty, Translator, service_of};
     use crate::translate::{
         self, NodeContext, Options,
-        testing::{endpoint, port, slice_port},
+        testing::{PortFields as _, endpoint, port, slice_port},
     };
 
     fn service(name: &str, ip: &str, number: u16) -> Service {

@@ -47,7 +47,7 @@ use self::{
     selection::wanted,
     slices::{SliceIndex, endpoints_for},
     topology::usable_backends,
-    validate::{non_empty, ports, settings},
+    validate::{namespace_and_name, ports, settings},
 };
 use crate::model::{Algorithm, DesiredState, Frontend, ServiceEntry, ServicePortName};
 
@@ -145,15 +145,7 @@ fn translate_service<'a>(
         kind: "Service",
         metadata,
     };
-    let (Some(namespace), Some(name)) = (
-        non_empty(metadata.namespace.as_deref()),
-        non_empty(metadata.name.as_deref()),
-    ) else {
-        problems.push(
-            &object,
-            "metadata",
-            "a Service needs a name and a namespace",
-        );
+    let Some((namespace, name)) = namespace_and_name(&object, "a Service", problems) else {
         return;
     };
     if !wanted(metadata, opts) {

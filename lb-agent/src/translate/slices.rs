@@ -14,7 +14,7 @@ use super::{
     family::Family,
     problem::{Obj, Problems},
     selection::{label, wanted},
-    validate::{Port, non_empty, parse_port, parse_protocol},
+    validate::{Port, namespace_and_name, parse_port, parse_protocol},
 };
 use crate::model::Protocol;
 
@@ -91,15 +91,8 @@ impl<'a> SliceIndex<'a> {
                 kind: "EndpointSlice",
                 metadata,
             };
-            let (Some(namespace), Some(name)) = (
-                non_empty(metadata.namespace.as_deref()),
-                non_empty(metadata.name.as_deref()),
-            ) else {
-                problems.push(
-                    &object,
-                    "metadata",
-                    "an EndpointSlice needs a name and a namespace",
-                );
+            let Some((namespace, name)) = namespace_and_name(&object, "an EndpointSlice", problems)
+            else {
                 continue;
             };
             // kube-proxy cannot key a slice without this label (endpointSliceCacheKeys).

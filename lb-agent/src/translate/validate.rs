@@ -133,7 +133,26 @@ fn is_valid_port_name(name: &str) -> bool {
         && !name.contains("--")
 }
 
-pub(super) fn non_empty(s: Option<&str>) -> Option<&str> {
+/// An object's namespace and name or, when either is missing or empty, a
+/// problem: `what` (`a Service`) needs both.
+pub(super) fn namespace_and_name<'a>(
+    object: &Obj<'a>,
+    what: &str,
+    problems: &mut Problems,
+) -> Option<(&'a str, &'a str)> {
+    let metadata = object.metadata;
+    let found = non_empty(metadata.namespace.as_deref()).zip(non_empty(metadata.name.as_deref()));
+    if found.is_none() {
+        problems.push(
+            object,
+            "metadata",
+            format!("{what} needs a name and a namespace"),
+        );
+    }
+    found
+}
+
+fn non_empty(s: Option<&str>) -> Option<&str> {
     s.filter(|s| !s.is_empty())
 }
 

@@ -20,7 +20,7 @@ pub(crate) use self::{
     service::{ServiceBuilder, port, service},
     slice::{
         EndpointBuilder, SliceBuilder, SlicePortBuilder, endpoint, endpoint_at, ready, slice,
-        slice_port,
+        slice_port, terminating,
     },
 };
 
@@ -75,6 +75,23 @@ pub(crate) trait Metadata: Sized {
     #[must_use]
     fn annotation(mut self, key: &str, value: &str) -> Self {
         set(&mut self.metadata().annotations, key, value);
+        self
+    }
+}
+
+/// The name and protocol both kinds of port carry.
+pub(crate) trait PortFields: Sized {
+    fn name_and_protocol(&mut self) -> (&mut Option<String>, &mut Option<String>);
+
+    #[must_use]
+    fn name(mut self, name: &str) -> Self {
+        *self.name_and_protocol().0 = Some(name.to_owned());
+        self
+    }
+
+    #[must_use]
+    fn protocol(mut self, protocol: &str) -> Self {
+        *self.name_and_protocol().1 = Some(protocol.to_owned());
         self
     }
 }

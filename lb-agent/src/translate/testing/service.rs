@@ -5,7 +5,7 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 
-use super::{Metadata, metadata, strings};
+use super::{Metadata, PortFields, metadata, strings};
 
 /// A Service `default/name`, without a spec until a method sets part of it.
 pub(crate) fn service(name: &str) -> ServiceBuilder {
@@ -107,19 +107,13 @@ pub(crate) fn port(number: i32) -> PortBuilder {
 #[derive(Clone, Debug)]
 pub(crate) struct PortBuilder(ServicePort);
 
+impl PortFields for PortBuilder {
+    fn name_and_protocol(&mut self) -> (&mut Option<String>, &mut Option<String>) {
+        (&mut self.0.name, &mut self.0.protocol)
+    }
+}
+
 impl PortBuilder {
-    #[must_use]
-    pub(crate) fn name(mut self, name: &str) -> Self {
-        self.0.name = Some(name.to_owned());
-        self
-    }
-
-    #[must_use]
-    pub(crate) fn protocol(mut self, protocol: &str) -> Self {
-        self.0.protocol = Some(protocol.to_owned());
-        self
-    }
-
     /// A `targetPort` number.
     #[must_use]
     pub(crate) fn target(mut self, number: i32) -> Self {

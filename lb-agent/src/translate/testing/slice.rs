@@ -7,7 +7,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use super::{Metadata, metadata, set, strings};
+use super::{Metadata, PortFields, metadata, set, strings};
 use crate::translate::LABEL_SERVICE_NAME;
 
 /// An `EndpointSlice` `default/name` of `service` (its label), of IPv4
@@ -74,17 +74,9 @@ pub(crate) fn slice_port(number: i32) -> SlicePortBuilder {
 #[derive(Clone, Debug)]
 pub(crate) struct SlicePortBuilder(EndpointPort);
 
-impl SlicePortBuilder {
-    #[must_use]
-    pub(crate) fn name(mut self, name: &str) -> Self {
-        self.0.name = Some(name.to_owned());
-        self
-    }
-
-    #[must_use]
-    pub(crate) fn protocol(mut self, protocol: &str) -> Self {
-        self.0.protocol = Some(protocol.to_owned());
-        self
+impl PortFields for SlicePortBuilder {
+    fn name_and_protocol(&mut self) -> (&mut Option<String>, &mut Option<String>) {
+        (&mut self.0.name, &mut self.0.protocol)
     }
 }
 
@@ -104,6 +96,12 @@ pub(crate) fn endpoint_at(addresses: &[&str]) -> EndpointBuilder {
 /// An endpoint at `ip` whose only condition is `ready: true`.
 pub(crate) fn ready(ip: &str) -> EndpointBuilder {
     endpoint(ip).ready(true)
+}
+
+/// An endpoint at `ip` of a pod that is terminating but still serving:
+/// `ready: false, serving: true, terminating: true`.
+pub(crate) fn terminating(ip: &str) -> EndpointBuilder {
+    endpoint(ip).ready(false).serving(true).terminating(true)
 }
 
 #[derive(Clone, Debug)]

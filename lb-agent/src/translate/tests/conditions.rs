@@ -2,7 +2,7 @@
 //! only when none is ready.
 
 use super::{assert_clean, backends, run, web, web_slice};
-use crate::translate::testing::{endpoint, endpoint_at, ready};
+use crate::translate::testing::{endpoint, endpoint_at, ready, terminating};
 
 #[test]
 fn unset_conditions_mean_ready_serving_not_terminating() {
@@ -35,10 +35,7 @@ fn not_ready_endpoints_are_not_used_while_some_are_ready() {
         "web-1",
         [
             ready("10.1.0.1"),
-            endpoint("10.1.0.2")
-                .ready(false)
-                .serving(true)
-                .terminating(true),
+            terminating("10.1.0.2"),
             endpoint("10.1.0.3").ready(false),
         ],
     )];
@@ -53,10 +50,7 @@ fn all_terminating_falls_back_to_serving_terminating_endpoints() {
     let slices = [web_slice(
         "web-1",
         [
-            endpoint("10.1.0.1")
-                .ready(false)
-                .serving(true)
-                .terminating(true),
+            terminating("10.1.0.1"),
             // serving unset means serving
             endpoint("10.1.0.2").ready(false).terminating(true),
             // terminating and not serving: never used

@@ -7,7 +7,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use super::{assert_clean, http, node};
 use crate::translate::{
     Options,
-    testing::{Metadata as _, port, ready, service, slice},
+    testing::{Metadata as _, PortFields as _, port, ready, service, slice},
     translate,
 };
 

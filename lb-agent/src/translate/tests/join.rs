@@ -4,7 +4,10 @@
 use super::{assert_clean, backends, entry, frontends, http, run, web, web_slice};
 use crate::{
     model::Algorithm,
-    translate::testing::{Metadata as _, endpoint, port, ready, service, slice, slice_port},
+    translate::testing::{
+        Metadata as _, PortFields as _, endpoint, port, ready, service, slice, slice_port,
+        terminating,
+    },
 };
 
 #[test]
@@ -177,10 +180,7 @@ fn duplicate_endpoint_the_non_terminating_one_wins() {
     // 10.1.0.1 is a terminating pod in one slice and a new ready pod in
     // the other; 10.1.0.2 is ready elsewhere, so the terminating copy of
     // 10.1.0.1, had it won, would leave it out.
-    let old = endpoint("10.1.0.1")
-        .ready(false)
-        .serving(true)
-        .terminating(true);
+    let old = terminating("10.1.0.1");
     for (first, second) in [
         (old.clone(), ready("10.1.0.1")),
         (ready("10.1.0.1"), old.clone()),

@@ -13,8 +13,8 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use super::{
     NodeContext, Options, Translation,
     testing::{
-        EndpointBuilder, ServiceBuilder, SliceBuilder, SlicePortBuilder, port, service, slice,
-        slice_port,
+        EndpointBuilder, PortFields as _, ServiceBuilder, SliceBuilder, SlicePortBuilder, port,
+        service, slice, slice_port,
     },
     translate,
 };
@@ -71,6 +71,19 @@ fn web_slice(name: &str, endpoints: impl IntoIterator<Item = EndpointBuilder>) -
 /// A Service `name` at `ip`, with one unnamed port 80.
 fn plain(name: &str, ip: &str) -> ServiceBuilder {
     service(name).cluster_ip(ip).port(port(80))
+}
+
+/// The backends of 10.0.0.1:80/TCP (the frontend of `web` and its
+/// variants) that these objects give on `node`, with the default options.
+fn backends_on(
+    node: &NodeContext,
+    services: &[ServiceBuilder],
+    slices: &[SliceBuilder],
+) -> Vec<String> {
+    backends(
+        &run_with(services, slices, node, &Options::default()),
+        "10.0.0.1:80/TCP",
+    )
 }
 
 /// The frontends, as `ip:port/PROTO`.

@@ -4,7 +4,10 @@
 use super::{assert_clean, backends, entry, frontends, http, plain, problems, run, web, web_slice};
 use crate::translate::{
     ObjectRef, Problem,
-    testing::{Metadata as _, endpoint, endpoint_at, port, ready, service, slice, slice_port},
+    testing::{
+        Metadata as _, PortFields as _, endpoint, endpoint_at, port, ready, service, slice,
+        slice_port,
+    },
 };
 
 #[test]

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::{assert_clean, backends, node, run, run_with, web, web_slice};
+use super::{assert_clean, backends, backends_on, node, run, run_with, web, web_slice};
 use crate::{
     model::Protocol,
     translate::{
@@ -11,7 +11,10 @@ use crate::{
         family::Family,
         problem::Problems,
         slices::{SliceIndex, endpoints_for},
-        testing::{EndpointBuilder, ServiceBuilder, SliceBuilder, endpoint, port, ready, service},
+        testing::{
+            EndpointBuilder, PortFields as _, ServiceBuilder, SliceBuilder, endpoint, port, ready,
+            service, terminating,
+        },
         topology::usable_backends,
         validate::Port,
     },
@@ -31,24 +34,12 @@ fn topology_hints_for_every_endpoint_keep_this_zone_only() {
             zoned("10.1.0.3", &["zone-b", "zone-a"]),
         ],
     )];
-    let t = run_with(
-        &[web()],
-        &slices,
-        &node(Some("node-1"), Some("zone-a")),
-        &Options::default(),
-    );
     assert_eq!(
-        backends(&t, "10.0.0.1:80/TCP"),
+        backends_on(&node(Some("node-1"), Some("zone-a")), &[web()], &slices),
         ["10.1.0.1:8080", "10.1.0.3:8080"]
     );
-    let t = run_with(
-        &[web()],
-        &slices,
-        &node(Some("node-1"), Some("zone-b")),
-        &Options::default(),
-    );
     assert_eq!(
-        backends(&t, "10.0.0.1:80/TCP"),
+        backends_on(&node(Some("node-1"), Some("zone-b")), &[web()], &slices),
         ["10.1.0.2:8080", "10.1.0.3:8080"]
     );
 }
@@ -63,14 +54,8 @@ fn topology_hints_are_ignored_unless_every_ready_endpoint_has_one() {
             ready("10.1.0.3"),
         ],
     )];
-    let t = run_with(
-        &[web()],
-        &slices,
-        &node(Some("node-1"), Some("zone-a")),
-        &Options::default(),
-    );
     assert_eq!(
-        backends(&t, "10.0.0.1:80/TCP"),
+        backends_on(&node(Some("node-1"), Some("zone-a")), &[web()], &slices),
         ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]
     );
 }
@@ -86,13 +71,10 @@ fn topology_hints_of_not_ready_endpoints_do_not_count() {
             endpoint("10.1.0.3").ready(false),
         ],
     )];
-    let t = run_with(
-        &[web()],
-        &slices,
-        &node(Some("node-1"), Some("zone-a")),
-        &Options::default(),
+    assert_eq!(
+        backends_on(&node(Some("node-1"), Some("zone-a")), &[web()], &slices),
+        ["10.1.0.1:8080"]
     );
-    assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.1:8080"]);
 }
 
 #[test]
@@ -108,9 +90,8 @@ fn topology_hints_are_ignored_when_none_is_for_this_zone() {
         node(Some("node-1"), Some("zone-c")),
         node(Some("node-1"), None),
     ] {
-        let t = run_with(&[web()], &slices, &node, &Options::default());
         assert_eq!(
-            backends(&t, "10.0.0.1:80/TCP"),
+            backends_on(&node, &[web()], &slices),
             ["10.1.0.1:8080", "10.1.0.2:8080"],
             "{node:?}"
         );
@@ -140,25 +121,13 @@ fn for_nodes_hints_are_ignored_as_by_kube_proxy_1_33() {
     // PreferSameTrafficDistribution is off by default in v1.33: the zone
     // hints apply, the node hints do not.
     let slices = [web_slice("web-1", node_hinted(true))];
-    let t = run_with(
-        &[web()],
-        &slices,
-        &node(Some("node-1"), Some("zone-a")),
-        &Options::default(),
-    );
     assert_eq!(
-        backends(&t, "10.0.0.1:80/TCP"),
+        backends_on(&node(Some("node-1"), Some("zone-a")), &[web()], &slices),
         ["10.1.0.1:8080", "10.1.0.2:8080"]
     );
     let slices = [web_slice("web-1", node_hinted(false))];
-    let t = run_with(
-        &[web()],
-        &slices,
-        &node(Some("node-1"), Some("zone-a")),
-        &Options::default(),
-    );
     assert_eq!(
-        backends(&t, "10.0.0.1:80/TCP"),
+        backends_on(&node(Some("node-1"), Some("zone-a")), &[web()], &slices),
         ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]
     );
 }
@@ -242,13 +211,10 @@ fn internal_traffic_policy_local_uses_this_node_only() {
         backends(&t, "10.0.0.1:80/TCP"),
         ["10.1.0.1:8080", "10.1.0.3:8080"]
     );
-    let t = run_with(
-        &[local()],
-        &slices,
-        &node(Some("node-2"), Some("zone-a")),
-        &Options::default(),
+    assert_eq!(
+        backends_on(&node(Some("node-2"), Some("zone-a")), &[local()], &slices),
+        ["10.1.0.2:8080"]
     );
-    assert_eq!(backends(&t, "10.0.0.1:80/TCP"), ["10.1.0.2:8080"]);
 }
 
 #[test]
@@ -259,9 +225,8 @@ fn internal_traffic_policy_local_without_local_endpoints_refuses() {
         node(None, None),
         node(Some(""), None),
     ] {
-        let t = run_with(&[local()], &slices, &node, &Options::default());
         assert_eq!(
-            backends(&t, "10.0.0.1:80/TCP"),
+            backends_on(&node, &[local()], &slices),
             Vec::<String>::new(),
             "{node:?}"
         );
@@ -269,10 +234,7 @@ fn internal_traffic_policy_local_without_local_endpoints_refuses() {
     // An endpoint without nodeName is never local, even for a nameless node.
     let slices = [web_slice("web-1", [endpoint("10.1.0.1")])];
     assert_eq!(
-        backends(
-            &run_with(&[local()], &slices, &node(None, None), &Options::default()),
-            "10.0.0.1:80/TCP"
-        ),
+        backends_on(&node(None, None), &[local()], &slices),
         Vec::<String>::new()
     );
 }
@@ -282,11 +244,7 @@ fn internal_traffic_policy_local_falls_back_to_local_terminating() {
     let slices = [web_slice(
         "web-1",
         [
-            endpoint("10.1.0.1")
-                .node("node-1")
-                .ready(false)
-                .serving(true)
-                .terminating(true),
+            terminating("10.1.0.1").node("node-1"),
             endpoint("10.1.0.2").node("node-2"),
         ],
     )];

@@ -15,40 +15,6 @@ use super::{
     yaml_options,
 };
 
-/// Everything the slow path knows about a failed document, to build a
-/// [`ParseError`].
-struct DocumentError {
-    line: Option<u64>,
-    column: Option<u64>,
-    item: Option<usize>,
-    object: Option<String>,
-    field: Option<String>,
-    message: String,
-}
-
-impl DocumentError {
-    fn into_parse_error(self, file: &Path, document: usize) -> ParseError {
-        let Self {
-            line,
-            column,
-            item,
-            object,
-            field,
-            message,
-        } = self;
-        ParseError::Invalid {
-            file: file.to_owned(),
-            document,
-            line,
-            column,
-            item,
-            object,
-            field,
-            message,
-        }
-    }
-}
-
 /// One document of a YAML stream: its bytes and its first line.
 struct YamlDocument<'a> {
     text: &'a str,
@@ -113,10 +79,9 @@ pub(super) fn slow_yaml(text: &str, file: &Path) -> Boxed<Objects> {
     let mut objects = Vec::new();
     for (index, document) in split_yaml(text, file)?.into_iter().enumerate() {
         let number = index + 1;
-        let header = serde_saphyr::from_str_with_options::<Header>(document.text, yaml_options())
-            .map_err(|error| {
-            yaml_error(&error, &document, None, None, None).into_parse_error(file, number)
-        })?;
+        let header =
+            serde_saphyr::from_str_with_options::<Header>(document.text, yaml_options())
+                .map_err(|error| yaml_error(&error, file, number, &document, None, None, None))?;
         let (plan, header) = plan(header).map_err(|error| plan_error(error, file, number))?;
         let mut path = None;
         let result = serde_saphyr::with_deserializer_from_str_with_options(
@@ -136,23 +101,26 @@ pub(super) fn slow_yaml(text: &str, file: &Path) -> Boxed<Objects> {
                     (item, Some(field))
                 });
                 let object = object_of(&header, &plan, item);
-                return Err(Box::new(
-                    yaml_error(&error, &document, item, object, field)
-                        .into_parse_error(file, number),
-                ));
+                return Err(Box::new(yaml_error(
+                    &error, file, number, &document, item, object, field,
+                )));
             }
         }
     }
     Ok(collect(objects))
 }
 
+/// A YAML error in a document (`number`, counted from 1) as a [`ParseError`],
+/// with its line in the file.
 fn yaml_error(
     error: &serde_saphyr::Error,
+    file: &Path,
+    number: usize,
     document: &YamlDocument<'_>,
     item: Option<usize>,
     object: Option<String>,
     field: Option<String>,
-) -> DocumentError {
+) -> ParseError {
     let error = innermost(error);
     let location = error.location();
     let mut message = clean(&yaml_message(error));
@@ -168,7 +136,9 @@ fn yaml_error(
             message = format!("expected {ty}, found {:?}", clean(found));
         }
     }
-    DocumentError {
+    ParseError::Invalid {
+        file: file.to_owned(),
+        document: number,
         line: location.map(|l| l.line().saturating_add(document.line_offset)),
         column: location.map(|l| l.column()),
         item,
