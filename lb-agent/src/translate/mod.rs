@@ -47,7 +47,7 @@ use self::{
     selection::wanted,
     slices::{SliceIndex, endpoints_for},
     topology::usable_backends,
-    validate::{namespace_and_name, ports, settings},
+    validate::{first_of_its_name, namespace_and_name, ports, settings},
 };
 use crate::model::{Algorithm, DesiredState, Frontend, ServiceEntry, ServicePortName};
 
@@ -169,12 +169,7 @@ fn translate_service<'a>(
     let Some(cluster_ips) = cluster_ips(spec, &object, problems) else {
         return; // Headless or no ClusterIP: not proxied (util.ShouldSkipService).
     };
-    if !seen.insert((namespace, name)) {
-        problems.push(
-            &object,
-            "",
-            "duplicate Service: the first one with this name is used",
-        );
+    if !first_of_its_name(seen, (namespace, name), &object, problems) {
         return;
     }
     let Some(settings) = settings(metadata, spec, &object, opts, problems) else {

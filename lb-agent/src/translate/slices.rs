@@ -14,7 +14,7 @@ use super::{
     family::Family,
     problem::{Obj, Problems},
     selection::{label, wanted},
-    validate::{Port, namespace_and_name, parse_port, parse_protocol},
+    validate::{Port, first_of_its_name, namespace_and_name, parse_port, parse_protocol},
 };
 use crate::model::Protocol;
 
@@ -105,12 +105,7 @@ impl<'a> SliceIndex<'a> {
                 );
                 continue;
             };
-            if !seen.insert((namespace, name)) {
-                problems.push(
-                    &object,
-                    "",
-                    "duplicate EndpointSlice: the first one with this name is used",
-                );
+            if !first_of_its_name(&mut seen, (namespace, name), &object, problems) {
                 continue;
             }
             // kube-proxy's proxiers only take slices of their address family (one

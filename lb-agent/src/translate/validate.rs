@@ -2,6 +2,8 @@
 //! policy) as the API server would validate them, and the port and
 //! protocol checks that slices share.
 
+use std::collections::HashSet;
+
 use k8s_openapi::{
     api::core::v1::{ServicePort, ServiceSpec},
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
@@ -150,6 +152,28 @@ pub(super) fn namespace_and_name<'a>(
         );
     }
     found
+}
+
+/// Whether the object named `key` (namespace, name) is the first of that
+/// name; a later one is a problem, and skipped.
+pub(super) fn first_of_its_name<'a>(
+    seen: &mut HashSet<(&'a str, &'a str)>,
+    key: (&'a str, &'a str),
+    object: &Obj<'_>,
+    problems: &mut Problems,
+) -> bool {
+    let first = seen.insert(key);
+    if !first {
+        problems.push(
+            object,
+            "",
+            format!(
+                "duplicate {}: the first one with this name is used",
+                object.kind
+            ),
+        );
+    }
+    first
 }
 
 fn non_empty(s: Option<&str>) -> Option<&str> {
