@@ -3,8 +3,8 @@
 //!
 //! - [`model`]: the desired state, independent of source and storage;
 //! - [`translate`]: Kubernetes objects -> desired state (pure, kube-proxy's rules);
-//! - [`objects`]: parsing files of Kubernetes objects;
 //! - `bpf`: loading, probing, pinning and the map-backed dataplane;
+//! - [`source`]: the file of objects (and its parser) or the Kubernetes API;
 //! - `sync`: diffing desired against applied and applying it in a safe order;
 //! - [`sockets`]: closing sockets whose backend left the service.
 
@@ -13,7 +13,6 @@ pub mod dataplane;
 pub mod list;
 pub mod metrics;
 pub mod model;
-pub mod objects;
 pub mod run;
 pub mod sockets;
 pub mod source;

@@ -1,4 +1,4 @@
-//! Bytes -> `lb_agent::objects::parse` -> (on success) `lb_agent::translate::translate`,
+//! Bytes -> `lb_agent::source::file::parse` -> (on success) `lb_agent::translate::translate`,
 //! as the file source does with a services file.
 //!
 //! Asserts what a user of `--services-file` relies on: no input makes either
@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use lb_agent::{
-    objects,
+    source::file,
     translate::{self, NodeContext, Options},
 };
 use libfuzzer_sys::fuzz_target;
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match objects::parse(text, Path::new("services.yaml")) {
+    match file::parse(text, Path::new("services.yaml")) {
         Ok(objects) => {
             // Both node contexts: topology hints and internalTrafficPolicy
             // take other paths with a node name and zone.

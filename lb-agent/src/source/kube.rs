@@ -812,29 +812,30 @@ impl Translator {
 mod tests {
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
     use kube::runtime::{reflector, watcher};
-    use serde_json::json;
 
     use super::{Dirty, Translator, service_of};
-    use crate::translate::{self, NodeContext, Options};
+    use crate::translate::{
+        self, NodeContext, Options,
+        testing::{PortFields as _, endpoint, port, slice_port},
+    };
 
-    fn service(name: &str, ip: &str, port: u16) -> Service {
-        serde_json::from_value(json!({
-            "metadata": { "namespace": "default", "name": name },
-            "spec": { "clusterIP": ip, "clusterIPs": [ip],
-                      "ports": [{ "name": "http", "port": port, "targetPort": 8080, "protocol": "TCP" }] },
-        }))
-        .expect("service")
+    fn service(name: &str, ip: &str, number: u16) -> Service {
+        let http = port(number.into())
+            .name("http")
+            .target(8080)
+            .protocol("TCP");
+        translate::testing::service(name)
+            .cluster_ip(ip)
+            .cluster_ips(&[ip])
+            .port(http)
+            .build()
     }
 
     fn slice(name: &str, service: &str, ips: &[String]) -> EndpointSlice {
-        serde_json::from_value(json!({
-            "metadata": { "namespace": "default", "name": name,
-                          "labels": { "kubernetes.io/service-name": service } },
-            "addressType": "IPv4",
-            "endpoints": ips.iter().map(|ip| json!({ "addresses": [ip] })).collect::<Vec<_>>(),
-            "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
-        }))
-        .expect("slice")
+        translate::testing::slice(name, service)
+            .port(slice_port(8080).name("http").protocol("TCP"))
+            .endpoints(ips.iter().map(|ip| endpoint(ip)))
+            .build()
     }
 
     /// Random changes (new, changed and deleted Services and slices, with

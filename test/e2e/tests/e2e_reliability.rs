@@ -41,7 +41,7 @@ use lb_agent::{
     },
     dataplane::{Dataplane as _, diff},
     model::{Algorithm, DesiredState},
-    objects,
+    source,
     translate::{self, NodeContext, Options},
 };
 use lb_testbed::{
@@ -1053,7 +1053,7 @@ fn listed(list: &Value) -> Listed {
 
 fn file_says(file: &Path) -> Listed {
     let text = std::fs::read_to_string(file).expect("read the services file");
-    let objects = objects::parse(&text, file).expect("the file parses");
+    let objects = source::file::parse(&text, file).expect("the file parses");
     let t = translate::translate(
         &objects.services,
         &objects.endpoint_slices,

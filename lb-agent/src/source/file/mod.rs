@@ -5,6 +5,14 @@
 //! state programmed before stays as it was. Edits are noticed through
 //! inotify on the file's directory (so editors that replace the file by a
 //! rename are seen too), and SIGHUP forces a reload.
+//!
+//! The parser of such files, [`parse`] into [`Objects`] or a [`ParseError`],
+//! lives here because this source is its only user (the API source gets
+//! typed objects from the API server).
+
+mod parse;
+#[cfg(test)]
+mod tests;
 
 use std::{
     fmt::Write as _,
@@ -26,9 +34,10 @@ use super::{Change, Publisher, Update};
 use crate::{
     metrics::{Metrics, SourceLabels},
     model::DesiredState,
-    objects::{self, ParseError},
     translate::{self, NodeContext, Options, Problem},
 };
+
+pub use self::parse::{Objects, ParseError, parse};
 
 /// How long a file that does not parse right after a change is given to
 /// finish being written before it is reported as invalid.
@@ -124,7 +133,7 @@ impl FileSource {
             source,
         })?;
         let started = Instant::now();
-        let objects = objects::parse(text, &self.path).map_err(Box::new)?;
+        let objects = parse(text, &self.path).map_err(Box::new)?;
         let parsed = started.elapsed();
         let t = translate::translate(
             &objects.services,
@@ -282,47 +291,5 @@ impl FileSource {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use notify::{
-        EventKind,
-        event::{
-            AccessKind, AccessMode, CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind,
-            RenameMode,
-        },
-    };
-
-    use super::changes_content;
-
-    #[test]
-    fn reads_do_not_count_as_changes() {
-        assert!(!changes_content(EventKind::Access(AccessKind::Open(
-            AccessMode::Read
-        ))));
-        assert!(!changes_content(EventKind::Access(AccessKind::Close(
-            AccessMode::Read
-        ))));
-        assert!(!changes_content(EventKind::Access(AccessKind::Read)));
-        assert!(!changes_content(EventKind::Modify(ModifyKind::Metadata(
-            MetadataKind::AccessTime
-        ))));
-    }
-
-    #[test]
-    fn writes_renames_and_removals_do() {
-        assert!(changes_content(EventKind::Access(AccessKind::Close(
-            AccessMode::Write
-        ))));
-        assert!(changes_content(EventKind::Modify(ModifyKind::Data(
-            DataChange::Any
-        ))));
-        assert!(changes_content(EventKind::Modify(ModifyKind::Name(
-            RenameMode::To
-        ))));
-        assert!(changes_content(EventKind::Create(CreateKind::File)));
-        assert!(changes_content(EventKind::Remove(RemoveKind::File)));
     }
 }

@@ -1,0 +1,165 @@
+//! The fast path: every field of both kinds in one struct, deserialized in
+//! one pass without buffering (kubectl sorts keys, so `kind` comes after
+//! `items` and after an `EndpointSlice`'s `endpoints`: we cannot dispatch on
+//! it first). The items of a JSON list are parsed on every core. Any error
+//! gives up (`None`): the slow path then says what is wrong.
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Service, ServiceSpec, ServiceStatus},
+        discovery::v1::{Endpoint, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{
+    Object, Objects, collect,
+    kind::{Class, Kind, classify, classify_item},
+    unique_keys::UniqueKeys,
+    yaml_options,
+};
+
+/// The union of the fields of a Service, an `EndpointSlice` and a list.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawObject {
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: Option<ObjectMeta>,
+    // Service
+    spec: Option<ServiceSpec>,
+    status: Option<ServiceStatus>,
+    // EndpointSlice
+    address_type: Option<String>,
+    endpoints: Option<Vec<Endpoint>>,
+    ports: Option<Vec<EndpointPort>>,
+    // List
+    items: Option<Vec<Self>>,
+}
+
+impl RawObject {
+    /// The object this is, if it is one of `kind` (fields of the other kind
+    /// are ignored, as k8s-openapi ignores unknown fields).
+    fn into_object(self, kind: Kind) -> Object {
+        let Self {
+            api_version: _,
+            kind: _,
+            metadata,
+            spec,
+            status,
+            address_type,
+            endpoints,
+            ports,
+            items: _,
+        } = self;
+        let metadata = metadata.unwrap_or_default();
+        match kind {
+            Kind::Service => Object::Service(Box::new(Service {
+                metadata,
+                spec,
+                status,
+            })),
+            Kind::EndpointSlice => Object::EndpointSlice(Box::new(EndpointSlice {
+                address_type: address_type.unwrap_or_default(),
+                endpoints: endpoints.unwrap_or_default(),
+                metadata,
+                ports,
+            })),
+        }
+    }
+}
+
+/// The objects of the documents, or `None` if anything is wrong (the slow
+/// path then finds out what).
+fn assemble(documents: Vec<RawObject>) -> Option<Objects> {
+    let mut objects = Vec::with_capacity(documents.len());
+    for document in documents {
+        match classify(document.api_version.as_deref(), document.kind.as_deref()) {
+            Class::Object(kind) => objects.push(document.into_object(kind)),
+            Class::List(default) => {
+                for item in document.items.unwrap_or_default() {
+                    let kind =
+                        classify_item(item.api_version.as_deref(), item.kind.as_deref(), default)?;
+                    objects.push(item.into_object(kind));
+                }
+            }
+            Class::Unsupported => return None,
+        }
+    }
+    Some(collect(objects))
+}
+
+pub(super) fn fast_yaml(text: &str) -> Option<Objects> {
+    let documents =
+        serde_saphyr::from_multiple_with_options::<RawObject>(text, yaml_options()).ok()?;
+    assemble(documents)
+}
+
+pub(super) fn fast_json(text: &str) -> Option<Objects> {
+    let raw = serde_json::Deserializer::from_str(text)
+        .into_iter::<&RawValue>()
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    let mut documents = Vec::with_capacity(raw.len());
+    for doc in raw {
+        let shell: ListShell<'_> = serde_json::from_str(doc.get()).ok()?;
+        if let Some(items) = shell.items {
+            // A list: one cheap scan split it, now its items are parsed on
+            // every core (they are independent).
+            documents.push(RawObject {
+                api_version: shell.api_version,
+                kind: shell.kind,
+                items: Some(parse_items(&items)?),
+                ..RawObject::default()
+            });
+        } else {
+            serde_json::from_str::<UniqueKeys>(doc.get()).ok()?;
+            documents.push(serde_json::from_str(doc.get()).ok()?);
+        }
+    }
+    assemble(documents)
+}
+
+/// The top of a JSON document, with a list's items left unparsed.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListShell<'a> {
+    api_version: Option<String>,
+    kind: Option<String>,
+    #[serde(borrow)]
+    items: Option<Vec<&'a RawValue>>,
+}
+
+/// Below this many items one thread is faster than starting more.
+const PARALLEL_ITEMS: usize = 2_000;
+
+fn parse_items(items: &[&RawValue]) -> Option<Vec<RawObject>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(8);
+    let parse = |chunk: &[&RawValue]| -> Option<Vec<RawObject>> {
+        chunk
+            .iter()
+            .map(|i| {
+                serde_json::from_str::<UniqueKeys>(i.get()).ok()?;
+                serde_json::from_str(i.get()).ok()
+            })
+            .collect()
+    };
+    if threads == 1 || items.len() < PARALLEL_ITEMS {
+        return parse(items);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(items.len().div_ceil(threads))
+            .map(|chunk| scope.spawn(move || parse(chunk)))
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for handle in handles {
+            out.extend(handle.join().ok()??);
+        }
+        Some(out)
+    })
+}
