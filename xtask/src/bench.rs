@@ -62,7 +62,7 @@ use self::{
     world::{ClientNs, PODS, World},
 };
 use crate::{
-    build,
+    build, setup,
     util::{is_root, run_cmd, workspace_root},
 };
 
@@ -340,8 +340,9 @@ fn agent_binary(args: &Args) -> Result<PathBuf> {
     }
 }
 
-/// The peers' tools must be there.
+/// The peers' tools must be there (installed if missing).
 fn check_tools() -> Result<()> {
+    setup::ensure(&[setup::Need::Netns, setup::Need::Peers])?;
     for tool in [
         "ip",
         "nsenter",

@@ -22,7 +22,7 @@ pub struct Built {
 }
 
 pub fn run(args: &Args) -> Result<Built> {
-    setup::ensure_all()?;
+    setup::ensure(&[setup::Need::Build])?;
     let root = workspace_root();
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)

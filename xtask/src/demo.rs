@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result, ensure};
 use lb_testbed::{agent::Agent, client, env::World};
 
 use crate::{
-    build,
+    build, setup,
     util::{is_root, run_cmd, workspace_root},
 };
 
@@ -43,6 +43,7 @@ pub fn run(args: &Args) -> Result<()> {
         is_root(),
         "the demo creates network namespaces and loads eBPF programs: run `sudo cargo xtask demo`"
     );
+    setup::ensure(&[setup::Need::Netns])?;
     let built = build::run(&build::Args::default())?;
     ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
         .context("failed to handle Ctrl-C")?;

@@ -13,22 +13,43 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::util::{cmd_output, run_cmd};
 
-/// Debian packages the tasks use: bpftool (inspection, tests), iproute2
-/// (namespaces, veth, tc), iptables/nftables (the kube-proxy peers in the
-/// benchmarks), qemu/busybox/cpio/kmod/xz-utils/ca-certificates (VM tests:
-/// depmod, 6.12's xz modules, the CA bundle the agent's client loads).
-pub const PACKAGES: &[&str] = &[
-    "bpftool",
-    "iproute2",
-    "iptables",
-    "nftables",
-    "qemu-system-x86",
-    "busybox-static",
-    "cpio",
-    "kmod",
-    "xz-utils",
-    "ca-certificates",
-];
+/// What a task needs installed; each task asks only for its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Building the eBPF programs: rust-src for nightly, bpf-linker.
+    Build,
+    /// Network namespaces and veth (`ip`).
+    Netns,
+    /// The kube-proxy peers of the benchmark: iptables, nftables.
+    Peers,
+    /// The VM runs: qemu, busybox, cpio, kmod (depmod), xz-utils (6.12's
+    /// modules), ca-certificates (the CA bundle the agent's client loads),
+    /// and the tools the guest runs (ip, tc, bpftool).
+    Vm,
+}
+
+impl Need {
+    /// Everything: what `cargo xtask setup` and `cargo xtask test` install.
+    pub const ALL: [Self; 4] = [Self::Build, Self::Netns, Self::Peers, Self::Vm];
+
+    const fn packages(self) -> &'static [&'static str] {
+        match self {
+            Self::Build => &[],
+            Self::Netns => &["iproute2"],
+            Self::Peers => &["iptables", "nftables"],
+            Self::Vm => &[
+                "qemu-system-x86",
+                "busybox-static",
+                "cpio",
+                "kmod",
+                "xz-utils",
+                "ca-certificates",
+                "iproute2",
+                "bpftool",
+            ],
+        }
+    }
+}
 
 /// The bpf-linker release that matches the nightly toolchain's LLVM (22).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -55,16 +76,31 @@ pub fn run(args: &Args) -> Result<()> {
     ensure_all()
 }
 
-/// Installs whatever is missing. Called by the other tasks.
+/// Installs whatever is missing for everything.
 pub fn ensure_all() -> Result<()> {
-    ensure_packages()?;
-    ensure_rust_src()?;
-    ensure_bpf_linker()?;
+    ensure(&Need::ALL)
+}
+
+/// Installs whatever `needs` lack. Called by the other tasks.
+pub fn ensure(needs: &[Need]) -> Result<()> {
+    ensure_packages(&packages(needs))?;
+    if needs.contains(&Need::Build) {
+        ensure_rust_src()?;
+        ensure_bpf_linker()?;
+    }
     Ok(())
 }
 
+/// The Debian packages `needs` ask for, each once.
+fn packages(needs: &[Need]) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = needs.iter().flat_map(|n| n.packages()).copied().collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 fn missing() -> Vec<String> {
-    let mut out: Vec<String> = missing_packages()
+    let mut out: Vec<String> = missing_packages(&packages(&Need::ALL))
         .into_iter()
         .map(|p| format!("Debian package {p}"))
         .collect();
@@ -77,8 +113,8 @@ fn missing() -> Vec<String> {
     out
 }
 
-fn missing_packages() -> Vec<&'static str> {
-    PACKAGES
+fn missing_packages(packages: &[&'static str]) -> Vec<&'static str> {
+    packages
         .iter()
         .copied()
         .filter(|p| {
@@ -88,8 +124,8 @@ fn missing_packages() -> Vec<&'static str> {
         .collect()
 }
 
-fn ensure_packages() -> Result<()> {
-    let missing = missing_packages();
+fn ensure_packages(packages: &[&'static str]) -> Result<()> {
+    let missing = missing_packages(packages);
     if missing.is_empty() {
         return Ok(());
     }

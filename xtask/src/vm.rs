@@ -125,7 +125,7 @@ pub fn run(args: &Args) -> Result<()> {
         manifest_path,
         filter,
     } = args;
-    setup::ensure_all()?;
+    setup::ensure(&[setup::Need::Build, setup::Need::Vm])?;
     let kernels: Vec<Kernel> = if kernels.is_empty() || kernels.contains(&KernelChoice::All) {
         Kernel::ALL.to_vec()
     } else {
