@@ -1,7 +1,8 @@
 //! This project's peer: the release-built `lb-agent run --services-file`,
 //! in the node namespace, attached to the bench cgroup, with its own pins.
-//! Timings come from the agent's own log (`loaded services file`, then
-//! `synced ... duration_us=`), read as it is written.
+//! Timings come from the agent's own log, written as JSON
+//! (`--log-format json`) and read as it is written: the `loaded services
+//! file` event, then `synced` with its `duration_us` field.
 
 use std::{
     fs::{self, File},
@@ -80,6 +81,7 @@ impl Agent {
             .args(["--metrics-addr", "127.0.0.1:9464"])
             .args(["--max-services", &capacity.0.to_string()])
             .args(["--max-backends", &capacity.1.to_string()])
+            .args(["--log-format", "json"])
             // The file source's debug line splits parsing from translating.
             .env("RUST_LOG", "info,lb_agent::source::file=debug")
             .stdout(Stdio::null())
@@ -99,7 +101,11 @@ impl Agent {
             last_loaded: None,
             last_parse: None,
         };
-        agent.wait_line("first full state programmed: ready", Duration::from_mins(1))?;
+        agent.wait_event(
+            "lb_agent::run",
+            "first full state programmed: ready",
+            Duration::from_mins(1),
+        )?;
         Ok(agent)
     }
 
@@ -107,13 +113,14 @@ impl Agent {
     /// waits for the agent to have synced it.
     pub fn program(&mut self, text: &str, timeout: Duration) -> Result<Programmed> {
         let (at_wall, at) = self.write(text)?;
-        let line = self.wait_line("lb_agent::sync: synced", timeout)?;
+        let synced = self.wait_event("lb_agent::sync", "synced", timeout)?;
         let end_to_end = at.elapsed();
         let loaded = self.last_loaded.take();
         let (parse_ms, translate_ms) = self.last_parse.take().unwrap_or((None, None));
-        let synced_ts = line_time(&line).context("agent log line without a timestamp")?;
-        #[expect(clippy::cast_precision_loss, reason = "microseconds fit an f64")]
-        let sync_ms = field(&line, "duration_us").unwrap_or(0) as f64 / 1000.0;
+        let synced_ts = synced
+            .time()
+            .context("agent log event without a timestamp")?;
+        let sync_ms = synced.number("duration_us").unwrap_or(0.0) / 1000.0;
         let load_ms = loaded.map_or(f64::NAN, |l| (l - at_wall) * 1000.0);
         let handoff_ms = loaded.map_or(f64::NAN, |l| (synced_ts - l) * 1000.0 - sync_ms);
         Ok(Programmed {
@@ -123,7 +130,7 @@ impl Agent {
             parse_ms,
             translate_ms,
             sync_ms,
-            changes: field(&line, "changes").unwrap_or(0),
+            changes: synced.count("changes").unwrap_or(0),
         })
     }
 
@@ -158,9 +165,8 @@ impl Agent {
     /// Waits for the next `synced` line after a [`Self::write`]; returns the
     /// sync's own duration in milliseconds.
     pub fn wait_synced(&mut self, timeout: Duration) -> Result<f64> {
-        let line = self.wait_line("lb_agent::sync: synced", timeout)?;
-        #[expect(clippy::cast_precision_loss, reason = "microseconds fit an f64")]
-        Ok(field(&line, "duration_us").unwrap_or(0) as f64 / 1000.0)
+        let synced = self.wait_event("lb_agent::sync", "synced", timeout)?;
+        Ok(synced.number("duration_us").unwrap_or(0.0) / 1000.0)
     }
 
     /// Resident memory and the kernel memory of the maps it holds.
@@ -239,9 +245,10 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Reads new log lines until one contains `needle`; fails on a rejected
-    /// file or an exited agent. Remembers the last `loaded services file` time.
-    fn wait_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+    /// Reads new log events until one from `target` says `message`; fails on
+    /// a rejected file or an exited agent. Remembers the last `loaded
+    /// services file` time and the parse and translate times.
+    fn wait_event(&mut self, target: &str, message: &str, timeout: Duration) -> Result<Event> {
         let deadline = Instant::now() + timeout;
         let mut pending = String::new();
         loop {
@@ -257,22 +264,25 @@ impl Agent {
             pending.push_str(&chunk);
             while let Some(end) = pending.find('\n') {
                 let line: String = pending.drain(..=end).collect();
-                if line.contains("parsed and translated services file") {
-                    self.last_parse = Some((
-                        float_field(&line, "parse_ms"),
-                        float_field(&line, "translate_ms"),
-                    ));
+                let event = Event::parse(&line)
+                    .with_context(|| format!("lb-agent logged a line that is not JSON: {line}"))?;
+                if event.is(FILE_SOURCE, "parsed and translated services file") {
+                    self.last_parse =
+                        Some((event.number("parse_ms"), event.number("translate_ms")));
                 }
-                if line.contains("lb_agent::source::file: loaded services file") {
-                    self.last_loaded = line_time(&line);
+                if event.is(FILE_SOURCE, "loaded services file") {
+                    self.last_loaded = event.time();
                 }
-                if line.contains("keeping the state programmed before") || line.contains(" ERROR ")
+                if event.level() == Some("ERROR")
+                    || event
+                        .message()
+                        .is_some_and(|m| m.contains("keeping the state programmed before"))
                 {
                     bail!("lb-agent rejected the services file: {}", line.trim());
                 }
-                if line.contains(needle) {
+                if event.is(target, message) {
                     self.log_offset -= pending.len() as u64;
-                    return Ok(line);
+                    return Ok(event);
                 }
             }
             if let Some(status) = self
@@ -284,7 +294,7 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "lb-agent did not log {needle:?} within {timeout:?}:\n{}",
+                    "lb-agent did not log {message:?} ({target}) within {timeout:?}:\n{}",
                     self.log_tail()
                 );
             }
@@ -331,60 +341,62 @@ pub fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// The timestamp that starts a tracing line (`2026-11-24T02:57:27.548911Z`),
-/// as seconds since the epoch.
-fn line_time(line: &str) -> Option<f64> {
-    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
-    let (date, time) = ts.split_once('T')?;
-    let mut ymd = date.split('-').map(str::parse::<i64>);
-    let (year, month, day) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
-    let mut hms = time.split(':').map(str::parse::<f64>);
-    let (hour, minute, second) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
-    #[expect(clippy::cast_precision_loss, reason = "day counts are small")]
-    let days = days_from_civil(year, month, day) as f64;
-    Some(days * 86_400.0 + hour * 3600.0 + minute * 60.0 + second)
-}
+/// Where the file source logs.
+const FILE_SOURCE: &str = "lb_agent::source::file";
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+/// One line of the agent's JSON log (`--log-format json`).
+struct Event(serde_json::Value);
 
-/// `key=NUMBER` from a tracing line.
-fn field(line: &str, key: &str) -> Option<u64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-}
+impl Event {
+    fn parse(line: &str) -> Option<Self> {
+        serde_json::from_str(line).ok().map(Self)
+    }
 
-/// `key=NUMBER` (with a fraction) from a tracing line.
-fn float_field(line: &str, key: &str) -> Option<f64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
+    fn message(&self) -> Option<&str> {
+        self.0["fields"]["message"].as_str()
+    }
+
+    fn level(&self) -> Option<&str> {
+        self.0["level"].as_str()
+    }
+
+    fn is(&self, target: &str, message: &str) -> bool {
+        self.0["target"] == target && self.message() == Some(message)
+    }
+
+    /// When it was logged, as seconds since the epoch.
+    fn time(&self) -> Option<f64> {
+        let at: jiff::Timestamp = self.0["timestamp"].as_str()?.parse().ok()?;
+        Some(at.as_duration().as_secs_f64())
+    }
+
+    /// A numeric field.
+    fn number(&self, key: &str) -> Option<f64> {
+        self.0["fields"][key].as_f64()
+    }
+
+    /// A counting field.
+    fn count(&self, key: &str) -> Option<u64> {
+        self.0["fields"][key].as_u64()
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{days_from_civil, field, float_field, line_time};
+    use super::Event;
 
     #[test]
-    fn parses_the_agents_log_lines() {
-        let line = "2026-11-24T02:57:27.548911Z  INFO lb_agent::sync: synced changes=1 upserted=1 removed=0 \
-                    backends_written=3 rejected=0 duration_us=111";
-        assert_eq!(field(line, "duration_us"), Some(111));
-        assert_eq!(field(line, "changes"), Some(1));
-        let t = line_time(line).expect("time");
+    fn reads_the_agents_json_log() {
+        let line = r#"{"timestamp":"2026-11-24T02:57:27.548911Z","level":"INFO","fields":{"message":"synced","changes":1,"upserted":1,"duration_us":111},"target":"lb_agent::sync"}"#;
+        let event = Event::parse(line).expect("json");
+        assert!(event.is("lb_agent::sync", "synced"));
+        assert_eq!(event.count("changes"), Some(1));
+        assert_eq!(event.number("duration_us"), Some(111.0));
+        let t = event.time().expect("time");
         assert!((t - 1_795_489_047.548_911).abs() < 1e-3, "{t}");
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        let debug = "2026-11-24T03:29:35.215702Z DEBUG lb_agent::source::file: parsed and translated services file \
-                     parse_ms=0.053741 translate_ms=0.008392 services=1 endpoint_slices=0";
-        assert_eq!(float_field(debug, "parse_ms"), Some(0.053_741));
+        let debug = r#"{"timestamp":"2026-11-24T03:29:35.215702Z","level":"DEBUG","fields":{"message":"parsed and translated services file","parse_ms":0.053741,"translate_ms":0.008392},"target":"lb_agent::source::file"}"#;
+        let event = Event::parse(debug).expect("json");
+        assert_eq!(event.number("parse_ms"), Some(0.053_741));
+        assert_eq!(event.level(), Some("DEBUG"));
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use plotters::prelude::*;
 use serde::Serialize;
 
-use super::{AgentResult, Peer, PeerResult, Settings, SizeResult, agent::days_from_civil};
+use super::{AgentResult, Peer, PeerResult, Settings, SizeResult};
 
 /// Where and how the numbers were taken.
 #[derive(Clone, Debug, Serialize)]
@@ -87,30 +87,9 @@ pub fn command_line() -> String {
 
 /// Now, as `2026-11-24T02:57:27Z`.
 pub fn utc_now() -> String {
-    let secs = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs(),
-    )
-    .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Inverse of days_from_civil, by search from an estimate (years are few).
-    let mut year = 1970 + days / 366;
-    while days_from_civil(year + 1, 1, 1) <= days {
-        year += 1;
-    }
-    let mut month = 1;
-    while month < 12 && days_from_civil(year, month + 1, 1) <= days {
-        month += 1;
-    }
-    let day = days - days_from_civil(year, month, 1) + 1;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// Writes results.json, results.md and bench.svg; returns the Markdown.
