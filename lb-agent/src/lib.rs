@@ -8,10 +8,12 @@
 //! - `sync`: diffing desired against applied and applying it in a safe order;
 //! - [`sockets`]: closing sockets whose backend left the service.
 
+#![warn(unreachable_pub)]
+
 pub mod bpf;
 pub mod dataplane;
 pub mod list;
-pub mod metrics;
+mod metrics;
 pub mod model;
 pub mod run;
 pub mod sockets;

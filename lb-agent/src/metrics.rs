@@ -334,7 +334,7 @@ impl Collector for DatapathCollector {
 ///
 /// # Errors
 /// When the address cannot be bound.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {

@@ -222,12 +222,6 @@ impl BpfDataplane {
         Ok(())
     }
 
-    /// The maps, for reading counters.
-    #[must_use]
-    pub const fn maps(&self) -> &Maps {
-        &self.maps
-    }
-
     /// Counts a completed sync in `lb_meta` (shown by `lb-agent list`).
     ///
     /// # Errors

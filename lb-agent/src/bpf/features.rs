@@ -15,71 +15,61 @@ use lb_common::meta::{
 use super::{Error, object};
 
 /// A hook: the program that implements it, its probe, and its feature bit.
-pub struct Hook {
+pub(crate) struct Hook {
     pub program: &'static str,
     pub probe: &'static str,
     pub feature: u32,
-    /// Without it the agent cannot do its job at all.
-    pub required: bool,
     /// What a user loses without it.
     pub lost: &'static str,
 }
 
-pub const HOOKS: [Hook; 8] = [
+pub(crate) const HOOKS: [Hook; 8] = [
     Hook {
         program: "connect4",
         probe: "p_connect4",
         feature: FEATURE_CONNECT4,
-        required: true,
         lost: "IPv4 TCP and connected UDP",
     },
     Hook {
         program: "connect6",
         probe: "p_connect6",
         feature: FEATURE_CONNECT6,
-        required: false,
         lost: "IPv6 and IPv4-mapped TCP and connected UDP",
     },
     Hook {
         program: "sendmsg4",
         probe: "p_sendmsg4",
         feature: FEATURE_SENDMSG4,
-        required: false,
         lost: "unconnected IPv4 UDP",
     },
     Hook {
         program: "sendmsg6",
         probe: "p_sendmsg6",
         feature: FEATURE_SENDMSG6,
-        required: false,
         lost: "unconnected IPv6 UDP",
     },
     Hook {
         program: "recvmsg4",
         probe: "p_recvmsg4",
         feature: FEATURE_RECVMSG4,
-        required: false,
         lost: "ClusterIP as the source of unconnected IPv4 UDP replies",
     },
     Hook {
         program: "recvmsg6",
         probe: "p_recvmsg6",
         feature: FEATURE_RECVMSG6,
-        required: false,
         lost: "ClusterIP as the source of unconnected IPv6 UDP replies",
     },
     Hook {
         program: "getpeername4",
         probe: "p_getpeername4",
         feature: FEATURE_GETPEERNAME4,
-        required: false,
         lost: "ClusterIP from getpeername() on IPv4 sockets",
     },
     Hook {
         program: "getpeername6",
         probe: "p_getpeername6",
         feature: FEATURE_GETPEERNAME6,
-        required: false,
         lost: "ClusterIP from getpeername() on IPv6 sockets",
     },
 ];
@@ -142,7 +132,7 @@ impl Features {
 
 /// Renders supported/unsupported bit sets as `a b !c` style text.
 #[must_use]
-pub fn describe_bits(active: u32, unsupported: u32) -> String {
+pub(crate) fn describe_bits(active: u32, unsupported: u32) -> String {
     FEATURE_NAMES
         .iter()
         .filter(|(bit, _)| active & bit != 0 || unsupported & bit != 0)

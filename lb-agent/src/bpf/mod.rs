@@ -6,11 +6,11 @@
 mod batch;
 pub mod convert;
 pub mod dataplane;
-pub mod features;
+pub(crate) mod features;
 mod ids;
 pub mod loader;
 pub mod maps;
-pub mod object;
+mod object;
 mod reaper;
 mod sys;
 

@@ -13,7 +13,7 @@ static PROBE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-
 ///
 /// # Errors
 /// [`Error::StubBuild`] when the agent was built without its programs.
-pub fn datapath(atomic_fetch: bool) -> Result<&'static [u8], Error> {
+pub(super) fn datapath(atomic_fetch: bool) -> Result<&'static [u8], Error> {
     non_stub(if atomic_fetch {
         DATAPATH
     } else {
@@ -25,7 +25,7 @@ pub fn datapath(atomic_fetch: bool) -> Result<&'static [u8], Error> {
 ///
 /// # Errors
 /// [`Error::StubBuild`] when the agent was built without its programs.
-pub fn probe() -> Result<&'static [u8], Error> {
+pub(super) fn probe() -> Result<&'static [u8], Error> {
     non_stub(PROBE)
 }
 

@@ -37,11 +37,11 @@ use kube::{
 };
 use tokio::sync::mpsc;
 
-use super::{Change, Publisher, Update};
+use super::{Published, Publisher, Update};
 use crate::{
     metrics::{Metrics, SourceLabels},
     model::{DesiredState, Frontend, ServiceEntry},
-    translate::{self, NodeContext, Options},
+    translate::{self, Kind, NodeContext, Options},
 };
 
 /// How often everything is translated again whatever the events said.
@@ -132,9 +132,13 @@ enum Watch {
 enum Scope {
     /// Anything (a relist completed, the Node changed): translate everything.
     All,
-    /// One Service (namespace, name), through itself or one of its slices
-    /// (then named here: a new slice is not in the index yet).
-    Service(String, String, Option<String>),
+    /// One Service, through itself or one of its slices (then named here:
+    /// a new slice is not in the index yet).
+    Service {
+        namespace: String,
+        name: String,
+        slice: Option<String>,
+    },
 }
 
 /// A resource the source lists and watches (with get): its API group and
@@ -344,10 +348,10 @@ async fn publish_changes(
                     .then(|| translator.partial(&dirty, services, slices, node_objects))
                     .flatten();
                 if let Some((delta, n)) = partial {
-                    (Change::Delta(delta), n)
+                    (Published::Delta(delta), n)
                 } else {
                     let (whole, n) = translator.full(services, slices, node_objects);
-                    (Change::Full(whole), n)
+                    (Published::Full(whole), n)
                 }
             });
             health
@@ -355,7 +359,7 @@ async fn publish_changes(
                 .source_errors
                 .get_or_create(&health.labels)
                 .inc_by(new_problems);
-            let empty = matches!(&change, Change::Delta(d) if d.is_empty());
+            let empty = matches!(&change, Published::Delta(d) if d.is_empty());
             if !empty {
                 health
                     .metrics
@@ -397,7 +401,11 @@ fn add(signal: &Signal, all: &mut bool, dirty: &mut Dirty) {
     if let Signal::Changed(_, Some(scope)) = signal {
         match scope {
             Scope::All => *all = true,
-            Scope::Service(namespace, name, slice) => {
+            Scope::Service {
+                namespace,
+                name,
+                slice,
+            } => {
                 let slices = dirty.entry((namespace.clone(), name.clone())).or_default();
                 slices.extend(slice.iter().cloned());
             }
@@ -503,35 +511,35 @@ fn event_scope<K>(event: &watcher::Event<K>, key: impl Fn(&K) -> Option<Scope>) 
 
 fn service_scope(event: &watcher::Event<Service>) -> Option<Scope> {
     event_scope(event, |s| {
-        Some(Scope::Service(
-            s.metadata.namespace.clone()?,
-            s.metadata.name.clone()?,
-            None,
-        ))
+        Some(Scope::Service {
+            namespace: s.metadata.namespace.clone()?,
+            name: s.metadata.name.clone()?,
+            slice: None,
+        })
     })
 }
 
 fn slice_scope(event: &watcher::Event<EndpointSlice>) -> Option<Scope> {
     event_scope(event, |s| {
         let service = service_of(s)?;
-        Some(Scope::Service(
-            s.metadata.namespace.clone()?,
-            service.clone(),
-            Some(s.metadata.name.clone()?),
-        ))
+        Some(Scope::Service {
+            namespace: s.metadata.namespace.clone()?,
+            name: service.clone(),
+            slice: Some(s.metadata.name.clone()?),
+        })
     })
 }
 
 /// The `EndpointSlices` of each Service, by name, kept up to date from the
 /// events that name them.
 #[derive(Default)]
-struct SliceIndex {
+struct ServiceSlices {
     by_service: HashMap<ServiceId, BTreeSet<String>>,
     /// (namespace, slice name) -> the Service it was last seen with.
     owner: HashMap<(String, String), String>,
 }
 
-impl SliceIndex {
+impl ServiceSlices {
     fn insert(&mut self, slice: &EndpointSlice) {
         let meta = &slice.metadata;
         if let (Some(namespace), Some(name), Some(service)) =
@@ -637,7 +645,7 @@ struct Translator {
     troubled: HashSet<ServiceId>,
     /// Which slices belong to which Service, so that a change to one
     /// Service does not scan every slice.
-    slices: SliceIndex,
+    slices: ServiceSlices,
     /// Problems already logged (each is logged once).
     reported: HashSet<String>,
 }
@@ -654,7 +662,7 @@ impl Translator {
             state: DesiredState::new(),
             by_service: HashMap::new(),
             troubled: HashSet::new(),
-            slices: SliceIndex::default(),
+            slices: ServiceSlices::default(),
             reported: HashSet::new(),
         }
     }
@@ -703,10 +711,10 @@ impl Translator {
         self.troubled = t
             .problems
             .iter()
-            .filter(|p| p.object.kind == "Service")
+            .filter(|p| p.object.kind == Kind::Service)
             .map(|p| (p.object.namespace.clone(), p.object.name.clone()))
             .collect();
-        self.slices = SliceIndex::default();
+        self.slices = ServiceSlices::default();
         for slice in &slices {
             self.slices.insert(slice);
         }
@@ -781,7 +789,7 @@ impl Translator {
             return None;
         }
         for (id, t) in translated {
-            if t.problems.iter().any(|p| p.object.kind == "Service") {
+            if t.problems.iter().any(|p| p.object.kind == Kind::Service) {
                 self.troubled.insert(id.clone());
             } else {
                 self.troubled.remove(&id);

@@ -18,7 +18,7 @@ use crate::model::{DesiredState, Frontend, ServiceEntry};
 
 /// What a source publishes.
 #[derive(Debug)]
-pub enum Change {
+pub enum Published {
     /// Everything: frontends not in it are to be removed.
     Full(DesiredState),
     /// These frontends only: `None` removes one.
@@ -28,7 +28,7 @@ pub enum Change {
 /// A change and when its cause was noticed (for latency metrics).
 #[derive(Debug)]
 pub struct Update {
-    pub change: Change,
+    pub change: Published,
     pub noticed: Instant,
 }
 
@@ -56,12 +56,12 @@ impl Desired {
                 .map_or(update.noticed, |n| n.min(update.noticed)),
         );
         match update.change {
-            Change::Full(state) => {
+            Published::Full(state) => {
                 self.state = state;
                 self.complete = true;
                 self.touched = None;
             }
-            Change::Delta(delta) => {
+            Published::Delta(delta) => {
                 for (frontend, entry) in delta {
                     match entry {
                         Some(entry) => self.state.insert(frontend, entry),
@@ -88,7 +88,7 @@ mod tests {
         time::Instant,
     };
 
-    use super::{Change, Desired, Update};
+    use super::{Desired, Published, Update};
     use crate::model::{Algorithm, DesiredState, Frontend, Protocol, ServiceEntry};
 
     fn fe(port: u16) -> Frontend {
@@ -113,7 +113,7 @@ mod tests {
         let mut d = Desired::default();
         let full: DesiredState = [(fe(1), entry()), (fe(2), entry())].into();
         d.merge(Update {
-            change: Change::Full(full),
+            change: Published::Full(full),
             noticed: Instant::now(),
         });
         assert!(d.complete);
@@ -122,7 +122,7 @@ mod tests {
         assert!(noticed.is_some());
 
         d.merge(Update {
-            change: Change::Delta(BTreeMap::from([(fe(1), None), (fe(3), Some(entry()))])),
+            change: Published::Delta(BTreeMap::from([(fe(1), None), (fe(3), Some(entry()))])),
             noticed: Instant::now(),
         });
         let (touched, _) = d.take_touched();
@@ -142,12 +142,12 @@ mod tests {
     fn a_full_state_after_deltas_compares_everything() {
         let mut d = Desired::default();
         d.merge(Update {
-            change: Change::Delta(BTreeMap::from([(fe(1), Some(entry()))])),
+            change: Published::Delta(BTreeMap::from([(fe(1), Some(entry()))])),
             noticed: Instant::now(),
         });
         assert!(!d.complete, "deltas alone are not a complete state");
         d.merge(Update {
-            change: Change::Full(DesiredState::new()),
+            change: Published::Full(DesiredState::new()),
             noticed: Instant::now(),
         });
         assert_eq!(d.take_touched().0, None);

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::{ObjectRef, problem::Problems};
+use super::{Kind, ObjectRef, problem::Problems};
 use crate::model::{DesiredState, Frontend, ServiceEntry};
 
 /// The desired state being built, and which port of which Service each
@@ -35,7 +35,7 @@ pub(super) fn insert(
     };
     if let Some((loser, loser_index, winner)) = &loser {
         let object = ObjectRef {
-            kind: "Service",
+            kind: Kind::Service,
             namespace: loser.namespace.clone(),
             name: loser.name.clone(),
         };

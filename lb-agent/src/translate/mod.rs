@@ -39,7 +39,7 @@ use std::collections::HashSet;
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-pub use self::problem::{ObjectRef, Problem};
+pub use self::problem::{Kind, ObjectRef, Problem};
 use self::{
     conflict::{State, insert},
     family::{Family, cluster_ips},
@@ -142,7 +142,7 @@ fn translate_service<'a>(
 ) {
     let metadata = &service.metadata;
     let object = Obj {
-        kind: "Service",
+        kind: Kind::Service,
         metadata,
     };
     let Some((namespace, name)) = namespace_and_name(&object, "a Service", problems) else {

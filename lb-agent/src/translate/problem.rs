@@ -6,16 +6,32 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::Printable;
 
+/// The kinds of object translation reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Service => "Service",
+            Self::EndpointSlice => "EndpointSlice",
+        })
+    }
+}
+
 /// A Kubernetes object, for messages: `Service default/web`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectRef {
-    pub kind: &'static str,
+    pub kind: Kind,
     pub namespace: String,
     pub name: String,
 }
 
 impl ObjectRef {
-    fn new(kind: &'static str, metadata: &ObjectMeta) -> Self {
+    fn new(kind: Kind, metadata: &ObjectMeta) -> Self {
         Self {
             kind,
             namespace: metadata.namespace.clone().unwrap_or_default(),
@@ -90,6 +106,6 @@ impl Problems {
 /// The object being translated, named (allocated) only for a problem.
 #[derive(Clone, Copy)]
 pub(super) struct Obj<'a> {
-    pub(super) kind: &'static str,
+    pub(super) kind: Kind,
     pub(super) metadata: &'a ObjectMeta,
 }

@@ -12,7 +12,7 @@ use k8s_openapi::api::discovery::v1::{EndpointSlice, ForNode, ForZone};
 use super::{
     LABEL_SERVICE_NAME, Options,
     family::Family,
-    problem::{Obj, Problems},
+    problem::{Kind, Obj, Problems},
     selection::{label, wanted},
     validate::{Port, first_of_its_name, namespace_and_name, parse_port, parse_protocol},
 };
@@ -88,7 +88,7 @@ impl<'a> SliceIndex<'a> {
                 continue;
             }
             let object = Obj {
-                kind: "EndpointSlice",
+                kind: Kind::EndpointSlice,
                 metadata,
             };
             let Some((namespace, name)) = namespace_and_name(&object, "an EndpointSlice", problems)
@@ -173,7 +173,7 @@ fn prepare_slice<'a>(
     problems: &mut Problems,
 ) -> PreparedSlice<'a> {
     let object = Obj {
-        kind: "EndpointSlice",
+        kind: Kind::EndpointSlice,
         metadata: &slice.metadata,
     };
     let mut ports = Vec::new();

@@ -30,7 +30,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::{Change, Publisher, Update};
+use super::{Published, Publisher, Update};
 use crate::{
     metrics::{Metrics, SourceLabels},
     model::DesiredState,
@@ -231,7 +231,7 @@ impl FileSource {
                             metrics.source_stale.get_or_create(&labels).set(0);
                             if tx
                                 .send(Update {
-                                    change: Change::Full(state),
+                                    change: Published::Full(state),
                                     noticed,
                                 })
                                 .is_err()

@@ -3,7 +3,7 @@
 
 use super::{assert_clean, backends, entry, frontends, http, plain, problems, run, web, web_slice};
 use crate::translate::{
-    ObjectRef, Problem,
+    Kind, ObjectRef, Problem,
     testing::{
         Metadata as _, PortFields as _, endpoint, endpoint_at, port, ready, service, slice,
         slice_port,
@@ -36,7 +36,7 @@ fn invalid_cluster_ip_is_a_problem_and_the_rest_is_served() {
         t.problems[0],
         Problem {
             object: ObjectRef {
-                kind: "Service",
+                kind: Kind::Service,
                 namespace: "default".to_owned(),
                 name: "web".to_owned()
             },
