@@ -16,7 +16,7 @@ use std::{
 
 use lb_testbed::{
     agent::{Agent, run_cli},
-    client::{self, tally},
+    client::{self, Connector, tally},
     env::FileEnv,
     manifests::{self, Endpoint, Port, annotate, ready, service, slice, terminating},
     wait_for,
@@ -492,33 +492,13 @@ fn sigkill_leaves_connects_working_and_a_restart_adopts_the_state() {
     );
 
     // Connect continuously while the agent starts again over the pins.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let client = {
-        let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
-        lb_testbed::net::spawn_in(&env.cluster.node.path(), move || {
-            while !stop.load(Ordering::Relaxed) {
-                let counter = if client::tcp(vip(80)).is_ok() {
-                    &ok
-                } else {
-                    &failed
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
+    let connector = Connector::start(&env.cluster.node.path(), vip(80));
     agent.restart();
     agent.wait_ready();
     std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
-    client.join().expect("client");
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "connects failed during the restart ({} ok)",
-        ok.load(Ordering::Relaxed)
-    );
-    assert!(ok.load(Ordering::Relaxed) > 0);
+    let (ok, failed) = connector.stop();
+    assert_eq!(failed, 0, "connects failed during the restart ({ok} ok)");
+    assert!(ok > 0);
     let log = agent.log();
     assert!(
         log.contains("adopted_services=1"),

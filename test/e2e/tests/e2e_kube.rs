@@ -10,10 +10,6 @@ use std::{
     net::SocketAddr,
     ops::Deref,
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -21,7 +17,7 @@ use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::Endpoin
 use lb_testbed::apiserver::ApiServer;
 use lb_testbed::{
     agent::Agent,
-    client::{self, tally},
+    client::{self, Connector, tally},
     env::World,
     manifests::{self, Endpoint, annotate, ready, service, slice, terminating, typed},
     wait_for,
@@ -421,21 +417,7 @@ fn agent_restarted_while_objects_change_converges_without_failed_connects() {
     let mut agent = env.agent(&[]);
     assert_eq!(answering(6).len(), 2);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let clients = {
-        let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
-        lb_testbed::net::spawn_in(&env.cluster.node.path(), move || {
-            while !stop.load(Ordering::Relaxed) {
-                let c = if client::tcp(vip(80)).is_ok() {
-                    &ok
-                } else {
-                    &failed
-                };
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
+    let connector = Connector::start(&env.cluster.node.path(), vip(80));
     agent.kill();
     env.web(&[ready(&ips[1]), ready(&ips[2])]);
     env.apply_service(service(
@@ -461,14 +443,8 @@ fn agent_restarted_while_objects_change_converges_without_failed_connects() {
                         == json!([format!("{}:8080", ips[1]), format!("{}:8080", ips[2])])
             })
     });
-    stop.store(true, Ordering::Relaxed);
-    clients.join().expect("clients");
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "connects failed ({} ok)",
-        ok.load(Ordering::Relaxed)
-    );
+    let (ok, failed) = connector.stop();
+    assert_eq!(failed, 0, "connects failed ({ok} ok)");
     assert!(client::tcp("10.96.0.102:80".parse().expect("addr")).is_ok());
 }
 

@@ -97,3 +97,46 @@ pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
         .to_owned();
     Ok((status, body))
 }
+
+/// TCP connects to one address without pause, from a thread in a network
+/// namespace, counting those that worked and those that failed: the load
+/// that must see no failure while the agent restarts or the state changes.
+pub struct Connector {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    counts: std::sync::Arc<[std::sync::atomic::AtomicUsize; 2]>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Connector {
+    /// Starts connecting to `addr` from a thread in `netns`.
+    pub fn start(netns: &std::path::Path, addr: SocketAddr) -> Self {
+        use std::sync::{Arc, atomic::Ordering};
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let counts: Arc<[std::sync::atomic::AtomicUsize; 2]> = Arc::default();
+        let thread = {
+            let (stop, counts) = (Arc::clone(&stop), Arc::clone(&counts));
+            super::net::spawn_in(netns, move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let failed = usize::from(tcp(addr).is_err());
+                    counts[failed].fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        Self {
+            stop,
+            counts,
+            thread,
+        }
+    }
+
+    /// Stops; returns how many connections worked and how many failed.
+    pub fn stop(self) -> (usize, usize) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("connector thread");
+        (
+            self.counts[0].load(Ordering::Relaxed),
+            self.counts[1].load(Ordering::Relaxed),
+        )
+    }
+}
