@@ -57,14 +57,14 @@ pub fn run(args: &Args) -> Result<()> {
 
 /// Installs whatever is missing. Called by the other tasks.
 pub fn ensure_all() -> Result<()> {
-    ensure_packages()?;
+    ensure_packages(PACKAGES)?;
     ensure_rust_src()?;
     ensure_bpf_linker()?;
     Ok(())
 }
 
 fn missing() -> Vec<String> {
-    let mut out: Vec<String> = missing_packages()
+    let mut out: Vec<String> = missing_packages(PACKAGES)
         .into_iter()
         .map(|p| format!("Debian package {p}"))
         .collect();
@@ -77,8 +77,8 @@ fn missing() -> Vec<String> {
     out
 }
 
-fn missing_packages() -> Vec<&'static str> {
-    PACKAGES
+fn missing_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    packages
         .iter()
         .copied()
         .filter(|p| {
@@ -88,8 +88,10 @@ fn missing_packages() -> Vec<&'static str> {
         .collect()
 }
 
-fn ensure_packages() -> Result<()> {
-    let missing = missing_packages();
+/// Installs those of `packages` that are missing (a task that needs more
+/// than [`PACKAGES`] names its own, as `cargo xtask image` does).
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing = missing_packages(packages);
     if missing.is_empty() {
         return Ok(());
     }
@@ -97,7 +99,7 @@ fn ensure_packages() -> Result<()> {
     let root = unsafe { libc::geteuid() } == 0;
     ensure!(
         root,
-        "Debian packages {} are missing and installing them needs root: run `sudo cargo xtask setup`",
+        "Debian packages {} are missing and installing them needs root: run the task as root (`sudo -E cargo xtask ...`)",
         missing.join(", ")
     );
     eprintln!("setup: installing {}", missing.join(" "));

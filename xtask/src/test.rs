@@ -2,8 +2,9 @@
 //!
 //! Steps: formatting and lints, unit tests, the API-server tests, the
 //! end-to-end suites on this machine's kernel (as root, one test at a time,
-//! in network namespaces and child cgroups), and the same end-to-end suites
-//! in a VM on Linux 6.1. Every step runs even if an earlier one failed, and
+//! in network namespaces and child cgroups), the container image and its
+//! test (the image run under podman as the DaemonSet runs it), and the same
+//! end-to-end suites in a VM on Linux 6.1. Every step runs even if an earlier one failed, and
 //! a summary lists each step, its time, and the tests that were skipped.
 
 use std::{
@@ -16,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::{
-    setup,
+    image, setup,
     util::{is_root, workspace_root},
     vm,
 };
@@ -30,6 +31,9 @@ pub struct Args {
     #[arg(long)]
     pub filter: Option<String>,
 }
+
+/// The container test: `lb-agent/tests/container.rs`.
+const CONTAINER_TARGET: &str = "container";
 
 /// The end-to-end test targets: `lb-agent/tests/e2e_*.rs`.
 pub fn e2e_targets() -> Result<Vec<String>> {
@@ -104,6 +108,21 @@ pub fn run(args: &Args) -> Result<()> {
             host_e2e(&root, target, filter.as_deref())
         });
     }
+    // The image runs on this machine only: the VM has no container runtime,
+    // which is why the test's target is not named `e2e_*`.
+    let mut image_built = false;
+    run_step("container image (cargo xtask image)", &mut || {
+        let built = image::build(&image::Args::default())?;
+        image_built = true;
+        Ok(built.summary())
+    });
+    run_step(
+        &format!("{CONTAINER_TARGET}: the image under podman, as the DaemonSet runs it"),
+        &mut || {
+            ensure!(image_built, "not run: the image did not build");
+            host_e2e(&root, CONTAINER_TARGET, args.filter.as_deref())
+        },
+    );
     if !args.no_vm {
         run_step("end-to-end suites in a VM (Linux 6.1)", &mut || {
             vm_e2e(&targets, args.filter.as_deref())
