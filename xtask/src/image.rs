@@ -86,6 +86,7 @@ pub fn build(args: &Args) -> Result<Built> {
     setup::ensure_packages(PACKAGES)?;
     let started = Instant::now();
     let agent = build::run(&build::Args { release: true })?.agent;
+    eprintln!("image: release build done after {:.0?}", started.elapsed());
     let dir = workspace_root().join("target/image");
     fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
     let base = ensure_base(&dir, args.fresh_base)?;
@@ -107,6 +108,7 @@ pub fn build(args: &Args) -> Result<Built> {
 
     let version = env!("CARGO_PKG_VERSION");
     let reference = format!("{NAME}:{version}");
+    let previous = image_id(&reference).ok();
     let dockerfile = workspace_root().join("deploy/Dockerfile");
     eprintln!("image: building {reference} from {}", dockerfile.display());
     // The host's network for the RUN steps (apt-get): no podman network is
@@ -119,13 +121,17 @@ pub fn build(args: &Args) -> Result<Built> {
                 "--network=host",
                 "--target=prebuilt",
             ])
-            .arg(format!("--build-arg=BASE={base}"))
+            .arg(format!("--build-arg=BASE={}", base.reference))
             .arg(format!("--tag={reference}"))
             .arg("--file")
             .arg(&dockerfile)
             .arg(&context),
     )?;
     let built_id = image_id(&reference)?;
+    remove_replaced(previous, &built_id);
+    if let Some(old_base) = base.replaced {
+        remove_replaced(Some(old_base), &image_id(&base.reference)?);
+    }
 
     let archive = dir.join(format!("lb-agent-{version}.oci.tar"));
     let _ = fs::remove_file(&archive);
@@ -223,6 +229,18 @@ fn image_id(reference: &str) -> Result<String> {
     )
 }
 
+/// Removes the image a new build took the name from, so that rebuilds do
+/// not pile up unnamed images (left alone if a container still uses it).
+fn remove_replaced(previous: Option<String>, current: &str) {
+    if let Some(previous) = previous.filter(|p| p != current) {
+        let _ = podman()
+            .args(["image", "rm", &previous])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 fn image_exists(reference: &str) -> Result<bool> {
     let status = podman()
         .args(["image", "exists", reference])
@@ -231,21 +249,35 @@ fn image_exists(reference: &str) -> Result<bool> {
     Ok(status.success())
 }
 
+/// The base image, and the one it replaced in the store (removed once the
+/// agent's image no longer builds on it).
+struct Base {
+    reference: String,
+    replaced: Option<String>,
+}
+
 /// The base image `localhost/lb-agent-base:CODENAME`: from the store, else
 /// imported from `target/image/base-CODENAME.tar`, else made with mmdebstrap.
-fn ensure_base(dir: &Path, fresh: bool) -> Result<String> {
+fn ensure_base(dir: &Path, fresh: bool) -> Result<Base> {
     let codename = debian_codename()?;
     let reference = format!("localhost/lb-agent-base:{codename}");
     if !fresh && image_exists(&reference)? {
         eprintln!("image: base {reference} is in the local store");
-        return Ok(reference);
+        return Ok(Base {
+            reference,
+            replaced: None,
+        });
     }
+    let previous = image_id(&reference).ok();
     let tar = dir.join(format!("base-{codename}.tar"));
     if fresh || !tar.exists() {
         mmdebstrap(&codename, &tar)?;
     }
     run_cmd(podman().arg("import").arg(&tar).arg(&reference))?;
-    Ok(reference)
+    Ok(Base {
+        reference,
+        replaced: previous,
+    })
 }
 
 /// A minimal Debian root filesystem as a tarball, trimmed the way
