@@ -23,8 +23,8 @@
 //! - `/run/netns` is the machine's, where the pods' namespaces are;
 //! - the service account's in-cluster credentials are a kubeconfig (the test
 //!   API server speaks plain HTTP), mounted read-only, named by `KUBECONFIG`;
-//! - the containers' rlimits are the machine's own (root here may not raise
-//!   them; a runtime's default is to pass on its own).
+//! - the containers' rlimits are the ones root has here, which it may not
+//!   raise (see `runtime::ulimits`).
 //!
 //! Needs root, podman and the image: `cargo xtask test` builds the image and
 //! runs this. Not an `e2e_*` target: the VM suite has no container runtime.

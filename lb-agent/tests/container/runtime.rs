@@ -109,9 +109,11 @@ impl Running {
         let args = manifest.run_args(manifest.agent(), node, &name);
         let mut all = vec!["run", "--detach"];
         all.extend(args.iter().map(String::as_str));
+        // The guard first: a container that failed to start still exists.
+        let this = Self { name };
         let out = podman(&all);
         assert!(out.status.success(), "podman run failed: {}", text_of(&out));
-        Self { name }
+        this
     }
 
     pub fn running(&self) -> bool {
