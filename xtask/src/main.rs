@@ -2,6 +2,7 @@
 //!
 //! - `setup`: install what a fresh machine lacks (idempotent);
 //! - `build`: build the agent and its eBPF programs;
+//! - `image`: the container image from `deploy/Dockerfile`, without a registry;
 //! - `demo`: three pods, a ClusterIP, nine requests (the README's first command);
 //! - `test`: unit and end-to-end tests (the README's second command);
 //! - `vm`: the end-to-end suite in qemu VMs across kernels;
@@ -10,6 +11,7 @@
 mod bench;
 mod build;
 mod demo;
+mod image;
 mod setup;
 mod test;
 mod util;
@@ -32,6 +34,8 @@ enum Task {
     Setup(setup::Args),
     /// Build lb-agent with its eBPF programs.
     Build(build::Args),
+    /// The container image from deploy/Dockerfile, with podman and no registry (needs root).
+    Image(image::Args),
     /// Three pods, a ClusterIP, nine requests: see it work (needs root).
     Demo(demo::Args),
     /// Unit, protocol and end-to-end tests, on this kernel and in a VM (needs root).
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Setup(args) => setup::run(&args),
         Task::Build(args) => build::run(&args).map(drop),
+        Task::Image(args) => image::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Vm(args) => vm::run(&args),

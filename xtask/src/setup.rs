@@ -26,11 +26,14 @@ pub enum Need {
     /// modules), ca-certificates (the CA bundle the agent's client loads),
     /// and the tools the guest runs (ip, tc, bpftool).
     Vm,
+    /// Building and running the container image: podman, runc, mmdebstrap
+    /// (the base), binutils (objcopy strips debug sections).
+    Image,
 }
 
 impl Need {
     /// Everything: what `cargo xtask setup` and `cargo xtask test` install.
-    pub const ALL: [Self; 4] = [Self::Build, Self::Netns, Self::Peers, Self::Vm];
+    pub const ALL: [Self; 5] = [Self::Build, Self::Netns, Self::Peers, Self::Vm, Self::Image];
 
     const fn packages(self) -> &'static [&'static str] {
         match self {
@@ -47,6 +50,7 @@ impl Need {
                 "iproute2",
                 "bpftool",
             ],
+            Self::Image => &["podman", "runc", "mmdebstrap", "binutils"],
         }
     }
 }

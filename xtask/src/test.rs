@@ -3,8 +3,9 @@
 //! Steps: formatting and lints, unit tests, the integration tests that need
 //! no privilege (the test API server, the manifests), the end-to-end suites
 //! (`test/e2e`) on this machine's kernel (as root, one test at a time,
-//! in network namespaces and child cgroups), and the same end-to-end suites
-//! in a VM on Linux 6.1. Every step runs even if an earlier one failed, and
+//! in network namespaces and child cgroups), the container image and its
+//! test (the image run under podman as the DaemonSet runs it), and the same
+//! end-to-end suites in a VM on Linux 6.1. Every step runs even if an earlier one failed, and
 //! a summary lists each step, its time, and the tests that were skipped.
 
 use std::{
@@ -17,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::{
-    setup,
+    image, setup,
     util::{is_root, workspace_root},
     vm,
 };
@@ -34,6 +35,22 @@ pub struct Args {
 
 /// The package of the end-to-end suites (root only; not a default member).
 pub const E2E_PACKAGE: &str = "lb-e2e";
+
+/// The container test: `test/e2e/tests/container.rs` (not `e2e_*`: the VM
+/// has no container runtime).
+const CONTAINER_TARGET: &str = "container";
+
+/// Lints: every crate but the eBPF one, which only builds for BPF.
+const CLIPPY: [&str; 8] = [
+    "clippy",
+    "--workspace",
+    "--exclude",
+    "lb-ebpf",
+    "--all-targets",
+    "--",
+    "-D",
+    "warnings",
+];
 
 /// The end-to-end test targets: `test/e2e/tests/e2e_*.rs`.
 pub fn e2e_targets() -> Result<Vec<String>> {
@@ -83,22 +100,7 @@ pub fn run(args: &Args) -> Result<()> {
         cargo(&root, &["fmt", "--all", "--check"], &[]).map(|()| String::new())
     });
     run_step("lints (cargo clippy --workspace -D warnings)", &mut || {
-        cargo(
-            &root,
-            // Every crate but the eBPF one, which only builds for BPF.
-            &[
-                "clippy",
-                "--workspace",
-                "--exclude",
-                "lb-ebpf",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ],
-            &[],
-        )
-        .map(|()| String::new())
+        cargo(&root, &CLIPPY, &[]).map(|()| String::new())
     });
     run_step("unit tests", &mut || {
         cargo(&root, &["test", "--lib", "--bins"], &[]).map(|()| String::new())
@@ -132,6 +134,21 @@ pub fn run(args: &Args) -> Result<()> {
             host_e2e(&root, target, filter.as_deref())
         });
     }
+    // The image runs on this machine only: the VM has no container runtime,
+    // which is why the test's target is not named `e2e_*`.
+    let mut image_built = false;
+    run_step("container image (cargo xtask image)", &mut || {
+        let built = image::build(&image::Args::default())?;
+        image_built = true;
+        Ok(built.summary())
+    });
+    run_step(
+        &format!("{CONTAINER_TARGET}: the image under podman, as the DaemonSet runs it"),
+        &mut || {
+            ensure!(image_built, "not run: the image did not build");
+            host_e2e(&root, CONTAINER_TARGET, args.filter.as_deref())
+        },
+    );
     if !args.no_vm {
         run_step("end-to-end suites in a VM (Linux 6.1)", &mut || {
             vm_e2e(&targets, args.filter.as_deref())
