@@ -6,7 +6,6 @@
 
 use std::{
     collections::BTreeSet,
-    io::ErrorKind,
     net::SocketAddr,
     ops::Deref,
     path::PathBuf,
@@ -159,16 +158,7 @@ fn a_service_whose_endpoints_are_all_gone_refuses_connections() {
         client::tcp(vip(80)).is_err()
     });
     let err = client::tcp(vip(80)).expect_err("refused");
-    let features = agent.list()["features"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let expected = if features.split(' ').any(|f| f == "set_retval") {
-        ErrorKind::ConnectionRefused
-    } else {
-        ErrorKind::PermissionDenied
-    };
-    assert_eq!(err.kind(), expected, "{err:?}");
+    assert_eq!(err.kind(), agent.refusal(), "{err:?}");
 }
 
 #[test]
@@ -252,12 +242,7 @@ fn client_ip_affinity_holds_across_changes_and_expires() {
         &[("http", 8080, "TCP")],
     ));
     let agent = env.agent(&[]);
-    if !agent.list()["features"]
-        .as_str()
-        .unwrap_or_default()
-        .split(' ')
-        .any(|f| f == "netns_cookie")
-    {
+    if !agent.has_feature("netns_cookie") {
         lb_testbed::skip(
             "client_ip_affinity_holds_across_changes_and_expires",
             "no bpf_get_netns_cookie for sock_addr programs (Linux 5.7+)",

@@ -1004,11 +1004,7 @@ fn churn_through_the_agent_file_source() {
     );
     assert!(syncs >= 1.0);
     assert!(conns.len() >= 500, "too few connections ({})", conns.len());
-    let features = agent.list()["features"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    if features.split_whitespace().any(|f| f == "sock_destroy") {
+    if agent.has_feature("sock_destroy") {
         udp_verdict(&udp, &timeline);
         assert!(
             udp.closed > 0,

@@ -164,11 +164,7 @@ fn destroyed(agent: &Agent, protocol: &str) -> f64 {
 
 /// Whether the agent probed `SOCK_DESTROY` as working; records a skip if not.
 fn can_destroy(agent: &Agent, test: &str) -> bool {
-    let features = agent.list()["features"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let yes = features.split_whitespace().any(|f| f == "sock_destroy");
+    let yes = agent.has_feature("sock_destroy");
     if !yes {
         skip(
             test,

@@ -188,6 +188,25 @@ impl Agent {
             .expect("run lb-agent")
     }
 
+    /// Whether `lb-agent list` shows the kernel feature `name` as active.
+    pub fn has_feature(&self, name: &str) -> bool {
+        self.list()["features"]
+            .as_str()
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|f| f == name)
+    }
+
+    /// The error a refused `connect()` gets on this kernel: `ECONNREFUSED`
+    /// with `bpf_set_retval` (Linux 5.18+), `EPERM` before.
+    pub fn refusal(&self) -> std::io::ErrorKind {
+        if self.has_feature("set_retval") {
+            std::io::ErrorKind::ConnectionRefused
+        } else {
+            std::io::ErrorKind::PermissionDenied
+        }
+    }
+
     /// `lb-agent list -o json` for this agent's pins.
     pub fn list(&self) -> serde_json::Value {
         let out = self.cli(&[
