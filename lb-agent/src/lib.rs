@@ -6,7 +6,8 @@
 //! - `bpf`: loading, probing, pinning and the map-backed dataplane;
 //! - [`source`]: the file of objects (and its parser) or the Kubernetes API;
 //! - `sync`: diffing desired against applied and applying it in a safe order;
-//! - [`sockets`]: closing sockets whose backend left the service.
+//! - [`sockets`]: closing sockets whose backend left the service;
+//! - [`node_addresses`]: the addresses node ports answer on.
 
 #![warn(unreachable_pub)]
 
@@ -15,6 +16,7 @@ pub mod dataplane;
 pub mod list;
 mod metrics;
 pub mod model;
+pub mod node_addresses;
 pub mod run;
 pub mod sockets;
 pub mod source;

@@ -24,12 +24,15 @@ use crate::{
         loader::PinLayout,
         maps::{Maps, PinDir},
     },
-    model::Algorithm,
+    model::{Algorithm, FrontendKind},
 };
 
 /// One frontend as `list` shows it.
 #[derive(Debug, Serialize)]
 pub struct Row {
+    /// `ClusterIP`, `NodePort`, `ExternalIP` or `LoadBalancer`.
+    pub kind: String,
+    /// The address and port it answers on.
     pub frontend: String,
     pub protocol: String,
     pub service: String,
@@ -68,6 +71,12 @@ pub fn read(bpffs: &Path) -> Result<Listing, Error> {
         .map(|r| {
             let frontend = frontend_of(&r.key);
             Row {
+                kind: r
+                    .state
+                    .map_or_else(String::new, |s| match FrontendKind::from_raw(s.kind) {
+                        Some(kind) => kind.to_string(),
+                        None => format!("unknown({})", s.kind),
+                    }),
                 frontend: frontend.map_or_else(
                     || format!("{:?}", r.key.addr),
                     |f| SocketAddr::new(f.ip, f.port).to_string(),
@@ -103,7 +112,12 @@ pub fn read(bpffs: &Path) -> Result<Listing, Error> {
         })
         .collect();
     services.sort_by(|a, b| {
-        (&a.service, &a.frontend, &a.protocol).cmp(&(&b.service, &b.frontend, &b.protocol))
+        (&a.service, &a.kind, &a.frontend, &a.protocol).cmp(&(
+            &b.service,
+            &b.kind,
+            &b.frontend,
+            &b.protocol,
+        ))
     });
     Ok(Listing {
         bpffs: bpffs.display().to_string(),
@@ -137,6 +151,7 @@ pub fn render_table(l: &Listing) -> String {
     let _ = writeln!(out, "counters: {}", counters.join(" "));
     let _ = writeln!(out);
     let headers = [
+        "KIND",
         "FRONTEND",
         "PROTO",
         "SERVICE",
@@ -146,7 +161,7 @@ pub fn render_table(l: &Listing) -> String {
         "REFUSED",
         "BACKENDS",
     ];
-    let rows: Vec<[String; 8]> = l
+    let rows: Vec<[String; 9]> = l
         .services
         .iter()
         .map(|r| {
@@ -164,6 +179,7 @@ pub fn render_table(l: &Listing) -> String {
                     .join(",")
             };
             [
+                r.kind.clone(),
                 r.frontend.clone(),
                 r.protocol.clone(),
                 r.service.clone(),

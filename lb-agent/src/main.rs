@@ -9,6 +9,7 @@ use lb_agent::{
     bpf::loader::{self, Capacity},
     list,
     model::Algorithm,
+    node_addresses::NodePortAddresses,
     run::{self, RunConfig},
     sockets::{CloseSockets, NETNS_DIRS},
 };
@@ -43,7 +44,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Load and attach the data path and keep it programmed from a source.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show what the data path holds, read from the pinned maps.
     List(ListArgs),
     /// Detach the programs and remove every pin.
@@ -80,6 +81,13 @@ struct RunArgs {
     /// Serve only services labelled `service.kubernetes.io/service-proxy-name=NAME`.
     #[arg(long, value_name = "NAME")]
     service_proxy_name: Option<String>,
+    /// The node addresses that answer on node ports, as kube-proxy's flag:
+    /// `primary` (the Node object's primary IPv4 and IPv6 addresses; without
+    /// a Node object, every local address that is not loopback or
+    /// link-local), or CIDRs (`10.0.0.0/8,fd00::/64`): the local addresses
+    /// in them. Followed as addresses come and go.
+    #[arg(long, value_name = "primary|CIDRS", default_value = "primary")]
+    nodeport_addresses: NodePortAddresses,
     /// Service ports the maps hold.
     #[arg(long, value_name = "N", default_value_t = Capacity::default().services, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_services: u32,
@@ -166,6 +174,7 @@ fn dispatch(command: Command) -> Result<()> {
                 },
                 node_name: a.node_name,
                 service_proxy_name: a.service_proxy_name,
+                nodeport_addresses: a.nodeport_addresses,
                 close_sockets: a.close_sockets,
                 netns_dirs: if a.netns_dirs.is_empty() {
                     NETNS_DIRS.iter().map(PathBuf::from).collect()
@@ -186,11 +195,11 @@ fn dispatch(command: Command) -> Result<()> {
                     a.bpffs.display()
                 )
             })?;
-            match a.output {
-                Output::Table => print!("{}", list::render_table(&listing)),
-                Output::Json => println!("{}", serde_json::to_string_pretty(&listing)?),
-            }
-            Ok(())
+            let text = match a.output {
+                Output::Table => list::render_table(&listing),
+                Output::Json => serde_json::to_string_pretty(&listing)? + "\n",
+            };
+            write_stdout(&text)
         }
         Command::Cleanup(a) => {
             let cleaned = loader::cleanup(&a.bpffs)?;
@@ -202,5 +211,16 @@ fn dispatch(command: Command) -> Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// Writes to standard output; a reader that went away (`| head`) ends the
+/// output quietly, as for any Unix tool, instead of a panic.
+fn write_stdout(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
     }
 }

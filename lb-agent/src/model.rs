@@ -126,12 +126,91 @@ impl FromStr for Algorithm {
     }
 }
 
-/// What a client connects to: one ClusterIP, port and protocol.
+/// What a client connects to: one address (a `ClusterIP`, a node address,
+/// an external or load-balancer IP), port and protocol.
+///
+/// In what the sources publish, the unspecified address (`0.0.0.0`, `::`)
+/// stands for "every node-port address of this family" (see
+/// [`Frontend::node_port`]); the sync loop expands it into one frontend per
+/// node address before anything reaches the maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Frontend {
     pub ip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+}
+
+impl Frontend {
+    /// A `nodePort` on every node-port address of `ip`'s family.
+    #[must_use]
+    pub fn node_port(ip: IpAddr, port: u16, protocol: Protocol) -> Self {
+        let ip = match ip {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        Self { ip, port, protocol }
+    }
+
+    /// Whether this stands for every node-port address of its family.
+    #[must_use]
+    pub fn is_node_port(&self) -> bool {
+        self.ip.is_unspecified()
+    }
+}
+
+/// Which of a Service's addresses a frontend is, as `lb-agent list` shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum FrontendKind {
+    /// `spec.clusterIPs`.
+    #[default]
+    ClusterIP,
+    /// A node address and `spec.ports[].nodePort`.
+    NodePort,
+    /// `spec.externalIPs`.
+    ExternalIP,
+    /// `status.loadBalancer.ingress[].ip` (`ipMode: VIP` or unset).
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::ExternalIP => "ExternalIP",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+
+    /// The value stored in `ServiceState::kind`.
+    #[must_use]
+    pub const fn to_raw(self) -> u8 {
+        match self {
+            Self::ClusterIP => lb_common::service::KIND_CLUSTER_IP,
+            Self::NodePort => lb_common::service::KIND_NODE_PORT,
+            Self::ExternalIP => lb_common::service::KIND_EXTERNAL_IP,
+            Self::LoadBalancer => lb_common::service::KIND_LOAD_BALANCER,
+        }
+    }
+
+    /// The inverse of [`FrontendKind::to_raw`].
+    #[must_use]
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            lb_common::service::KIND_CLUSTER_IP => Some(Self::ClusterIP),
+            lb_common::service::KIND_NODE_PORT => Some(Self::NodePort),
+            lb_common::service::KIND_EXTERNAL_IP => Some(Self::ExternalIP),
+            lb_common::service::KIND_LOAD_BALANCER => Some(Self::LoadBalancer),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl fmt::Display for Frontend {
@@ -191,6 +270,7 @@ impl fmt::Display for Printable<'_> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServiceEntry {
     pub name: ServicePortName,
+    pub kind: FrontendKind,
     pub algorithm: Algorithm,
     /// `sessionAffinity: ClientIP` timeout in seconds, if affinity is on.
     pub affinity_timeout_s: Option<u32>,

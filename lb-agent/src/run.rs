@@ -26,6 +26,7 @@ use crate::{
     dataplane::Dataplane as _,
     metrics::{self, Metrics},
     model::Algorithm,
+    node_addresses::{self, NodeAddresses, NodePortAddresses},
     sockets::{CloseSockets, Closer},
     source::{
         Desired, Publisher, Update,
@@ -34,7 +35,7 @@ use crate::{
     },
     sync::Syncer,
     system,
-    translate::{NodeContext, Options},
+    translate::Options,
 };
 
 /// Everything `run` needs, from the command line.
@@ -50,6 +51,8 @@ pub struct RunConfig {
     pub capacity: Capacity,
     pub node_name: Option<String>,
     pub service_proxy_name: Option<String>,
+    /// Which node addresses answer on node ports.
+    pub nodeport_addresses: NodePortAddresses,
     /// Which sockets to close when their backend leaves the service.
     pub close_sockets: CloseSockets,
     /// Directories of pinned network namespaces to search for them.
@@ -115,10 +118,10 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     let closer = start_closer(&cfg, can_close, &metrics)?;
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
+    let mut desired = start_desired(&cfg, &tx).await?;
     let source = start_source(&cfg, tx, Arc::clone(&metrics)).await?;
 
     let mut syncer = Syncer::new(dataplane);
-    let mut desired = Desired::default();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     // After a failed sync: when to try again (with everything compared).
@@ -163,6 +166,25 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     );
     drop(ebpf);
     Ok(())
+}
+
+/// The desired state, empty, with the node's addresses listed and followed
+/// from now on (changes arrive on `tx`).
+async fn start_desired(cfg: &RunConfig, tx: &Publisher) -> Result<Desired> {
+    let local = node_addresses::follow(tx.clone())
+        .await
+        .context("cannot list or follow the node's addresses (rtnetlink)")?;
+    let desired = Desired::new(NodeAddresses {
+        mode: cfg.nodeport_addresses.clone(),
+        node_ips: None,
+        local,
+    });
+    tracing::info!(
+        addresses = ?desired.node_port_addresses(),
+        mode = %cfg.nodeport_addresses,
+        "node ports answer on these addresses (until a Node object says otherwise)"
+    );
+    Ok(desired)
 }
 
 /// Starts closing the sockets of departed backends, unless the kernel
@@ -223,10 +245,7 @@ async fn start_source(
     if let Some(path) = &cfg.services_file {
         let source = FileSource {
             path: path.clone(),
-            node: NodeContext {
-                node_name: cfg.node_name.clone(),
-                zone: None,
-            },
+            node_name: cfg.node_name.clone(),
             options,
         };
         return Ok(tokio::spawn(async move {

@@ -243,6 +243,7 @@ mod tests {
                 name: name.into(),
                 port: String::new(),
             },
+            kind: crate::model::FrontendKind::ClusterIP,
             algorithm: Algorithm::Random,
             affinity_timeout_s: None,
             backends: backends

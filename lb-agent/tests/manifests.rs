@@ -161,8 +161,9 @@ impl Deployment {
     fn pod(&self) -> &PodSpec {
         self.daemon_set()
             .spec
+            .template
+            .spec
             .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
             .expect("the DaemonSet has a pod template")
     }
 
@@ -566,7 +567,10 @@ fn binding_gives_the_role_to_the_daemon_sets_service_account() {
     let binding = deployment.binding();
     let role = deployment.cluster_role();
     assert_eq!(binding.role_ref.kind, "ClusterRole");
-    assert_eq!(binding.role_ref.api_group, "rbac.authorization.k8s.io");
+    assert_eq!(
+        binding.role_ref.api_group.as_deref(),
+        Some("rbac.authorization.k8s.io")
+    );
     assert_eq!(
         Some(binding.role_ref.name.as_str()),
         role.metadata.name.as_deref()
@@ -626,11 +630,7 @@ fn daemon_set_runs_on_every_node_on_the_host_network() {
         pod.tolerations
     );
 
-    let spec = deployment
-        .daemon_set()
-        .spec
-        .as_ref()
-        .expect("the DaemonSet has a spec");
+    let spec = &deployment.daemon_set().spec;
     let strategy = spec
         .update_strategy
         .as_ref()
@@ -1018,8 +1018,9 @@ fn probes_and_port_match_the_metrics_address() {
     let annotations = deployment
         .daemon_set()
         .spec
+        .template
+        .metadata
         .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
         .and_then(|m| m.annotations.as_ref());
     if let Some(scrape_port) = annotations.and_then(|a| a.get("prometheus.io/port")) {
         assert_eq!(scrape_port, &addr.port().to_string());

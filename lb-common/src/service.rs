@@ -81,7 +81,10 @@ pub struct ServiceState {
     pub algorithm: u8,
     /// Bit set of `FLAG_*`.
     pub flags: u8,
-    pub pad: [u8; 2],
+    /// What kind of address the frontend is (`KIND_*`), for `lb-agent list`
+    /// and `bpftool`; the programs treat every kind alike.
+    pub kind: u8,
+    pub pad: u8,
     /// Session affinity idle timeout, seconds (with [`FLAG_AFFINITY`]).
     pub affinity_timeout_s: u32,
     pub pad2: [u8; 4],
@@ -91,6 +94,15 @@ pub struct ServiceState {
 pub const ALGORITHM_RANDOM: u8 = 0;
 /// Exact rotation, shared by all CPUs.
 pub const ALGORITHM_ROUND_ROBIN: u8 = 1;
+
+/// The Service's `ClusterIP` (`0`, what maps written before kinds existed hold).
+pub const KIND_CLUSTER_IP: u8 = 0;
+/// A node address and a `nodePort`.
+pub const KIND_NODE_PORT: u8 = 1;
+/// One of `spec.externalIPs`.
+pub const KIND_EXTERNAL_IP: u8 = 2;
+/// One of `status.loadBalancer.ingress[].ip`.
+pub const KIND_LOAD_BALANCER: u8 = 3;
 
 /// `sessionAffinity: ClientIP`: a client (network namespace) keeps its backend.
 pub const FLAG_AFFINITY: u8 = 1 << 0;

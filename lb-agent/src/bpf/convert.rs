@@ -15,7 +15,7 @@ use lb_common::{
 };
 
 use super::maps::ServiceRecord;
-use crate::model::{Algorithm, Frontend, Protocol, ServiceEntry, ServicePortName};
+use crate::model::{Algorithm, Frontend, FrontendKind, Protocol, ServiceEntry, ServicePortName};
 
 /// The 16-byte form of an address (IPv4-mapped for IPv4).
 #[must_use]
@@ -107,7 +107,8 @@ pub(crate) fn service_state(
         } else {
             0
         },
-        pad: [0; 2],
+        kind: entry.kind.to_raw(),
+        pad: 0,
         affinity_timeout_s: entry.affinity_timeout_s.unwrap_or(0),
         pad2: [0; 4],
     }
@@ -183,10 +184,13 @@ pub(crate) fn adopt_record(
     let algorithm = Algorithm::from_raw(state.algorithm)
         .ok_or_else(|| format!("{frontend}: unknown algorithm {}", state.algorithm))?;
     let name = r.name.as_deref().map(parse_name).unwrap_or_default();
+    let kind = FrontendKind::from_raw(state.kind)
+        .ok_or_else(|| format!("{frontend}: unknown kind {}", state.kind))?;
     Ok((
         frontend,
         ServiceEntry {
             name,
+            kind,
             algorithm,
             affinity_timeout_s: (state.flags & FLAG_AFFINITY != 0)
                 .then_some(state.affinity_timeout_s),

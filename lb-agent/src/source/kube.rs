@@ -41,14 +41,12 @@ use super::{Published, Publisher, Update};
 use crate::{
     metrics::{Metrics, SourceLabels},
     model::{DesiredState, Frontend, ServiceEntry},
+    node_addresses,
     translate::{self, Kind, NodeContext, Options},
 };
 
 /// How often everything is translated again whatever the events said.
 const FULL_RESYNC: Duration = Duration::from_mins(1);
-
-/// Label of the node's zone, for topology hints.
-const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -339,7 +337,24 @@ async fn publish_changes(
     let mut all = true;
     let mut dirty = Dirty::new();
     let mut noticed = Instant::now();
+    let mut node_ips = None;
     loop {
+        // The Node's addresses first: the node ports of the state that
+        // follows answer on them.
+        let now_ips = node_objects
+            .and_then(|s| s.state().into_iter().next())
+            .map(|n| node_addresses::primary_ips(&n))
+            .unwrap_or_default();
+        if node_ips.as_ref() != Some(&now_ips) {
+            node_ips = Some(now_ips.clone());
+            let update = Update {
+                change: Published::NodeIps(now_ips),
+                noticed,
+            };
+            if tx.send(update).is_err() {
+                return;
+            }
+        }
         if all || !dirty.is_empty() {
             // Translating takes a while for a large cluster: off the
             // async workers, so the watches and /metrics keep going.
@@ -668,12 +683,8 @@ impl Translator {
     }
 
     fn node(&self, node: Option<&Store<Node>>) -> NodeContext {
-        NodeContext {
-            node_name: self.node_name.clone(),
-            zone: node
-                .and_then(|s| s.state().into_iter().next())
-                .and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned()),
-        }
+        let node = node.and_then(|s| s.state().into_iter().next());
+        NodeContext::of(self.node_name.clone(), node.as_deref())
     }
 
     /// Logs problems not logged before; returns how many were new.

@@ -3,18 +3,26 @@
 //! [`Update`]s: a whole state, or (the API source, for changes to a few
 //! Services) only the frontends that changed. The sync loop keeps the
 //! desired state, merges what queued up, and applies the difference.
+//!
+//! A `nodePort` arrives as one frontend on the unspecified address of its
+//! family ([`Frontend::node_port`]); [`Desired`] expands it into one frontend
+//! per node-port address, and again whenever those addresses change.
 
 pub mod file;
 pub mod kube;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     time::Instant,
 };
 
 use tokio::sync::mpsc;
 
-use crate::model::{DesiredState, Frontend, ServiceEntry};
+use crate::{
+    model::{DesiredState, Frontend, FrontendKind, ServiceEntry},
+    node_addresses::NodeAddresses,
+};
 
 /// What a source publishes.
 #[derive(Debug)]
@@ -23,6 +31,10 @@ pub enum Published {
     Full(DesiredState),
     /// These frontends only: `None` removes one.
     Delta(BTreeMap<Frontend, Option<ServiceEntry>>),
+    /// The node's primary addresses from its Node object (empty: none known).
+    NodeIps(Vec<IpAddr>),
+    /// Every address of the node's interfaces, after a change.
+    LocalAddresses(BTreeSet<IpAddr>),
 }
 
 /// A change and when its cause was noticed (for latency metrics).
@@ -39,7 +51,15 @@ pub type Publisher = mpsc::UnboundedSender<Update>;
 /// changed since the last sync.
 #[derive(Debug, Default)]
 pub struct Desired {
+    /// What the maps should hold: node ports expanded to the node-port
+    /// addresses. The only entries of kind [`FrontendKind::NodePort`] are
+    /// expansions; another kind on the same address and port wins.
     pub state: DesiredState,
+    /// The node ports as published, on the unspecified address.
+    node_ports: DesiredState,
+    /// What decides the node-port addresses, and the addresses it gave.
+    addresses: NodeAddresses,
+    chosen: BTreeSet<IpAddr>,
     /// Whether a whole state has arrived yet (nothing is synced before).
     pub complete: bool,
     /// Frontends changed since the last sync; `None`: compare everything.
@@ -49,6 +69,24 @@ pub struct Desired {
 }
 
 impl Desired {
+    /// An empty state whose node ports answer on the addresses `addresses`
+    /// chooses.
+    #[must_use]
+    pub fn new(addresses: NodeAddresses) -> Self {
+        let chosen = addresses.chosen();
+        Self {
+            addresses,
+            chosen,
+            ..Self::default()
+        }
+    }
+
+    /// The addresses node ports answer on now.
+    #[must_use]
+    pub fn node_port_addresses(&self) -> &BTreeSet<IpAddr> {
+        &self.chosen
+    }
+
     /// Merges one update.
     pub fn merge(&mut self, update: Update) {
         self.noticed = Some(
@@ -57,28 +95,123 @@ impl Desired {
         );
         match update.change {
             Published::Full(state) => {
-                self.state = state;
+                let (node_ports, explicit): (DesiredState, DesiredState) =
+                    state.into_iter().partition(|(f, _)| f.is_node_port());
+                self.state = explicit;
+                self.node_ports = node_ports;
+                for (placeholder, entry) in &self.node_ports {
+                    for frontend in expansions(&self.chosen, placeholder) {
+                        self.state.entry(frontend).or_insert_with(|| entry.clone());
+                    }
+                }
                 self.complete = true;
                 self.touched = None;
             }
             Published::Delta(delta) => {
                 for (frontend, entry) in delta {
-                    match entry {
-                        Some(entry) => self.state.insert(frontend, entry),
-                        None => self.state.remove(&frontend),
-                    };
-                    if let Some(touched) = &mut self.touched {
-                        touched.insert(frontend);
+                    if frontend.is_node_port() {
+                        self.merge_node_port(frontend, entry.as_ref());
+                    } else {
+                        self.merge_explicit(frontend, entry);
                     }
                 }
             }
+            Published::NodeIps(ips) => {
+                self.addresses.node_ips = Some(ips);
+                self.choose();
+            }
+            Published::LocalAddresses(local) => {
+                self.addresses.local = local;
+                self.choose();
+            }
         }
+    }
+
+    fn touch(&mut self, frontend: Frontend) {
+        if let Some(touched) = &mut self.touched {
+            touched.insert(frontend);
+        }
+    }
+
+    fn merge_explicit(&mut self, frontend: Frontend, entry: Option<ServiceEntry>) {
+        if let Some(entry) = entry {
+            self.state.insert(frontend, entry);
+        } else {
+            self.state.remove(&frontend);
+            // A node port on the same address and port takes it back.
+            let placeholder = Frontend::node_port(frontend.ip, frontend.port, frontend.protocol);
+            if self.chosen.contains(&frontend.ip)
+                && let Some(entry) = self.node_ports.get(&placeholder)
+            {
+                self.state.insert(frontend, entry.clone());
+            }
+        }
+        self.touch(frontend);
+    }
+
+    fn merge_node_port(&mut self, placeholder: Frontend, entry: Option<&ServiceEntry>) {
+        match entry {
+            Some(entry) => self.node_ports.insert(placeholder, entry.clone()),
+            None => self.node_ports.remove(&placeholder),
+        };
+        let frontends: Vec<Frontend> = expansions(&self.chosen, &placeholder).collect();
+        for frontend in frontends {
+            let expanded = self
+                .state
+                .get(&frontend)
+                .is_none_or(|e| e.kind == FrontendKind::NodePort);
+            if !expanded {
+                continue; // Another kind of frontend has this address and port.
+            }
+            match entry {
+                Some(entry) => self.state.insert(frontend, entry.clone()),
+                None => self.state.remove(&frontend),
+            };
+            self.touch(frontend);
+        }
+    }
+
+    /// Chooses the node-port addresses again and, when they changed,
+    /// expands the node ports onto the new set.
+    fn choose(&mut self) {
+        let chosen = self.addresses.chosen();
+        if chosen == self.chosen {
+            return;
+        }
+        tracing::info!(
+            addresses = ?chosen,
+            mode = %self.addresses.mode,
+            "node ports answer on these addresses"
+        );
+        self.state.retain(|frontend, entry| {
+            entry.kind != FrontendKind::NodePort || chosen.contains(&frontend.ip)
+        });
+        for (placeholder, entry) in &self.node_ports {
+            for frontend in expansions(&chosen, placeholder) {
+                self.state.entry(frontend).or_insert_with(|| entry.clone());
+            }
+        }
+        self.chosen = chosen;
+        // Rare: compare everything rather than track each address.
+        self.touched = None;
     }
 
     /// Takes what changed since the last sync (and resets it).
     pub fn take_touched(&mut self) -> (Option<BTreeSet<Frontend>>, Option<Instant>) {
         (self.touched.replace(BTreeSet::new()), self.noticed.take())
     }
+}
+
+/// The frontends a node port placeholder stands for: one per chosen address
+/// of its family.
+fn expansions<'a>(
+    chosen: &'a BTreeSet<IpAddr>,
+    placeholder: &'a Frontend,
+) -> impl Iterator<Item = Frontend> + 'a {
+    chosen
+        .iter()
+        .filter(|ip| ip.is_ipv4() == placeholder.ip.is_ipv4())
+        .map(|&ip| Frontend { ip, ..*placeholder })
 }
 
 #[cfg(test)]
@@ -102,6 +235,7 @@ mod tests {
     fn entry() -> ServiceEntry {
         ServiceEntry {
             name: crate::model::ServicePortName::default(),
+            kind: crate::model::FrontendKind::ClusterIP,
             algorithm: Algorithm::Random,
             affinity_timeout_s: None,
             backends: vec![],
@@ -151,5 +285,149 @@ mod tests {
             noticed: Instant::now(),
         });
         assert_eq!(d.take_touched().0, None);
+    }
+
+    fn at(ip: &str, port: u16) -> Frontend {
+        Frontend {
+            ip: ip.parse().expect("ip"),
+            port,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    fn kind_entry(kind: crate::model::FrontendKind, name: &str) -> ServiceEntry {
+        ServiceEntry {
+            kind,
+            name: crate::model::ServicePortName {
+                name: name.to_owned(),
+                ..Default::default()
+            },
+            ..entry()
+        }
+    }
+
+    fn update(change: Published) -> Update {
+        Update {
+            change,
+            noticed: Instant::now(),
+        }
+    }
+
+    fn local(ips: &[&str]) -> BTreeSet<std::net::IpAddr> {
+        ips.iter().map(|s| s.parse().expect("ip")).collect()
+    }
+
+    fn keys(d: &Desired) -> Vec<String> {
+        d.state.keys().map(ToString::to_string).collect()
+    }
+
+    /// A state with the node port 30080 (IPv4) and the ClusterIP of its
+    /// Service, on a node with two IPv4 addresses and one IPv6.
+    fn with_node_port() -> Desired {
+        use crate::{model::FrontendKind, node_addresses::NodeAddresses};
+        let mut d = Desired::new(NodeAddresses {
+            local: local(&["10.0.0.5", "10.0.0.6", "fd00::5", "127.0.0.1"]),
+            ..NodeAddresses::default()
+        });
+        let full: DesiredState = [
+            (
+                at("0.0.0.0", 30_080),
+                kind_entry(FrontendKind::NodePort, "np"),
+            ),
+            (
+                at("10.96.0.1", 80),
+                kind_entry(FrontendKind::ClusterIP, "np"),
+            ),
+        ]
+        .into();
+        d.merge(update(Published::Full(full)));
+        d
+    }
+
+    #[test]
+    fn node_ports_expand_to_each_node_port_address_of_their_family() {
+        let d = with_node_port();
+        assert_eq!(
+            keys(&d),
+            [
+                "10.0.0.5:30080/TCP",
+                "10.0.0.6:30080/TCP",
+                "10.96.0.1:80/TCP"
+            ]
+        );
+    }
+
+    #[test]
+    fn node_ports_follow_the_addresses() {
+        let mut d = with_node_port();
+        d.take_touched();
+        // An address comes and another goes (DHCP, an interface).
+        d.merge(update(Published::LocalAddresses(local(&[
+            "10.0.0.6", "10.0.0.7",
+        ]))));
+        assert_eq!(
+            keys(&d),
+            [
+                "10.0.0.6:30080/TCP",
+                "10.0.0.7:30080/TCP",
+                "10.96.0.1:80/TCP"
+            ]
+        );
+        assert_eq!(d.take_touched().0, None, "everything is compared");
+        // The Node object names the primary address: only it answers.
+        d.merge(update(Published::NodeIps(vec![
+            "10.0.0.7".parse().expect("ip"),
+        ])));
+        assert_eq!(keys(&d), ["10.0.0.7:30080/TCP", "10.96.0.1:80/TCP"]);
+        // Unchanged addresses change nothing.
+        d.take_touched();
+        d.merge(update(Published::NodeIps(vec![
+            "10.0.0.7".parse().expect("ip"),
+        ])));
+        assert_eq!(d.take_touched().0, Some(BTreeSet::new()));
+    }
+
+    #[test]
+    fn node_port_deltas_touch_each_expansion() {
+        let mut d = with_node_port();
+        d.take_touched();
+        d.merge(update(Published::Delta(BTreeMap::from([(
+            at("0.0.0.0", 30_080),
+            None,
+        )]))));
+        assert_eq!(keys(&d), ["10.96.0.1:80/TCP"]);
+        assert_eq!(
+            d.take_touched().0,
+            Some([at("10.0.0.5", 30_080), at("10.0.0.6", 30_080)].into())
+        );
+    }
+
+    #[test]
+    fn another_kind_on_a_node_address_wins_and_gives_it_back() {
+        use crate::model::FrontendKind;
+        let mut d = with_node_port();
+        let external = kind_entry(FrontendKind::ExternalIP, "ext");
+        d.merge(update(Published::Delta(BTreeMap::from([(
+            at("10.0.0.5", 30_080),
+            Some(external),
+        )]))));
+        assert_eq!(
+            d.state[&at("10.0.0.5", 30_080)].kind,
+            FrontendKind::ExternalIP
+        );
+        // A change of the node port leaves it alone.
+        let np = kind_entry(FrontendKind::NodePort, "np2");
+        d.merge(update(Published::Delta(BTreeMap::from([(
+            at("0.0.0.0", 30_080),
+            Some(np),
+        )]))));
+        assert_eq!(d.state[&at("10.0.0.5", 30_080)].name.name, "ext");
+        assert_eq!(d.state[&at("10.0.0.6", 30_080)].name.name, "np2");
+        // Gone: the node port has the address again.
+        d.merge(update(Published::Delta(BTreeMap::from([(
+            at("10.0.0.5", 30_080),
+            None,
+        )]))));
+        assert_eq!(d.state[&at("10.0.0.5", 30_080)].name.name, "np2");
     }
 }

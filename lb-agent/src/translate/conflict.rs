@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use super::{Kind, ObjectRef, problem::Problems};
 use crate::model::{DesiredState, Frontend, ServiceEntry};
 
-/// The desired state being built, and which port of which Service each
+/// The desired state being built, and which field of which Service each
 /// frontend came from (to name the loser of a conflict).
 #[derive(Default)]
 pub(super) struct State {
     pub(super) entries: DesiredState,
-    origins: HashMap<Frontend, usize>,
+    origins: HashMap<Frontend, String>,
 }
 
 /// Adds a frontend. Two Services cannot share one: the one with the smaller
@@ -20,20 +20,24 @@ pub(super) fn insert(
     state: &mut State,
     frontend: Frontend,
     entry: ServiceEntry,
-    port_index: usize,
+    field: String,
     problems: &mut Problems,
 ) {
     let loser = match state.entries.get(&frontend) {
         None => None,
+        // One Service port twice (an external IP that is also its load
+        // balancer's): the first kind found keeps it, in the order
+        // ClusterIP, node port, external IP, load balancer.
+        Some(existing) if existing.name == entry.name => return,
         Some(existing) if existing.name <= entry.name => {
-            Some((entry.name.clone(), port_index, existing.name.clone()))
+            Some((entry.name.clone(), field.clone(), existing.name.clone()))
         }
         Some(existing) => {
-            let existing_index = state.origins.get(&frontend).copied().unwrap_or_default();
-            Some((existing.name.clone(), existing_index, entry.name.clone()))
+            let existing_field = state.origins.get(&frontend).cloned().unwrap_or_default();
+            Some((existing.name.clone(), existing_field, entry.name.clone()))
         }
     };
-    if let Some((loser, loser_index, winner)) = &loser {
+    if let Some((loser, loser_field, winner)) = &loser {
         let object = ObjectRef {
             kind: Kind::Service,
             namespace: loser.namespace.clone(),
@@ -41,13 +45,13 @@ pub(super) fn insert(
         };
         problems.push_ref(
             object,
-            format!("spec.ports[{loser_index}]"),
+            loser_field.clone(),
             format!("{frontend} is also a frontend of {winner}, which keeps it"),
         );
         if *loser == entry.name {
             return;
         }
     }
-    state.origins.insert(frontend, port_index);
+    state.origins.insert(frontend, field);
     state.entries.insert(frontend, entry);
 }

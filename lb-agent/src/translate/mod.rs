@@ -1,16 +1,22 @@
 //! Kubernetes objects -> desired state: a pure function, kube-proxy's rules.
 //!
-//! The reference is kube-proxy v1.33 (`pkg/proxy` in kubernetes/kubernetes):
+//! The reference is kube-proxy v1.35 (`pkg/proxy` in kubernetes/kubernetes):
 //! which Services are proxied (`servicechangetracker.go`, `util.ShouldSkipService`,
 //! and the label selector of kube-proxy's informers in
 //! `cmd/kube-proxy/app/server.go`), how `EndpointSlices` are joined to service
 //! ports and deduplicated (`endpointslicecache.go`), which endpoints are
-//! usable (`topology.go`, `CategorizeEndpoints`) and the endpoint conditions
-//! (`endpoint.go`). Comments in each module say where behaviour follows it
-//! and where it deliberately does not.
+//! usable (`topology.go`, `CategorizeEndpoints`), the endpoint conditions
+//! (`endpoint.go`) and a Service's addresses (`serviceport.go`,
+//! `newBaseServiceInfo`). Comments in each module say where behaviour
+//! follows it and where it deliberately does not.
 //!
-//! Only `ClusterIP` traffic is translated: `NodePort` and `LoadBalancer` Services
-//! get their `ClusterIP` frontends, nothing else.
+//! Every address of a Service is a frontend with the same settings: its
+//! `ClusterIP`s, its `nodePort`s (on every node-port address: see
+//! [`Frontend::node_port`]), its `externalIPs` and its load balancer's VIPs.
+//! The `ClusterIP` uses the endpoints `internalTrafficPolicy` allows; the
+//! external addresses use the cluster-wide ones, as kube-proxy does for
+//! clients on the node (`UsesClusterEndpoints`, and the short circuit of
+//! `externalTrafficPolicy: Local`).
 //!
 //! A [`Problem`] means that an object, or one port or endpoint of it, was
 //! skipped; everything else is still translated. The file source rejects a
@@ -19,11 +25,13 @@
 //! Here: the public types, [`translate`] and the steps of one Service. One
 //! job per submodule: `selection` (which objects this proxy serves),
 //! `slices` (`EndpointSlices` indexed by Service, validated once, joined to
-//! a port), `family` (address families and `ClusterIP`s), `validate` (a
-//! Service's ports and settings), `topology` (which endpoints are usable),
+//! a port), `family` (address families and `ClusterIP`s), `external`
+//! (external and load-balancer addresses), `validate` (a Service's ports
+//! and settings), `topology` (which endpoints are usable),
 //! `conflict` (two Services, one frontend) and `problem` ([`Problem`]).
 
 mod conflict;
+mod external;
 mod family;
 mod problem;
 mod selection;
@@ -35,21 +43,24 @@ mod tests;
 mod topology;
 mod validate;
 
-use std::collections::HashSet;
+use std::{collections::HashSet, net::IpAddr};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 pub use self::problem::{Kind, ObjectRef, Problem};
 use self::{
     conflict::{State, insert},
+    external::{External, external_addresses},
     family::{Family, cluster_ips},
     problem::{Obj, Problems},
     selection::wanted,
     slices::{SliceIndex, endpoints_for},
     topology::usable_backends,
-    validate::{first_of_its_name, namespace_and_name, ports, settings},
+    validate::{Port, first_of_its_name, namespace_and_name, ports, settings},
 };
-use crate::model::{Algorithm, DesiredState, Frontend, ServiceEntry, ServicePortName};
+use crate::model::{
+    Algorithm, DesiredState, Frontend, FrontendKind, ServiceEntry, ServicePortName,
+};
 
 /// Label joining an `EndpointSlice` to its Service (same namespace).
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -57,18 +68,14 @@ pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 /// Label of Services (and their slices) served by another proxy.
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Label of a Node's zone, for topology hints.
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 /// Annotation choosing a Service's [`Algorithm`] (`random` or `round-robin`).
 pub const ANNOTATION_ALGORITHM: &str = "lb-agent.io/algorithm";
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (the API server's default).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 /// The largest affinity timeout the API server accepts.
 pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
-
-/// kube-proxy's `PreferSameTrafficDistribution` feature gate, which makes it
-/// honour `hints.forNodes`: alpha and off by default in v1.33 (beta and on
-/// in v1.34), so `forNodes` hints are ignored. The logic is here and tested,
-/// flip this to follow v1.34.
-const PREFER_SAME_NODE: bool = false;
 
 /// The node the agent runs on, for topology and `internalTrafficPolicy: Local`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,6 +84,19 @@ pub struct NodeContext {
     pub node_name: Option<String>,
     /// The node's `topology.kubernetes.io/zone` label.
     pub zone: Option<String>,
+}
+
+impl NodeContext {
+    /// This node, with the zone its Node object's label names.
+    #[must_use]
+    pub fn of(node_name: Option<String>, node: Option<&k8s_openapi::api::core::v1::Node>) -> Self {
+        Self {
+            node_name,
+            zone: node
+                .and_then(|n| n.metadata.labels.as_ref()?.get(LABEL_ZONE))
+                .cloned(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -179,28 +199,74 @@ fn translate_service<'a>(
     if cluster_ips.iter().all(Option::is_none) || ports.is_empty() {
         return;
     }
+    let external = external_addresses(service, spec, &object, problems);
     let slices = index.for_service(namespace, name, problems);
     for port in &ports {
+        let name = ServicePortName {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            port: port.name.to_owned(),
+        };
         for &cluster_ip in cluster_ips.iter().flatten() {
             let family = Family::of(cluster_ip);
             let endpoints = endpoints_for(&slices, family, port);
-            let backends = usable_backends(&endpoints, settings.local, node, PREFER_SAME_NODE);
-            let frontend = Frontend {
-                ip: cluster_ip,
-                port: port.number,
-                protocol: port.protocol,
+            let internal = usable_backends(&endpoints, settings.local, node);
+            let cluster_wide = if settings.local {
+                usable_backends(&endpoints, false, node)
+            } else {
+                internal.clone()
             };
-            let entry = ServiceEntry {
-                name: ServicePortName {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                    port: port.name.to_owned(),
-                },
-                algorithm: settings.algorithm,
-                affinity_timeout_s: settings.affinity_timeout_s,
-                backends,
-            };
-            insert(state, frontend, entry, port.index, problems);
+            let frontends = frontends_of(port, cluster_ip, &external);
+            for (frontend, kind, field) in frontends {
+                let backends = if kind == FrontendKind::ClusterIP {
+                    internal.clone()
+                } else {
+                    cluster_wide.clone()
+                };
+                let entry = ServiceEntry {
+                    name: name.clone(),
+                    kind,
+                    algorithm: settings.algorithm,
+                    affinity_timeout_s: settings.affinity_timeout_s,
+                    backends,
+                };
+                insert(state, frontend, entry, field, problems);
+            }
         }
     }
+}
+
+/// The frontends of one port of a Service in the family of `cluster_ip`:
+/// the `ClusterIP`, the node port, the external addresses; each with its
+/// kind and the field it came from.
+fn frontends_of(
+    port: &Port<'_>,
+    cluster_ip: IpAddr,
+    external: &[External],
+) -> Vec<(Frontend, FrontendKind, String)> {
+    let at = |ip| Frontend {
+        ip,
+        port: port.number,
+        protocol: port.protocol,
+    };
+    let mut frontends = vec![(
+        at(cluster_ip),
+        FrontendKind::ClusterIP,
+        format!("spec.ports[{}]", port.index),
+    )];
+    if let Some(nodeport) = port.nodeport {
+        frontends.push((
+            Frontend::node_port(cluster_ip, nodeport, port.protocol),
+            FrontendKind::NodePort,
+            format!("spec.ports[{}].nodePort", port.index),
+        ));
+    }
+    let family = Family::of(cluster_ip);
+    frontends.extend(
+        external
+            .iter()
+            .filter(|e| Family::of(e.ip) == family)
+            .map(|e| (at(e.ip), e.kind, e.field.clone())),
+    );
+    frontends
 }

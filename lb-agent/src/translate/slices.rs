@@ -207,8 +207,9 @@ fn prepare_slice<'a>(
             Err(message) => problems.push(&object, format!("ports[{i}].protocol"), message),
         }
     }
-    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
-    for (i, endpoint) in slice.endpoints.iter().enumerate() {
+    let listed = slice.endpoints.as_deref().unwrap_or_default();
+    let mut endpoints = Vec::with_capacity(listed.len());
+    for (i, endpoint) in listed.iter().enumerate() {
         // Only the first address is used, as kube-proxy does.
         let Some(address) = endpoint.addresses.first() else {
             problems.push(&object, format!("endpoints[{i}].addresses"), "empty");

@@ -19,12 +19,10 @@ enum Topology {
 }
 
 /// Topology hints are used only when every ready endpoint has one and at
-/// least one names this node (or zone); otherwise they are ignored.
-fn topology(
-    endpoints: &[(SocketAddr, &Endpoint<'_>)],
-    node: &NodeContext,
-    prefer_same_node: bool,
-) -> Topology {
+/// least one names this node (or zone); otherwise they are ignored. Node
+/// hints come first: kube-proxy's `PreferSameTrafficDistribution` gate is
+/// GA and locked on since v1.35.
+fn topology(endpoints: &[(SocketAddr, &Endpoint<'_>)], node: &NodeContext) -> Topology {
     let node_name = node.node_name.as_deref().unwrap_or_default();
     let zone = node.zone.as_deref().unwrap_or_default();
     let mut any_ready = false;
@@ -45,7 +43,7 @@ fn topology(
     }
     if !any_ready {
         Topology::All
-    } else if prefer_same_node && all_node_hints && for_node {
+    } else if all_node_hints && for_node {
         Topology::SameNode
     } else if all_zone_hints && for_zone {
         Topology::SameZone
@@ -62,7 +60,6 @@ pub(super) fn usable_backends(
     endpoints: &[(SocketAddr, &Endpoint<'_>)],
     local: bool,
     node: &NodeContext,
-    prefer_same_node: bool,
 ) -> Vec<SocketAddr> {
     let pick = |keep: &dyn Fn(&Endpoint<'_>) -> bool| -> Vec<SocketAddr> {
         endpoints
@@ -84,7 +81,7 @@ pub(super) fn usable_backends(
             ready
         }
     } else {
-        let mode = topology(endpoints, node, prefer_same_node);
+        let mode = topology(endpoints, node);
         let node_name = node.node_name.as_deref().unwrap_or_default();
         let zone = node.zone.as_deref().unwrap_or_default();
         let allowed = |e: &Endpoint<'_>| match mode {

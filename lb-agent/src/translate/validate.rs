@@ -21,6 +21,8 @@ pub(super) struct Port<'a> {
     pub(super) name: &'a str,
     pub(super) protocol: Protocol,
     pub(super) number: u16,
+    /// The `nodePort`, when the Service has one for this port.
+    pub(super) nodeport: Option<u16>,
 }
 
 /// Everything about a Service that applies to all its frontends.
@@ -45,7 +47,7 @@ pub(super) fn ports<'a>(
             protocol,
             target_port,
             app_protocol: _,
-            node_port: _,
+            node_port,
         } = port;
         let field = |leaf: &str| format!("spec.ports[{index}]{leaf}");
         let protocol = match parse_protocol(protocol.as_deref()) {
@@ -69,6 +71,20 @@ pub(super) fn ports<'a>(
             problems.push(object, field(".targetPort"), message);
             continue;
         }
+        let node_port = match node_port.filter(|&n| n != 0).map(parse_port) {
+            None => None,
+            Some(Err(message)) => {
+                problems.push(object, field(".nodePort"), message);
+                continue;
+            }
+            // The API server allocates node ports to these types only.
+            Some(Ok(_)) if !matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) => {
+                let message = "may not be used when `type` is not NodePort or LoadBalancer";
+                problems.push(object, field(".nodePort"), message.to_owned());
+                continue;
+            }
+            Some(Ok(n)) => Some(n),
+        };
         let name = name.as_deref().unwrap_or_default();
         if out
             .iter()
@@ -86,6 +102,7 @@ pub(super) fn ports<'a>(
             name,
             protocol,
             number,
+            nodeport: node_port,
         });
     }
     out
@@ -250,6 +267,22 @@ pub(super) fn settings(
             return None;
         }
     };
+    // For clients on the node the external policy changes nothing: kube-proxy
+    // sends their traffic to an external address to the cluster-wide
+    // endpoints even when it is `Local` (the "short circuit" of its external
+    // chains), and every client a socket hook sees is on the node. It is
+    // still checked, as the API server does.
+    match spec.external_traffic_policy.as_deref() {
+        None | Some("Cluster" | "Local") => {}
+        Some(other) => {
+            problems.push(
+                object,
+                "spec.externalTrafficPolicy",
+                format!("unsupported value {other:?}: expected Cluster or Local"),
+            );
+            return None;
+        }
+    }
     Some(Settings {
         algorithm,
         affinity_timeout_s,

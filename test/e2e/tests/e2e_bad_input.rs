@@ -24,7 +24,7 @@ use std::{
 
 use lb_agent::{
     source::file::FileSource,
-    translate::{NodeContext, Options},
+    translate::Options,
 };
 use lb_testbed::{
     agent::Agent,
@@ -289,17 +289,17 @@ fn every_bad_file_is_one_clear_line() {
         std::fs::write(&path, &case.bytes).expect("write case");
         let source = FileSource {
             path: path.clone(),
-            node: NodeContext::default(),
+            node_name: None,
             options: Options::default(),
         };
         let started = Instant::now();
         let result = source.load();
         let took = started.elapsed();
         match result {
-            Ok(state) => failures.push(format!(
+            Ok(loaded) => failures.push(format!(
                 "{}: accepted ({} frontends) instead of rejected",
                 case.name,
-                state.len()
+                loaded.state.len()
             )),
             Err(e) => {
                 let line = e.to_string();

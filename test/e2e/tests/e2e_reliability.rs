@@ -888,6 +888,7 @@ impl Pins {
                 fe,
                 lb_agent::model::ServiceEntry {
                     name: lb_agent::model::ServicePortName::default(),
+                    kind: lb_agent::model::FrontendKind::ClusterIP,
                     algorithm: Algorithm::Random,
                     affinity_timeout_s: None,
                     backends: backends.iter().map(socket_addr).collect(),

@@ -541,18 +541,20 @@ pub fn endpoint_slice(
     EndpointSlice {
         metadata,
         address_type: address_type.to_owned(),
-        endpoints: addresses
-            .iter()
-            .map(|address| Endpoint {
-                addresses: vec![(*address).to_owned()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    serving: Some(true),
-                    terminating: Some(false),
-                }),
-                ..Endpoint::default()
-            })
-            .collect(),
+        endpoints: Some(
+            addresses
+                .iter()
+                .map(|address| Endpoint {
+                    addresses: vec![(*address).to_owned()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(true),
+                        serving: Some(true),
+                        terminating: Some(false),
+                    }),
+                    ..Endpoint::default()
+                })
+                .collect(),
+        ),
         ports: Some(
             ports
                 .iter()

@@ -16,6 +16,7 @@ mod tests;
 
 use std::{
     fmt::Write as _,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -30,10 +31,13 @@ use tokio::{
     sync::mpsc,
 };
 
+use k8s_openapi::api::core::v1::Node;
+
 use super::{Published, Publisher, Update};
 use crate::{
     metrics::{Metrics, SourceLabels},
     model::DesiredState,
+    node_addresses,
     translate::{self, NodeContext, Options, Problem},
 };
 
@@ -65,6 +69,11 @@ pub enum Error {
         path: PathBuf,
         problems: Vec<Problem>,
     },
+    #[error(
+        "{}: {count} Node objects and no --node-name: name the one this node is (or keep only it)",
+        path.display()
+    )]
+    WhichNode { path: PathBuf, count: usize },
     #[error("failed to watch {path}: {source}")]
     Watch {
         path: PathBuf,
@@ -109,8 +118,18 @@ enum Seen {
 /// Reads, parses and translates one file.
 pub struct FileSource {
     pub path: PathBuf,
-    pub node: NodeContext,
+    /// `--node-name`: picks this node's Node object among the file's.
+    pub node_name: Option<String>,
     pub options: Options,
+}
+
+/// What a file says.
+#[derive(Debug)]
+pub struct Loaded {
+    pub state: DesiredState,
+    /// The primary addresses of this node's Node object in the file (empty
+    /// without one: node ports then answer on the local addresses).
+    pub node_ips: Vec<IpAddr>,
 }
 
 impl FileSource {
@@ -119,7 +138,7 @@ impl FileSource {
     /// # Errors
     /// When the file cannot be read, does not parse, or holds any object
     /// that cannot be used.
-    pub fn load(&self) -> Result<DesiredState, Error> {
+    pub fn load(&self) -> Result<Loaded, Error> {
         let bytes = std::fs::read(&self.path).map_err(|source| Error::Read {
             path: self.path.clone(),
             source,
@@ -127,7 +146,22 @@ impl FileSource {
         self.load_bytes(&bytes)
     }
 
-    fn load_bytes(&self, bytes: &[u8]) -> Result<DesiredState, Error> {
+    /// This node's Node object among the file's: the one named
+    /// `--node-name`, or without that name the only one.
+    fn this_node<'a>(&self, nodes: &'a [Node]) -> Result<Option<&'a Node>, Error> {
+        match &self.node_name {
+            Some(name) => Ok(nodes
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(name))),
+            None if nodes.len() > 1 => Err(Error::WhichNode {
+                path: self.path.clone(),
+                count: nodes.len(),
+            }),
+            None => Ok(nodes.first()),
+        }
+    }
+
+    fn load_bytes(&self, bytes: &[u8]) -> Result<Loaded, Error> {
         let text = std::str::from_utf8(bytes).map_err(|source| Error::NotText {
             path: self.path.clone(),
             source,
@@ -135,10 +169,17 @@ impl FileSource {
         let started = Instant::now();
         let objects = parse(text, &self.path).map_err(Box::new)?;
         let parsed = started.elapsed();
+        let node = self.this_node(&objects.nodes)?;
+        // Without --node-name, the file's only Node names this node.
+        let node_name = self
+            .node_name
+            .clone()
+            .or_else(|| node.and_then(|n| n.metadata.name.clone()));
+        let node_ips = node.map(node_addresses::primary_ips).unwrap_or_default();
         let t = translate::translate(
             &objects.services,
             &objects.endpoint_slices,
-            &self.node,
+            &NodeContext::of(node_name, node),
             &self.options,
         );
         let (services, endpoint_slices) = (objects.services.len(), objects.endpoint_slices.len());
@@ -153,7 +194,10 @@ impl FileSource {
             "parsed and translated services file"
         );
         if t.problems.is_empty() {
-            Ok(t.state)
+            Ok(Loaded {
+                state: t.state,
+                node_ips,
+            })
         } else {
             Err(Error::Invalid {
                 path: self.path.clone(),
@@ -225,18 +269,17 @@ impl FileSource {
                         _ => tokio::task::block_in_place(|| self.load_bytes(&bytes)),
                     };
                     match result {
-                        Ok(state) => {
+                        Ok(Loaded { state, node_ips }) => {
                             tracing::info!(path = %self.path.display(), services = state.len(), "loaded services file");
                             metrics.source_updates.get_or_create(&labels).inc();
                             metrics.source_stale.get_or_create(&labels).set(0);
-                            if tx
-                                .send(Update {
-                                    change: Published::Full(state),
-                                    noticed,
-                                })
-                                .is_err()
-                            {
-                                return Ok(()); // The agent is shutting down.
+                            // The node's addresses first: the node ports
+                            // of the state answer on them.
+                            let updates = [Published::NodeIps(node_ips), Published::Full(state)];
+                            for change in updates {
+                                if tx.send(Update { change, noticed }).is_err() {
+                                    return Ok(()); // The agent is shutting down.
+                                }
                             }
                         }
                         // Read at once after a change, the file may be half

@@ -11,18 +11,20 @@ use notify::{
 
 use super::{FileSource, changes_content};
 use crate::{
-    model::{Algorithm, DesiredState, Frontend, Protocol, ServiceEntry, ServicePortName},
-    translate::{NodeContext, Options},
+    model::{
+        Algorithm, DesiredState, Frontend, FrontendKind, Protocol, ServiceEntry, ServicePortName,
+    },
+    translate::Options,
 };
 
 #[test]
 fn example_file_is_one_frontend_with_three_backends() {
     let source = FileSource {
         path: "examples/services.yaml".into(),
-        node: NodeContext::default(),
+        node_name: None,
         options: Options::default(),
     };
-    let state = source
+    let loaded = source
         .load_bytes(include_bytes!("../../../../examples/services.yaml"))
         .unwrap_or_else(|error| panic!("{error}"));
     let expected = ServiceEntry {
@@ -31,6 +33,7 @@ fn example_file_is_one_frontend_with_three_backends() {
             name: "demo".to_owned(),
             port: "http".to_owned(),
         },
+        kind: FrontendKind::ClusterIP,
         algorithm: Algorithm::RoundRobin,
         affinity_timeout_s: None,
         backends: ["10.200.0.11:8080", "10.200.0.12:8080", "10.200.0.13:8080"]
@@ -43,7 +46,8 @@ fn example_file_is_one_frontend_with_three_backends() {
         port: 80,
         protocol: Protocol::Tcp,
     };
-    assert_eq!(state, DesiredState::from([(frontend, expected)]));
+    assert_eq!(loaded.state, DesiredState::from([(frontend, expected)]));
+    assert!(loaded.node_ips.is_empty(), "the example has no Node");
 }
 
 #[test]
@@ -73,4 +77,49 @@ fn writes_renames_and_removals_do() {
     ))));
     assert!(changes_content(EventKind::Create(CreateKind::File)));
     assert!(changes_content(EventKind::Remove(RemoveKind::File)));
+}
+
+const NODES: &str = "apiVersion: v1
+kind: NodeList
+items:
+- metadata: {name: node-1, labels: {topology.kubernetes.io/zone: zone-a}}
+  status: {addresses: [{type: InternalIP, address: 10.0.0.5}, {type: InternalIP, address: 'fd00::5'}]}
+- metadata: {name: node-2}
+  status: {addresses: [{type: ExternalIP, address: 192.0.2.2}]}
+";
+
+#[test]
+fn the_node_named_by_node_name_gives_the_addresses() {
+    let source = |node_name: Option<&str>| FileSource {
+        path: "nodes.yaml".into(),
+        node_name: node_name.map(str::to_owned),
+        options: Options::default(),
+    };
+    let loaded = source(Some("node-2"))
+        .load_bytes(NODES.as_bytes())
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(
+        loaded.node_ips,
+        ["192.0.2.2".parse::<std::net::IpAddr>().expect("ip")]
+    );
+    let loaded = source(Some("node-9"))
+        .load_bytes(NODES.as_bytes())
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(loaded.node_ips.is_empty(), "no Node of that name");
+    let error = source(None)
+        .load_bytes(NODES.as_bytes())
+        .expect_err("which node?");
+    assert_eq!(
+        error.to_string(),
+        "nodes.yaml: 2 Node objects and no --node-name: name the one this node is (or keep only it)"
+    );
+    // The only Node is this node without --node-name.
+    let one = NODES
+        .split("- metadata: {name: node-2}")
+        .next()
+        .expect("first");
+    let loaded = source(None)
+        .load_bytes(one.as_bytes())
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(loaded.node_ips.len(), 2);
 }

@@ -1,7 +1,10 @@
 //! Builders of Services and their ports.
 
 use k8s_openapi::{
-    api::core::v1::{ClientIPConfig, Service, ServicePort, ServiceSpec, SessionAffinityConfig},
+    api::core::v1::{
+        ClientIPConfig, LoadBalancerIngress, Service, ServicePort, ServiceSpec,
+        SessionAffinityConfig,
+    },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 
@@ -85,6 +88,43 @@ impl ServiceBuilder {
     #[must_use]
     pub(crate) fn internal_traffic_policy(mut self, policy: &str) -> Self {
         self.spec().internal_traffic_policy = Some(policy.to_owned());
+        self
+    }
+
+    #[must_use]
+    pub(crate) fn external_traffic_policy(mut self, policy: &str) -> Self {
+        self.spec().external_traffic_policy = Some(policy.to_owned());
+        self
+    }
+
+    #[must_use]
+    pub(crate) fn external_ips(mut self, ips: &[&str]) -> Self {
+        self.spec().external_ips = Some(strings(ips));
+        self
+    }
+
+    #[must_use]
+    pub(crate) fn source_ranges(mut self, cidrs: &[&str]) -> Self {
+        self.spec().load_balancer_source_ranges = Some(strings(cidrs));
+        self
+    }
+
+    /// Adds a load-balancer ingress point to `status.loadBalancer.ingress`,
+    /// with an `ipMode` when given.
+    #[must_use]
+    pub(crate) fn ingress(mut self, ip: &str, ip_mode: Option<&str>) -> Self {
+        self.0
+            .status
+            .get_or_insert_default()
+            .load_balancer
+            .get_or_insert_default()
+            .ingress
+            .get_or_insert_default()
+            .push(LoadBalancerIngress {
+                ip: Some(ip.to_owned()),
+                ip_mode: ip_mode.map(str::to_owned),
+                ..LoadBalancerIngress::default()
+            });
         self
     }
 

@@ -17,7 +17,7 @@ pub(crate) fn slice(name: &str, service: &str) -> SliceBuilder {
     set(&mut metadata.labels, LABEL_SERVICE_NAME, service);
     SliceBuilder(EndpointSlice {
         address_type: "IPv4".to_owned(),
-        endpoints: Vec::new(),
+        endpoints: None,
         metadata,
         ports: None,
     })
@@ -53,7 +53,7 @@ impl SliceBuilder {
 
     #[must_use]
     pub(crate) fn endpoint(mut self, endpoint: EndpointBuilder) -> Self {
-        self.0.endpoints.push(endpoint.0);
+        self.0.endpoints.get_or_insert_default().push(endpoint.0);
         self
     }
 

@@ -2,6 +2,7 @@
 //! in, frontends, backends and problems out.
 
 mod conditions;
+mod external;
 mod generated;
 mod join;
 mod problems;

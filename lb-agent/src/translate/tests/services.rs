@@ -169,20 +169,3 @@ fn headless_external_name_and_ip_less_services_are_skipped_silently() {
     assert_clean(&t);
     assert_eq!(frontends(&t), ["10.0.0.1:80/TCP"]);
 }
-
-#[test]
-fn node_port_and_load_balancer_services_get_their_cluster_ip() {
-    let services = [
-        service("np")
-            .type_("NodePort")
-            .cluster_ip("10.0.0.1")
-            .port(port(80).node_port(30_080)),
-        service("lb")
-            .type_("LoadBalancer")
-            .cluster_ip("10.0.0.2")
-            .port(port(80).node_port(30_081)),
-    ];
-    let t = run(&services, &[]);
-    assert_clean(&t);
-    assert_eq!(frontends(&t), ["10.0.0.1:80/TCP", "10.0.0.2:80/TCP"]);
-}

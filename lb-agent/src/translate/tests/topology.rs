@@ -1,22 +1,12 @@
 //! Topology hints (zones, and nodes behind kube-proxy's feature gate) and
 //! `internalTrafficPolicy: Local`.
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
 use super::{assert_clean, backends, backends_on, node, run, run_with, web, web_slice};
-use crate::{
-    model::Protocol,
-    translate::{
-        NodeContext, Options,
-        family::Family,
-        problem::Problems,
-        slices::{SliceIndex, endpoints_for},
-        testing::{
-            EndpointBuilder, PortFields as _, ServiceBuilder, SliceBuilder, endpoint, port, ready,
-            service, terminating,
-        },
-        topology::usable_backends,
-        validate::Port,
+use crate::translate::{
+    Options,
+    testing::{
+        EndpointBuilder, PortFields as _, ServiceBuilder, endpoint, port, ready, service,
+        terminating,
     },
 };
 
@@ -117,58 +107,15 @@ fn node_hinted(zones: bool) -> [EndpointBuilder; 3] {
 }
 
 #[test]
-fn for_nodes_hints_are_ignored_as_by_kube_proxy_1_33() {
-    // PreferSameTrafficDistribution is off by default in v1.33: the zone
-    // hints apply, the node hints do not.
-    let slices = [web_slice("web-1", node_hinted(true))];
-    assert_eq!(
-        backends_on(&node(Some("node-1"), Some("zone-a")), &[web()], &slices),
-        ["10.1.0.1:8080", "10.1.0.2:8080"]
-    );
-    let slices = [web_slice("web-1", node_hinted(false))];
-    assert_eq!(
-        backends_on(&node(Some("node-1"), Some("zone-a")), &[web()], &slices),
-        ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]
-    );
-}
-
-/// The usable backends of `web`'s one frontend, from these slices, with
-/// the `PreferSameTrafficDistribution` logic on or off.
-fn backends_with_gate(
-    slices: &[SliceBuilder],
-    node: &NodeContext,
-    prefer_same_node: bool,
-) -> Vec<String> {
-    let slices: Vec<EndpointSlice> = slices.iter().cloned().map(SliceBuilder::build).collect();
-    let mut problems = Problems::default();
-    let slice_refs: Vec<&EndpointSlice> = slices.iter().collect();
-    let mut index = SliceIndex::new(&slice_refs, &Options::default(), &mut problems);
-    let slices = index.for_service("default", "web", &mut problems);
-    let port = Port {
-        index: 0,
-        name: "http",
-        protocol: Protocol::Tcp,
-        number: 80,
-    };
-    let endpoints = endpoints_for(&slices, Family::V4, &port);
-    usable_backends(&endpoints, false, node, prefer_same_node)
-        .iter()
-        .map(ToString::to_string)
-        .collect()
-}
-
-#[test]
-fn for_nodes_hints_with_prefer_same_node_keep_this_node_only() {
-    let slices = [web_slice("web-1", node_hinted(true))];
+fn for_nodes_hints_keep_this_node_only_as_kube_proxy_1_35() {
+    // PreferSameTrafficDistribution is GA (locked on) since v1.35: node
+    // hints come before zone hints.
     let here = node(Some("node-1"), Some("zone-a"));
-    assert_eq!(backends_with_gate(&slices, &here, true), ["10.1.0.1:8080"]);
-    assert_eq!(
-        backends_with_gate(&slices, &here, false),
-        ["10.1.0.1:8080", "10.1.0.2:8080"]
-    );
+    let slices = [web_slice("web-1", node_hinted(true))];
+    assert_eq!(backends_on(&here, &[web()], &slices), ["10.1.0.1:8080"]);
     // No endpoint for this node: fall through to the zone hints.
     assert_eq!(
-        backends_with_gate(&slices, &node(Some("node-9"), Some("zone-b")), true),
+        backends_on(&node(Some("node-9"), Some("zone-b")), &[web()], &slices),
         ["10.1.0.3:8080"]
     );
     // Not every endpoint has a node hint: zone hints again.
@@ -176,7 +123,7 @@ fn for_nodes_hints_with_prefer_same_node_keep_this_node_only() {
     let partial = [first, second, zoned("10.1.0.3", &["zone-b"])];
     let slices = [web_slice("web-1", partial)];
     assert_eq!(
-        backends_with_gate(&slices, &here, true),
+        backends_on(&here, &[web()], &slices),
         ["10.1.0.1:8080", "10.1.0.2:8080"]
     );
 }

@@ -47,7 +47,8 @@ impl Manifest {
             .unwrap_or_else(|e| panic!("{} is not a DaemonSet: {e}", path.display()));
         let pod = daemon_set
             .spec
-            .and_then(|s| s.template.spec)
+            .template
+            .spec
             .expect("the DaemonSet has a pod template");
         only(
             &pod,

@@ -95,8 +95,7 @@ impl fmt::Display for Place<'_> {
     }
 }
 
-const EXPECTED_KINDS: &str =
-    "expected Service (apiVersion v1) or EndpointSlice (apiVersion discovery.k8s.io/v1)";
+const EXPECTED_KINDS: &str = "expected Service (apiVersion v1), EndpointSlice (apiVersion discovery.k8s.io/v1) or Node (apiVersion v1)";
 
 fn unsupported_message(kind: Option<&str>, api_version: Option<&str>, in_list: bool) -> String {
     let what = match (kind, api_version) {
@@ -109,7 +108,9 @@ fn unsupported_message(kind: Option<&str>, api_version: Option<&str>, in_list: b
     if in_list {
         format!("{what}: {EXPECTED_KINDS} in a list")
     } else {
-        format!("{what}: {EXPECTED_KINDS}, or a List, ServiceList or EndpointSliceList of them")
+        format!(
+            "{what}: {EXPECTED_KINDS}, or a List, ServiceList, EndpointSliceList or NodeList of them"
+        )
     }
 }
 

@@ -3,10 +3,17 @@
 //! `items` and after an `EndpointSlice`'s `endpoints`: we cannot dispatch on
 //! it first). The items of a JSON list are parsed on every core. Any error
 //! gives up (`None`): the slow path then says what is wrong.
+//!
+//! A Node shares `spec` and `status` with a Service: `status` is read as the
+//! union of the two statuses' fields that matter (a Node's conditions are
+//! of another type than a Service's, so both are kept raw until the kind is
+//! known); of a Node's `spec` nothing is read.
 
 use k8s_openapi::{
     api::{
-        core::v1::{Service, ServiceSpec, ServiceStatus},
+        core::v1::{
+            LoadBalancerStatus, Node, NodeAddress, NodeStatus, Service, ServiceSpec, ServiceStatus,
+        },
         discovery::v1::{Endpoint, EndpointPort, EndpointSlice},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -30,7 +37,7 @@ struct RawObject {
     metadata: Option<ObjectMeta>,
     // Service
     spec: Option<ServiceSpec>,
-    status: Option<ServiceStatus>,
+    status: Option<RawStatus>,
     // EndpointSlice
     address_type: Option<String>,
     endpoints: Option<Vec<Endpoint>>,
@@ -39,10 +46,41 @@ struct RawObject {
     items: Option<Vec<Self>>,
 }
 
+/// The union of the fields of a Service's and a Node's status that are read.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawStatus {
+    // Both (of different types)
+    conditions: Option<Vec<serde_json::Value>>,
+    // Service
+    load_balancer: Option<LoadBalancerStatus>,
+    // Node
+    addresses: Option<Vec<NodeAddress>>,
+}
+
+impl RawStatus {
+    fn into_service(self) -> Option<ServiceStatus> {
+        let conditions = match self.conditions {
+            None => None,
+            Some(raw) => Some(
+                raw.into_iter()
+                    .map(serde_json::from_value)
+                    .collect::<Result<Vec<_>, _>>()
+                    .ok()?,
+            ),
+        };
+        Some(ServiceStatus {
+            conditions,
+            load_balancer: self.load_balancer,
+        })
+    }
+}
+
 impl RawObject {
     /// The object this is, if it is one of `kind` (fields of the other kind
-    /// are ignored, as k8s-openapi ignores unknown fields).
-    fn into_object(self, kind: Kind) -> Object {
+    /// are ignored, as k8s-openapi ignores unknown fields); `None` when a
+    /// field kept raw does not parse.
+    fn into_object(self, kind: Kind) -> Option<Object> {
         let Self {
             api_version: _,
             kind: _,
@@ -55,19 +93,30 @@ impl RawObject {
             items: _,
         } = self;
         let metadata = metadata.unwrap_or_default();
-        match kind {
+        Some(match kind {
             Kind::Service => Object::Service(Box::new(Service {
                 metadata,
                 spec,
-                status,
+                status: match status {
+                    Some(status) => Some(status.into_service()?),
+                    None => None,
+                },
             })),
             Kind::EndpointSlice => Object::EndpointSlice(Box::new(EndpointSlice {
                 address_type: address_type.unwrap_or_default(),
-                endpoints: endpoints.unwrap_or_default(),
+                endpoints,
                 metadata,
                 ports,
             })),
-        }
+            Kind::Node => Object::Node(Box::new(Node {
+                metadata,
+                spec: None,
+                status: status.map(|s| NodeStatus {
+                    addresses: s.addresses,
+                    ..NodeStatus::default()
+                }),
+            })),
+        })
     }
 }
 
@@ -77,12 +126,12 @@ fn assemble(documents: Vec<RawObject>) -> Option<Objects> {
     let mut objects = Vec::with_capacity(documents.len());
     for document in documents {
         match classify(document.api_version.as_deref(), document.kind.as_deref()) {
-            Class::Object(kind) => objects.push(document.into_object(kind)),
+            Class::Object(kind) => objects.push(document.into_object(kind)?),
             Class::List(default) => {
                 for item in document.items.unwrap_or_default() {
                     let kind =
                         classify_item(item.api_version.as_deref(), item.kind.as_deref(), default)?;
-                    objects.push(item.into_object(kind));
+                    objects.push(item.into_object(kind)?);
                 }
             }
             Class::Unsupported => return None,

@@ -5,6 +5,7 @@
 pub(super) enum Kind {
     Service,
     EndpointSlice,
+    Node,
 }
 
 impl Kind {
@@ -12,6 +13,7 @@ impl Kind {
         match self {
             Self::Service => "Service",
             Self::EndpointSlice => "EndpointSlice",
+            Self::Node => "Node",
         }
     }
 }
@@ -29,7 +31,9 @@ pub(super) fn classify(api_version: Option<&str>, kind: Option<&str>) -> Class {
     match (api_version, kind) {
         (Some("v1"), Some("Service")) => Class::Object(Kind::Service),
         (Some("discovery.k8s.io/v1"), Some("EndpointSlice")) => Class::Object(Kind::EndpointSlice),
+        (Some("v1"), Some("Node")) => Class::Object(Kind::Node),
         (Some("v1"), Some("List")) => Class::List(None),
+        (Some("v1"), Some("NodeList")) => Class::List(Some(Kind::Node)),
         (Some("v1"), Some("ServiceList")) => Class::List(Some(Kind::Service)),
         (Some("discovery.k8s.io/v1"), Some("EndpointSliceList")) => {
             Class::List(Some(Kind::EndpointSlice))
@@ -51,6 +55,7 @@ pub(super) fn classify_item(
             api_version.or(Some("discovery.k8s.io/v1")),
             kind.or(Some("EndpointSlice")),
         ),
+        Some(Kind::Node) => (api_version.or(Some("v1")), kind.or(Some("Node"))),
         None => (api_version, kind),
     };
     match classify(api_version, kind) {

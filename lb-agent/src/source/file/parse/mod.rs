@@ -7,7 +7,9 @@
 //! - a `v1` `List` (`kind: List`, `items: [...]`), or typed lists
 //!   (`ServiceList`, `EndpointSliceList`, whose items may omit `apiVersion`
 //!   and `kind`, as the API server's list responses do);
-//! - single objects: `Service` (`v1`) and `EndpointSlice` (`discovery.k8s.io/v1`);
+//! - single objects: `Service` (`v1`) and `EndpointSlice` (`discovery.k8s.io/v1`),
+//!   and `Node` (`v1`, `NodeList`): of a Node only the name, the labels and
+//!   `status.addresses` are kept (what the file source reads of its node);
 //! - YAML streams of several documents (`---`), each a single object or a list;
 //!   empty (or `null`) documents are ignored;
 //! - JSON when the text starts with `{`: one value, or several concatenated.
@@ -43,7 +45,10 @@ mod unique_keys;
 use std::path::Path;
 
 use k8s_openapi::{
-    api::{core::v1::Service, discovery::v1::EndpointSlice},
+    api::{
+        core::v1::{Node, NodeStatus, Service},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
@@ -54,11 +59,13 @@ use self::{
     slow_yaml::slow_yaml,
 };
 
-/// The Services and `EndpointSlices` of a file, in file order.
+/// The Services, `EndpointSlices` and Nodes of a file, in file order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Objects {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// Only `metadata.name`, `metadata.labels` and `status.addresses` of each.
+    pub nodes: Vec<Node>,
 }
 
 /// The slow path's results: errors are boxed inside the module.
@@ -98,6 +105,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<Objects, ParseError> {
 enum Object {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    Node(Box<Node>),
 }
 
 /// Sorts parsed objects into [`Objects`], in `default` when they say no namespace.
@@ -113,9 +121,27 @@ fn collect(objects: impl IntoIterator<Item = Object>) -> Objects {
                 default_namespace(&mut slice.metadata);
                 out.endpoint_slices.push(*slice);
             }
+            Object::Node(node) => out.nodes.push(what_is_read(*node)),
         }
     }
     out
+}
+
+/// What the file source reads of a Node (a Node is cluster-scoped: no
+/// namespace). The fast and slow paths keep the same.
+fn what_is_read(node: Node) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: node.metadata.name,
+            labels: node.metadata.labels,
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: node.status.map(|s| NodeStatus {
+            addresses: s.addresses,
+            ..NodeStatus::default()
+        }),
+    }
 }
 
 fn default_namespace(metadata: &mut ObjectMeta) {

@@ -4,7 +4,10 @@
 
 use std::fmt;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde::{
     Deserialize, Deserializer,
     de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor},
@@ -23,6 +26,7 @@ impl<'de> DeserializeSeed<'de> for ObjectSeed {
             Kind::EndpointSlice => {
                 Object::EndpointSlice(Box::new(EndpointSlice::deserialize(deserializer)?))
             }
+            Kind::Node => Object::Node(Box::new(Node::deserialize(deserializer)?)),
         })
     }
 }

@@ -27,8 +27,16 @@ fn kubectl_v1_list() {
     );
     let slice = &objects.endpoint_slices[0];
     assert_eq!(slice.address_type, "IPv4");
-    assert_eq!(slice.endpoints[0].addresses, ["10.244.1.5"]);
-    assert_eq!(slice.endpoints[0].node_name.as_deref(), Some("node-1"));
+    assert_eq!(
+        slice.endpoints.as_deref().unwrap_or_default()[0].addresses,
+        ["10.244.1.5"]
+    );
+    assert_eq!(
+        slice.endpoints.as_deref().unwrap_or_default()[0]
+            .node_name
+            .as_deref(),
+        Some("node-1")
+    );
     assert_eq!(slice.ports.as_ref().expect("ports")[0].port, Some(8080));
 }
 

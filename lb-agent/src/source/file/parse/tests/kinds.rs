@@ -23,7 +23,7 @@ fn typed_list_with_other_kind_is_an_error() {
     assert_eq!(
         error.to_string(),
         "services.yaml: document 1: items[0]: EndpointSlice x/s: unsupported kind \"EndpointSlice\" with apiVersion \
-             \"discovery.k8s.io/v1\": expected Service (apiVersion v1) or EndpointSlice (apiVersion discovery.k8s.io/v1) in a list"
+             \"discovery.k8s.io/v1\": expected Service (apiVersion v1), EndpointSlice (apiVersion discovery.k8s.io/v1) or Node (apiVersion v1) in a list"
     );
 }
 
@@ -47,8 +47,8 @@ fn wrong_kind_is_an_error() {
     assert_eq!(
         error.to_string(),
         "services.yaml: document 2: ConfigMap kube-system/cm: unsupported kind \"ConfigMap\" with apiVersion \"v1\": \
-             expected Service (apiVersion v1) or EndpointSlice (apiVersion discovery.k8s.io/v1), or a List, ServiceList or \
-             EndpointSliceList of them"
+             expected Service (apiVersion v1), EndpointSlice (apiVersion discovery.k8s.io/v1) or Node (apiVersion v1), \
+             or a List, ServiceList, EndpointSliceList or NodeList of them"
     );
 }
 
@@ -100,7 +100,7 @@ fn wrong_api_version_is_an_error() {
 #[test]
 fn missing_kind_or_api_version_is_an_error() {
     let error = parse_err("metadata: {name: a}\nspec: {}\n");
-    assert!(error.to_string().ends_with(": no kind: expected Service (apiVersion v1) or EndpointSlice (apiVersion discovery.k8s.io/v1), or a List, ServiceList or EndpointSliceList of them"), "{error}");
+    assert!(error.to_string().ends_with(": no kind: expected Service (apiVersion v1), EndpointSlice (apiVersion discovery.k8s.io/v1) or Node (apiVersion v1), or a List, ServiceList, EndpointSliceList or NodeList of them"), "{error}");
     let error = parse_err("kind: Service\nmetadata: {name: a}\n");
     assert_eq!(
         error.to_string().split(": expected").next(),
@@ -172,4 +172,29 @@ fn document_numbers_count_empty_documents() {
         parse_err(text),
         ParseError::Unsupported { document: 3, .. }
     ));
+}
+
+#[test]
+fn a_node_keeps_its_name_labels_and_addresses() {
+    let yaml = "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-1\n  labels: {topology.kubernetes.io/zone: zone-a}\n  annotations: {a: b}\nspec: {podCIDR: 10.244.1.0/24}\nstatus:\n  addresses:\n  - {type: InternalIP, address: 10.0.0.5}\n  conditions:\n  - {type: Ready, status: \"True\"}\n  capacity: {cpu: \"2\"}\n";
+    let fast = super::parse_ok(yaml);
+    // The same in a stream with a typed list.
+    let listed = super::parse_ok(&format!(
+        "{yaml}---\napiVersion: v1\nkind: NodeList\nitems:\n- metadata: {{name: node-2}}\n"
+    ));
+    for objects in [&fast, &listed] {
+        let node = &objects.nodes[0];
+        assert_eq!(node.metadata.name.as_deref(), Some("node-1"));
+        assert_eq!(node.metadata.namespace, None, "Nodes have no namespace");
+        assert_eq!(node.metadata.annotations, None);
+        assert_eq!(node.spec, None);
+        let status = node.status.as_ref().expect("status");
+        assert_eq!(
+            status.addresses.as_ref().expect("addresses")[0].address,
+            "10.0.0.5"
+        );
+        assert_eq!(status.conditions, None);
+    }
+    assert_eq!(fast.nodes[0], listed.nodes[0]);
+    assert_eq!(listed.nodes[1].metadata.name.as_deref(), Some("node-2"));
 }
