@@ -1,0 +1,503 @@
+//! SCTP Services at the socket (issue 11): what lb-agent does with an SCTP
+//! ClusterIP, as a client in the agent's cgroup sees it.
+//!
+//! What is true (Linux 5.10 to 6.12; kernel evidence in the README's
+//! "Semantics" section): the cgroup `sock_addr` hooks the data path uses do
+//! not run for SCTP sockets. Both kinds of SCTP socket (one-to-one
+//! `SOCK_STREAM` and one-to-many `SOCK_SEQPACKET`) use SCTP's own
+//! `inet_seqpacket_ops`, whose `connect` is `sctp_inet_connect`, not
+//! `inet_stream_connect`/`inet_dgram_connect`, where `connect4` runs; and
+//! `sctp_sendmsg`/`sctp_recvmsg` run no hook (`sendmsg4`/`recvmsg4` are
+//! UDP's). `getpeername()` does go through `inet_getname` and its hook, but
+//! nothing was recorded for the socket, so it shows the kernel's own peer.
+//! So the agent programs the SCTP frontend, and an SCTP association to the
+//! ClusterIP goes to the ClusterIP itself, untranslated.
+//!
+//! The world: pod-2 and pod-3 are the Service's backends (SCTP on
+//! `SCTP_TARGET`; the pods' usual TCP servers for the Service's TCP port,
+//! the control that shows the agent translating this cgroup's sockets).
+//! pod-1 is not a backend: it holds the ClusterIP address itself and answers
+//! SCTP on the Service port, so that an untranslated association arrives
+//! somewhere the test can see. (Without it nothing routes a ClusterIP and
+//! the association would time out, as on a node without kube-proxy.)
+//!
+//! The host kernel has no SCTP (`CONFIG_IP_SCTP` unset): there the test is
+//! recorded as skipped. The Debian kernels `cargo xtask vm` boots have the
+//! `sctp` module, which the VM loads at boot. Needs root; one test at a
+//! time (`cargo xtask test` and `cargo xtask vm` do that).
+
+use std::{
+    collections::BTreeMap,
+    io, mem,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use lb_testbed::{
+    client,
+    env::FileEnv,
+    manifests::{self, annotate, ready, service, slice},
+    net::spawn_in,
+    skip,
+};
+use serde_json::Value;
+
+const TEST: &str = "sctp_clusterip_is_not_translated_at_the_socket";
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 132);
+/// The Service's SCTP port, and the backends' port behind it.
+const SCTP_PORT: u16 = 9132;
+const SCTP_TARGET: u16 = 8132;
+/// The Service's TCP port (to the pods' TCP :8080 servers): the control.
+const TCP_PORT: u16 = 80;
+const TCP_TARGET: u16 = 8080;
+const ROUNDS: usize = 4;
+/// Client and server socket timeouts (connect included, via `SO_SNDTIMEO`).
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// `msg_flags` bit of an SCTP notification (`<netinet/sctp.h>`).
+const MSG_NOTIFICATION: libc::c_int = 0x8000;
+
+// ---------------------------------------------------------------------------
+// SCTP sockets with libc (std has none).
+// ---------------------------------------------------------------------------
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn checked_len(ret: isize) -> io::Result<usize> {
+    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
+}
+
+/// `socket(AF_INET, kind, IPPROTO_SCTP)`.
+fn sctp_socket(kind: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: a plain syscall.
+    let fd = check(unsafe {
+        libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, libc::IPPROTO_SCTP)
+    })?;
+    // SAFETY: a descriptor just made, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sockaddr_len() -> libc::socklen_t {
+    libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("small")
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("AF_INET fits"),
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)),
+        u16::from_be(s.sin_port),
+    )
+}
+
+fn set_timeouts(fd: &OwnedFd) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(TIMEOUT.as_secs()).expect("small"),
+        tv_usec: 0,
+    };
+    let len = libc::socklen_t::try_from(size_of_val(&tv)).expect("small");
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: a valid descriptor and a timeval of the given length.
+        check(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&raw const tv).cast(),
+                len,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn send(fd: &OwnedFd, data: &[u8]) -> io::Result<()> {
+    // SAFETY: a valid descriptor and buffer.
+    let n =
+        checked_len(unsafe { libc::send(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), 0) })?;
+    if n == data.len() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "short send: {n} of {}",
+            data.len()
+        )))
+    }
+}
+
+/// One message (a line: the server's answer); empty at the end.
+fn recv(fd: &OwnedFd) -> io::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: a valid descriptor and buffer.
+    let n =
+        checked_len(unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) })?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+}
+
+/// Whether this kernel can make SCTP sockets, after `modprobe sctp`; why
+/// not, if it cannot.
+fn sctp_support() -> Result<(), String> {
+    let modprobe = match Command::new("modprobe").arg("sctp").output() {
+        Ok(out) if out.status.success() => "succeeded".to_owned(),
+        Ok(out) => format!("failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        Err(e) => format!("could not run: {e}"),
+    };
+    sctp_socket(libc::SOCK_STREAM).map(drop).map_err(|e| {
+        format!(
+            "NOT TESTED: this kernel has no SCTP (socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP): {e}; \
+             `modprobe sctp` {modprobe}). Whether an SCTP ClusterIP works is checked only in the \
+             VMs: cargo xtask vm --kernel 6.1 --test-target e2e_sctp"
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Servers and clients.
+// ---------------------------------------------------------------------------
+
+/// A one-to-one SCTP server in a pod: answers each association with the
+/// pod's name, reads what the client sends until it closes, and counts it.
+struct SctpServer {
+    served: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SctpServer {
+    fn start(netns: &Path, port: u16, reply: &str) -> Self {
+        let (stop, served) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = {
+            let (stop, served, reply) = (Arc::clone(&stop), Arc::clone(&served), reply.to_owned());
+            spawn_in(netns, move || {
+                let listener = match listen(port) {
+                    Ok(l) => {
+                        let _ = ready_tx.send(Ok(()));
+                        l
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(conn) = accept(&listener) {
+                        served.fetch_add(1, Ordering::Relaxed);
+                        let _ = set_timeouts(&conn);
+                        let _ = send(&conn, format!("{reply}\n").as_bytes());
+                        // Until the client closes (or the timeout).
+                        while matches!(recv(&conn), Ok(s) if !s.is_empty()) {}
+                    }
+                }
+            })
+        };
+        ready_rx
+            .recv()
+            .expect("SCTP server thread")
+            .unwrap_or_else(|e| panic!("SCTP server on :{port} in {}: {e}", netns.display()));
+        Self {
+            served,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SctpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn listen(port: u16) -> io::Result<OwnedFd> {
+    let fd = sctp_socket(libc::SOCK_STREAM)?;
+    let sa = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+    // SAFETY: a valid descriptor and address.
+    check(unsafe { libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), sockaddr_len()) })?;
+    // SAFETY: a valid descriptor.
+    check(unsafe { libc::listen(fd.as_raw_fd(), 16) })?;
+    Ok(fd)
+}
+
+/// The next association within 50 ms, if any.
+fn accept(listener: &OwnedFd) -> Option<OwnedFd> {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&raw mut pfd, 1, 50) } <= 0 {
+        return None;
+    }
+    // SAFETY: a valid listening descriptor; the peer address is not wanted.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    // SAFETY: a descriptor just made, owned by nothing else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What an SCTP client saw: who answered, and the peer address the kernel
+/// gave the application.
+#[derive(Debug)]
+struct Seen {
+    body: String,
+    peer: SocketAddrV4,
+}
+
+/// One-to-one (TCP-style) client: `connect()`, `getpeername()`, a request,
+/// the answer.
+fn one_to_one(to: SocketAddrV4) -> io::Result<Seen> {
+    let fd = sctp_socket(libc::SOCK_STREAM)?;
+    set_timeouts(&fd)?;
+    let sa = sockaddr(to);
+    // SAFETY: a valid descriptor and address.
+    check(unsafe { libc::connect(fd.as_raw_fd(), (&raw const sa).cast(), sockaddr_len()) })?;
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut peer: libc::sockaddr_in = unsafe { mem::zeroed() };
+    let mut len = sockaddr_len();
+    // SAFETY: a valid descriptor and a buffer of `len` bytes.
+    check(unsafe { libc::getpeername(fd.as_raw_fd(), (&raw mut peer).cast(), &raw mut len) })?;
+    send(&fd, b"hello\n")?;
+    let body = recv(&fd)?;
+    Ok(Seen {
+        body,
+        peer: from_sockaddr(&peer),
+    })
+}
+
+/// One-to-many (UDP-style) client: `sendto()` sets the association up
+/// implicitly; `recvmsg()` returns the answer and its source.
+fn one_to_many(to: SocketAddrV4) -> io::Result<Seen> {
+    let fd = sctp_socket(libc::SOCK_SEQPACKET)?;
+    set_timeouts(&fd)?;
+    let sa = sockaddr(to);
+    let hello = b"hello\n";
+    // SAFETY: a valid descriptor, buffer and address.
+    let n = checked_len(unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            hello.as_ptr().cast(),
+            hello.len(),
+            0,
+            (&raw const sa).cast(),
+            sockaddr_len(),
+        )
+    })?;
+    assert_eq!(n, hello.len(), "short sendto");
+    loop {
+        let mut buf = [0u8; 256];
+        // SAFETY: all-zero is a valid sockaddr_in and msghdr.
+        let (mut from, mut msg): (libc::sockaddr_in, libc::msghdr) =
+            unsafe { (mem::zeroed(), mem::zeroed()) };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        msg.msg_name = (&raw mut from).cast();
+        msg.msg_namelen = sockaddr_len();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        // SAFETY: a valid descriptor; `msg` points at live buffers.
+        let n = checked_len(unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut msg, 0) })?;
+        if msg.msg_flags & MSG_NOTIFICATION != 0 {
+            continue;
+        }
+        return Ok(Seen {
+            body: String::from_utf8_lossy(&buf[..n]).trim().to_owned(),
+            peer: from_sockaddr(&from),
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The test.
+// ---------------------------------------------------------------------------
+
+/// Service `sig` at `VIP`: SCTP `SCTP_PORT` -> `SCTP_TARGET` and TCP
+/// `TCP_PORT` -> `TCP_TARGET`, round-robin, on pod-2 and pod-3.
+fn objects(ips: &[String]) -> Vec<Value> {
+    let vip = VIP.to_string();
+    vec![
+        annotate(
+            service(
+                "sig",
+                &[&vip],
+                &[
+                    manifests::sctp("sig", SCTP_PORT, SCTP_TARGET),
+                    manifests::tcp("http", TCP_PORT, TCP_TARGET),
+                ],
+            ),
+            "lb-agent.io/algorithm",
+            "round-robin",
+        ),
+        slice(
+            "sig",
+            "sig-1",
+            &[ready(&ips[1]), ready(&ips[2])],
+            &[("sig", SCTP_TARGET, "SCTP"), ("http", TCP_TARGET, "TCP")],
+        ),
+    ]
+}
+
+/// The row of `lb-agent list -o json` for `frontend`/`protocol`.
+fn row<'a>(list: &'a Value, frontend: &str, protocol: &str) -> &'a Value {
+    list["services"]
+        .as_array()
+        .and_then(|rows| {
+            rows.iter().find(|r| {
+                r["frontend"] == frontend
+                    && r["protocol"]
+                        .as_str()
+                        .is_some_and(|p| p.eq_ignore_ascii_case(protocol))
+            })
+        })
+        .unwrap_or_else(|| panic!("no {frontend}/{protocol} in lb-agent list: {list:#}"))
+}
+
+const CHANGED: &str = "SCTP to the ClusterIP behaves differently now: if the data path translates \
+                       SCTP, the README's SCTP paragraph and this test must say so";
+
+#[test]
+fn sctp_clusterip_is_not_translated_at_the_socket() {
+    if let Err(why) = sctp_support() {
+        skip(TEST, &why);
+        return;
+    }
+    let env = FileEnv::new(3, "services.json");
+    let ips = env.pod_ips();
+    env.write(&objects(&ips));
+    let pods = &env.cluster.pods;
+    // pod-1 holds the ClusterIP; the node (where this thread runs) routes
+    // it there. Nothing else is routed: the node has no default route.
+    let holder = &pods[0];
+    holder
+        .netns
+        .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "eth0"]);
+    env.cluster.node.ip(&[
+        "route",
+        "add",
+        &format!("{VIP}/32"),
+        "via",
+        &holder.ip4.to_string(),
+    ]);
+    let servers = [
+        SctpServer::start(&holder.netns.path(), SCTP_PORT, "pod-1"),
+        SctpServer::start(&pods[1].netns.path(), SCTP_TARGET, "pod-2"),
+        SctpServer::start(&pods[2].netns.path(), SCTP_TARGET, "pod-3"),
+    ];
+    let agent = env.agent(&[]);
+
+    // The backends' SCTP servers answer when dialled directly.
+    for (i, pod) in pods.iter().enumerate().skip(1) {
+        let direct = SocketAddrV4::new(pod.ip4, SCTP_TARGET);
+        let seen = one_to_one(direct).unwrap_or_else(|e| panic!("SCTP to {direct}: {e}"));
+        assert_eq!((seen.body.as_str(), seen.peer), (pod.name.as_str(), direct));
+        assert_eq!(servers[i].served(), 1);
+    }
+
+    // The control: the same Service's TCP port is translated, round-robin,
+    // for this process's sockets.
+    let tcp = client::tally(SocketAddr::from((VIP, TCP_PORT)), ROUNDS);
+    assert_eq!(
+        tcp,
+        BTreeMap::from([
+            ("pod-2".to_owned(), ROUNDS / 2),
+            ("pod-3".to_owned(), ROUNDS / 2)
+        ]),
+        "TCP to the ClusterIP is not balanced: the agent is not working, so this test shows nothing about SCTP"
+    );
+
+    // SCTP to the ClusterIP, one-to-one: connect() is not translated; the
+    // association is with the ClusterIP itself, and getpeername() says so.
+    let vip = SocketAddrV4::new(VIP, SCTP_PORT);
+    for i in 0..ROUNDS {
+        let seen = one_to_one(vip)
+            .unwrap_or_else(|e| panic!("one-to-one SCTP {i} to {vip}: {e}; {CHANGED}"));
+        eprintln!(
+            "one-to-one SCTP connect({vip}) -> answered by {} (getpeername: {})",
+            seen.body, seen.peer
+        );
+        assert_eq!(seen.body, "pod-1", "one-to-one {i}: {CHANGED}");
+        assert_eq!(seen.peer, vip, "one-to-one {i}: {CHANGED}");
+    }
+    // One-to-many: sendto() is not translated either; recvmsg() shows the
+    // ClusterIP because the peer is the ClusterIP.
+    for i in 0..ROUNDS {
+        let seen = one_to_many(vip)
+            .unwrap_or_else(|e| panic!("one-to-many SCTP {i} to {vip}: {e}; {CHANGED}"));
+        eprintln!(
+            "one-to-many SCTP sendto({vip}) -> answered by {} (recvmsg source: {})",
+            seen.body, seen.peer
+        );
+        assert_eq!(seen.body, "pod-1", "one-to-many {i}: {CHANGED}");
+        assert_eq!(seen.peer, vip, "one-to-many {i}: {CHANGED}");
+    }
+    let counts: Vec<u64> = servers.iter().map(SctpServer::served).collect();
+    assert_eq!(
+        counts,
+        [2 * u64::try_from(ROUNDS).expect("small"), 1, 1],
+        "SCTP associations served by pod-1 (holds the ClusterIP), pod-2, pod-3; {CHANGED}"
+    );
+
+    // The agent did program the SCTP frontend; the data path never saw a
+    // connection to it.
+    let list = agent.list();
+    let sctp = row(&list, &vip.to_string(), "SCTP");
+    let mut backends: Vec<&str> = sctp["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    backends.sort_unstable();
+    assert_eq!(
+        backends,
+        [
+            format!("{}:{SCTP_TARGET}", ips[1]),
+            format!("{}:{SCTP_TARGET}", ips[2])
+        ]
+    );
+    assert_eq!(sctp["translated"], 0, "{CHANGED}");
+    let tcp_row = row(&list, &SocketAddrV4::new(VIP, TCP_PORT).to_string(), "TCP");
+    assert_eq!(tcp_row["translated"], ROUNDS, "{list:#}");
+}
