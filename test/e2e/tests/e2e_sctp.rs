@@ -17,8 +17,8 @@
 //! `SCTP_TARGET`; the pods' usual TCP servers for the Service's TCP port,
 //! the control that shows the agent translating this cgroup's sockets).
 //! pod-1 is not a backend: it holds the ClusterIP address itself and answers
-//! SCTP on the Service port, so that an untranslated association arrives
-//! somewhere the test can see. (Without it nothing routes a ClusterIP and
+//! SCTP on the Service port (bound to that address alone), so that an
+//! untranslated association arrives somewhere the test can see. (Without it nothing routes a ClusterIP and
 //! the association would time out, as on a node without kube-proxy.)
 //!
 //! The host kernel has no SCTP (`CONFIG_IP_SCTP` unset): there the test is
@@ -187,7 +187,7 @@ struct SctpServer {
 }
 
 impl SctpServer {
-    fn start(netns: &Path, port: u16, reply: &str) -> Self {
+    fn start(netns: &Path, addr: SocketAddrV4, reply: &str) -> Self {
         let (stop, served) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicU64::new(0)),
@@ -196,7 +196,7 @@ impl SctpServer {
         let thread = {
             let (stop, served, reply) = (Arc::clone(&stop), Arc::clone(&served), reply.to_owned());
             spawn_in(netns, move || {
-                let listener = match listen(port) {
+                let listener = match listen(addr) {
                     Ok(l) => {
                         let _ = ready_tx.send(Ok(()));
                         l
@@ -220,7 +220,7 @@ impl SctpServer {
         ready_rx
             .recv()
             .expect("SCTP server thread")
-            .unwrap_or_else(|e| panic!("SCTP server on :{port} in {}: {e}", netns.display()));
+            .unwrap_or_else(|e| panic!("SCTP server on {addr} in {}: {e}", netns.display()));
         Self {
             served,
             stop,
@@ -242,9 +242,9 @@ impl Drop for SctpServer {
     }
 }
 
-fn listen(port: u16) -> io::Result<OwnedFd> {
+fn listen(addr: SocketAddrV4) -> io::Result<OwnedFd> {
     let fd = sctp_socket(libc::SOCK_STREAM)?;
-    let sa = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+    let sa = sockaddr(addr);
     // SAFETY: a valid descriptor and address.
     check(unsafe { libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), sockaddr_len()) })?;
     // SAFETY: a valid descriptor.
@@ -420,10 +420,16 @@ fn sctp_clusterip_is_not_translated_at_the_socket() {
         "via",
         &holder.ip4.to_string(),
     ]);
+    // pod-1's server is bound to the ClusterIP alone: an SCTP endpoint on
+    // the wildcard address is multihomed (its INIT-ACK lists every address
+    // of the pod) and may answer from the pod's own address, which the
+    // client's association accepts as the same peer.
+    let vip = SocketAddrV4::new(VIP, SCTP_PORT);
+    let any = |port| SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
     let servers = [
-        SctpServer::start(&holder.netns.path(), SCTP_PORT, "pod-1"),
-        SctpServer::start(&pods[1].netns.path(), SCTP_TARGET, "pod-2"),
-        SctpServer::start(&pods[2].netns.path(), SCTP_TARGET, "pod-3"),
+        SctpServer::start(&holder.netns.path(), vip, "pod-1"),
+        SctpServer::start(&pods[1].netns.path(), any(SCTP_TARGET), "pod-2"),
+        SctpServer::start(&pods[2].netns.path(), any(SCTP_TARGET), "pod-3"),
     ];
     let agent = env.agent(&[]);
 
@@ -449,7 +455,6 @@ fn sctp_clusterip_is_not_translated_at_the_socket() {
 
     // SCTP to the ClusterIP, one-to-one: connect() is not translated; the
     // association is with the ClusterIP itself, and getpeername() says so.
-    let vip = SocketAddrV4::new(VIP, SCTP_PORT);
     for i in 0..ROUNDS {
         let seen = one_to_one(vip)
             .unwrap_or_else(|e| panic!("one-to-one SCTP {i} to {vip}: {e}; {CHANGED}"));
