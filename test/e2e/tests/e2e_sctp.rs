@@ -29,7 +29,7 @@
 use std::{
     collections::BTreeMap,
     io, mem,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
     process::Command,
@@ -44,15 +44,17 @@ use std::{
 
 use lb_testbed::{
     client,
+    cluster::Pod,
     env::FileEnv,
     manifests::{self, annotate, ready, service, slice},
-    net::spawn_in,
+    net::{Netns, spawn_in},
     skip,
 };
 use serde_json::Value;
 
 const TEST: &str = "sctp_clusterip_is_not_translated_at_the_socket";
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 132);
+const VIP4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 132);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x132);
 /// The Service's SCTP port, and the backends' port behind it.
 const SCTP_PORT: u16 = 9132;
 const SCTP_TARGET: u16 = 8132;
@@ -81,36 +83,84 @@ fn checked_len(ret: isize) -> io::Result<usize> {
     usize::try_from(ret).map_err(|_| io::Error::last_os_error())
 }
 
-/// `socket(AF_INET, kind, IPPROTO_SCTP)`.
-fn sctp_socket(kind: libc::c_int) -> io::Result<OwnedFd> {
+/// `socket(family, kind, IPPROTO_SCTP)`.
+fn sctp_socket(family: libc::c_int, kind: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: a plain syscall.
-    let fd = check(unsafe {
-        libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, libc::IPPROTO_SCTP)
-    })?;
+    let fd = check(unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, libc::IPPROTO_SCTP) })?;
     // SAFETY: a descriptor just made, owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn sockaddr_len() -> libc::socklen_t {
-    libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("small")
-}
-
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("AF_INET fits"),
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*a.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
+fn family(a: SocketAddr) -> libc::c_int {
+    if a.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
     }
 }
 
-fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)),
-        u16::from_be(s.sin_port),
-    )
+fn socklen<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(size_of::<T>()).expect("small")
+}
+
+/// `a` as the kernel takes it: a `sockaddr_in` or `sockaddr_in6` in a
+/// `sockaddr_storage`, and its length.
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("fits"),
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger and aligned for any sockaddr.
+            unsafe { (&raw mut ss).cast::<libc::sockaddr_in>().write(sin) };
+            socklen::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::sa_family_t::try_from(libc::AF_INET6).expect("fits"),
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above.
+            unsafe { (&raw mut ss).cast::<libc::sockaddr_in6>().write(sin6) };
+            socklen::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len)
+}
+
+/// The address in a `sockaddr_storage` the kernel filled.
+fn from_sockaddr(ss: &libc::sockaddr_storage) -> SocketAddr {
+    match libc::c_int::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says what the storage holds.
+            let sin = unsafe { &*(&raw const *ss).cast::<libc::sockaddr_in>() };
+            SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above.
+            let sin6 = unsafe { &*(&raw const *ss).cast::<libc::sockaddr_in6>() };
+            SocketAddr::from((
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+            ))
+        }
+        other => panic!("the kernel returned an address of family {other}"),
+    }
 }
 
 fn set_timeouts(fd: &OwnedFd) -> io::Result<()> {
@@ -165,7 +215,7 @@ fn sctp_support() -> Result<(), String> {
         Ok(out) => format!("failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
         Err(e) => format!("could not run: {e}"),
     };
-    sctp_socket(libc::SOCK_STREAM).map(drop).map_err(|e| {
+    sctp_socket(libc::AF_INET, libc::SOCK_STREAM).map(drop).map_err(|e| {
         format!(
             "NOT TESTED: this kernel has no SCTP (socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP): {e}; \
              `modprobe sctp` {modprobe}). Whether an SCTP ClusterIP works is checked only in the \
@@ -187,7 +237,7 @@ struct SctpServer {
 }
 
 impl SctpServer {
-    fn start(netns: &Path, addr: SocketAddrV4, reply: &str) -> Self {
+    fn start(netns: &Path, addr: SocketAddr, reply: &str) -> Self {
         let (stop, served) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicU64::new(0)),
@@ -242,11 +292,12 @@ impl Drop for SctpServer {
     }
 }
 
-fn listen(addr: SocketAddrV4) -> io::Result<OwnedFd> {
-    let fd = sctp_socket(libc::SOCK_STREAM)?;
-    let sa = sockaddr(addr);
+/// A one-to-one listener on `addr` (`[::]` takes IPv4 too).
+fn listen(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let fd = sctp_socket(family(addr), libc::SOCK_STREAM)?;
+    let (sa, len) = sockaddr(addr);
     // SAFETY: a valid descriptor and address.
-    check(unsafe { libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), sockaddr_len()) })?;
+    check(unsafe { libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), len) })?;
     // SAFETY: a valid descriptor.
     check(unsafe { libc::listen(fd.as_raw_fd(), 16) })?;
     Ok(fd)
@@ -281,20 +332,20 @@ fn accept(listener: &OwnedFd) -> Option<OwnedFd> {
 #[derive(Debug)]
 struct Seen {
     body: String,
-    peer: SocketAddrV4,
+    peer: SocketAddr,
 }
 
 /// One-to-one (TCP-style) client: `connect()`, `getpeername()`, a request,
 /// the answer.
-fn one_to_one(to: SocketAddrV4) -> io::Result<Seen> {
-    let fd = sctp_socket(libc::SOCK_STREAM)?;
+fn one_to_one(to: SocketAddr) -> io::Result<Seen> {
+    let fd = sctp_socket(family(to), libc::SOCK_STREAM)?;
     set_timeouts(&fd)?;
-    let sa = sockaddr(to);
+    let (sa, len) = sockaddr(to);
     // SAFETY: a valid descriptor and address.
-    check(unsafe { libc::connect(fd.as_raw_fd(), (&raw const sa).cast(), sockaddr_len()) })?;
-    // SAFETY: all-zero is a valid sockaddr_in.
-    let mut peer: libc::sockaddr_in = unsafe { mem::zeroed() };
-    let mut len = sockaddr_len();
+    check(unsafe { libc::connect(fd.as_raw_fd(), (&raw const sa).cast(), len) })?;
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut peer: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = socklen::<libc::sockaddr_storage>();
     // SAFETY: a valid descriptor and a buffer of `len` bytes.
     check(unsafe { libc::getpeername(fd.as_raw_fd(), (&raw mut peer).cast(), &raw mut len) })?;
     send(&fd, b"hello\n")?;
@@ -307,10 +358,10 @@ fn one_to_one(to: SocketAddrV4) -> io::Result<Seen> {
 
 /// One-to-many (UDP-style) client: `sendto()` sets the association up
 /// implicitly; `recvmsg()` returns the answer and its source.
-fn one_to_many(to: SocketAddrV4) -> io::Result<Seen> {
-    let fd = sctp_socket(libc::SOCK_SEQPACKET)?;
+fn one_to_many(to: SocketAddr) -> io::Result<Seen> {
+    let fd = sctp_socket(family(to), libc::SOCK_SEQPACKET)?;
     set_timeouts(&fd)?;
-    let sa = sockaddr(to);
+    let (sa, len) = sockaddr(to);
     let hello = b"hello\n";
     // SAFETY: a valid descriptor, buffer and address.
     let n = checked_len(unsafe {
@@ -320,21 +371,21 @@ fn one_to_many(to: SocketAddrV4) -> io::Result<Seen> {
             hello.len(),
             0,
             (&raw const sa).cast(),
-            sockaddr_len(),
+            len,
         )
     })?;
     assert_eq!(n, hello.len(), "short sendto");
     loop {
         let mut buf = [0u8; 256];
-        // SAFETY: all-zero is a valid sockaddr_in and msghdr.
-        let (mut from, mut msg): (libc::sockaddr_in, libc::msghdr) =
+        // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
+        let (mut from, mut msg): (libc::sockaddr_storage, libc::msghdr) =
             unsafe { (mem::zeroed(), mem::zeroed()) };
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
         msg.msg_name = (&raw mut from).cast();
-        msg.msg_namelen = sockaddr_len();
+        msg.msg_namelen = socklen::<libc::sockaddr_storage>();
         msg.msg_iov = &raw mut iov;
         msg.msg_iovlen = 1;
         // SAFETY: a valid descriptor; `msg` points at live buffers.
@@ -353,15 +404,17 @@ fn one_to_many(to: SocketAddrV4) -> io::Result<Seen> {
 // The test.
 // ---------------------------------------------------------------------------
 
-/// Service `sig` at `VIP`: SCTP `SCTP_PORT` -> `SCTP_TARGET` and TCP
-/// `TCP_PORT` -> `TCP_TARGET`, round-robin, on pod-2 and pod-3.
-fn objects(ips: &[String]) -> Vec<Value> {
-    let vip = VIP.to_string();
+/// Service `sig` at `VIP4` and `VIP6`: SCTP `SCTP_PORT` -> `SCTP_TARGET`
+/// and TCP `TCP_PORT` -> `TCP_TARGET`, round-robin, on pod-2 and pod-3.
+fn objects(env: &FileEnv) -> Vec<Value> {
+    let (vip4, vip6) = (VIP4.to_string(), VIP6.to_string());
+    let backends = &env.cluster.pods[1..];
+    let ports = [("sig", SCTP_TARGET, "SCTP"), ("http", TCP_TARGET, "TCP")];
     vec![
         annotate(
             service(
                 "sig",
-                &[&vip],
+                &[&vip4, &vip6],
                 &[
                     manifests::sctp("sig", SCTP_PORT, SCTP_TARGET),
                     manifests::tcp("http", TCP_PORT, TCP_TARGET),
@@ -372,9 +425,15 @@ fn objects(ips: &[String]) -> Vec<Value> {
         ),
         slice(
             "sig",
-            "sig-1",
-            &[ready(&ips[1]), ready(&ips[2])],
-            &[("sig", SCTP_TARGET, "SCTP"), ("http", TCP_TARGET, "TCP")],
+            "sig-4",
+            &backends.iter().map(|p| ready(p.ip4)).collect::<Vec<_>>(),
+            &ports,
+        ),
+        slice(
+            "sig",
+            "sig-6",
+            &backends.iter().map(|p| ready(p.ip6)).collect::<Vec<_>>(),
+            &ports,
         ),
     ]
 }
@@ -394,6 +453,53 @@ fn row<'a>(list: &'a Value, frontend: &str, protocol: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {frontend}/{protocol} in lb-agent list: {list:#}"))
 }
 
+/// Puts `VIP4` and `VIP6` on `holder`'s interface and routes them there
+/// from `node`.
+fn hold_clusterips(holder: &Pod, node: &Netns) {
+    holder
+        .netns
+        .ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "eth0"]);
+    holder.netns.ip(&[
+        "addr",
+        "add",
+        &format!("{VIP6}/128"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    node.ip(&[
+        "route",
+        "add",
+        &format!("{VIP4}/32"),
+        "via",
+        &holder.ip4.to_string(),
+    ]);
+    node.ip(&[
+        "-6",
+        "route",
+        "add",
+        &format!("{VIP6}/128"),
+        "via",
+        &holder.ip6.to_string(),
+    ]);
+}
+
+/// `lb-agent list` shows the SCTP frontend `vip` with `backends`, and no
+/// connection translated for it.
+fn assert_untranslated(list: &Value, vip: SocketAddr, backends: &[SocketAddr]) {
+    let sctp = row(list, &vip.to_string(), "SCTP");
+    let mut listed: Vec<&str> = sctp["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    listed.sort_unstable();
+    let expected: Vec<String> = backends.iter().map(ToString::to_string).collect();
+    assert_eq!(listed, expected, "{list:#}");
+    assert_eq!(sctp["translated"], 0, "{vip}: {CHANGED}");
+}
+
 const CHANGED: &str = "SCTP to the ClusterIP behaves differently now: if the data path translates \
                        SCTP, the README's SCTP paragraph and this test must say so";
 
@@ -404,46 +510,43 @@ fn sctp_clusterip_is_not_translated_at_the_socket() {
         return;
     }
     let env = FileEnv::new(3, "services.json");
-    let ips = env.pod_ips();
-    env.write(&objects(&ips));
+    env.write(&objects(&env));
     let pods = &env.cluster.pods;
-    // pod-1 holds the ClusterIP; the node (where this thread runs) routes
-    // it there. Nothing else is routed: the node has no default route.
+    // pod-1 holds both ClusterIPs; the node (where this thread runs)
+    // routes them there. Nothing else is routed: the node has no default
+    // route.
     let holder = &pods[0];
-    holder
-        .netns
-        .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "eth0"]);
-    env.cluster.node.ip(&[
-        "route",
-        "add",
-        &format!("{VIP}/32"),
-        "via",
-        &holder.ip4.to_string(),
-    ]);
-    // pod-1's server is bound to the ClusterIP alone: an SCTP endpoint on
+    hold_clusterips(holder, &env.cluster.node);
+    // pod-1's servers are bound to a ClusterIP alone: an SCTP endpoint on
     // the wildcard address is multihomed (its INIT-ACK lists every address
     // of the pod) and may answer from the pod's own address, which the
-    // client's association accepts as the same peer.
-    let vip = SocketAddrV4::new(VIP, SCTP_PORT);
-    let any = |port| SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+    // client's association accepts as the same peer. The backends' servers
+    // are on `[::]`, which takes IPv4 too.
+    let vips = [
+        SocketAddr::from((VIP4, SCTP_PORT)),
+        SocketAddr::from((VIP6, SCTP_PORT)),
+    ];
+    let any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, SCTP_TARGET));
     let servers = [
-        SctpServer::start(&holder.netns.path(), vip, "pod-1"),
-        SctpServer::start(&pods[1].netns.path(), any(SCTP_TARGET), "pod-2"),
-        SctpServer::start(&pods[2].netns.path(), any(SCTP_TARGET), "pod-3"),
+        SctpServer::start(&holder.netns.path(), vips[0], "pod-1"),
+        SctpServer::start(&holder.netns.path(), vips[1], "pod-1"),
+        SctpServer::start(&pods[1].netns.path(), any, "pod-2"),
+        SctpServer::start(&pods[2].netns.path(), any, "pod-3"),
     ];
     let agent = env.agent(&[]);
 
     // The backends' SCTP servers answer when dialled directly.
-    for (i, pod) in pods.iter().enumerate().skip(1) {
-        let direct = SocketAddrV4::new(pod.ip4, SCTP_TARGET);
-        let seen = one_to_one(direct).unwrap_or_else(|e| panic!("SCTP to {direct}: {e}"));
-        assert_eq!((seen.body.as_str(), seen.peer), (pod.name.as_str(), direct));
-        assert_eq!(servers[i].served(), 1);
+    for (server, pod) in servers[2..].iter().zip(&pods[1..]) {
+        for direct in [pod.addr4(SCTP_TARGET), pod.addr6(SCTP_TARGET)] {
+            let seen = one_to_one(direct).unwrap_or_else(|e| panic!("SCTP to {direct}: {e}"));
+            assert_eq!((seen.body.as_str(), seen.peer), (pod.name.as_str(), direct));
+        }
+        assert_eq!(server.served(), 2);
     }
 
     // The control: the same Service's TCP port is translated, round-robin,
     // for this process's sockets.
-    let tcp = client::tally(SocketAddr::from((VIP, TCP_PORT)), ROUNDS);
+    let tcp = client::tally(SocketAddr::from((VIP4, TCP_PORT)), ROUNDS);
     assert_eq!(
         tcp,
         BTreeMap::from([
@@ -453,56 +556,57 @@ fn sctp_clusterip_is_not_translated_at_the_socket() {
         "TCP to the ClusterIP is not balanced: the agent is not working, so this test shows nothing about SCTP"
     );
 
-    // SCTP to the ClusterIP, one-to-one: connect() is not translated; the
-    // association is with the ClusterIP itself, and getpeername() says so.
-    for i in 0..ROUNDS {
-        let seen = one_to_one(vip)
-            .unwrap_or_else(|e| panic!("one-to-one SCTP {i} to {vip}: {e}; {CHANGED}"));
-        eprintln!(
-            "one-to-one SCTP connect({vip}) -> answered by {} (getpeername: {})",
-            seen.body, seen.peer
-        );
-        assert_eq!(seen.body, "pod-1", "one-to-one {i}: {CHANGED}");
-        assert_eq!(seen.peer, vip, "one-to-one {i}: {CHANGED}");
-    }
-    // One-to-many: sendto() is not translated either; recvmsg() shows the
-    // ClusterIP because the peer is the ClusterIP.
-    for i in 0..ROUNDS {
-        let seen = one_to_many(vip)
-            .unwrap_or_else(|e| panic!("one-to-many SCTP {i} to {vip}: {e}; {CHANGED}"));
-        eprintln!(
-            "one-to-many SCTP sendto({vip}) -> answered by {} (recvmsg source: {})",
-            seen.body, seen.peer
-        );
-        assert_eq!(seen.body, "pod-1", "one-to-many {i}: {CHANGED}");
-        assert_eq!(seen.peer, vip, "one-to-many {i}: {CHANGED}");
+    for vip in vips {
+        // One-to-one: connect() is not translated; the association is with
+        // the ClusterIP itself, and getpeername() says so.
+        for i in 0..ROUNDS {
+            let seen = one_to_one(vip)
+                .unwrap_or_else(|e| panic!("one-to-one SCTP {i} to {vip}: {e}; {CHANGED}"));
+            eprintln!(
+                "one-to-one SCTP connect({vip}) -> answered by {} (getpeername: {})",
+                seen.body, seen.peer
+            );
+            assert_eq!(seen.body, "pod-1", "one-to-one {i} to {vip}: {CHANGED}");
+            assert_eq!(seen.peer, vip, "one-to-one {i} to {vip}: {CHANGED}");
+        }
+        // One-to-many: the association sendto() sets up is not translated
+        // either; recvmsg() shows the ClusterIP because the peer is the
+        // ClusterIP.
+        for i in 0..ROUNDS {
+            let seen = one_to_many(vip)
+                .unwrap_or_else(|e| panic!("one-to-many SCTP {i} to {vip}: {e}; {CHANGED}"));
+            eprintln!(
+                "one-to-many SCTP sendto({vip}) -> answered by {} (recvmsg source: {})",
+                seen.body, seen.peer
+            );
+            assert_eq!(seen.body, "pod-1", "one-to-many {i} to {vip}: {CHANGED}");
+            assert_eq!(seen.peer, vip, "one-to-many {i} to {vip}: {CHANGED}");
+        }
     }
     let counts: Vec<u64> = servers.iter().map(SctpServer::served).collect();
+    let each = 2 * u64::try_from(ROUNDS).expect("small");
     assert_eq!(
         counts,
-        [2 * u64::try_from(ROUNDS).expect("small"), 1, 1],
-        "SCTP associations served by pod-1 (holds the ClusterIP), pod-2, pod-3; {CHANGED}"
+        [each, each, 2, 2],
+        "SCTP associations served by pod-1 on {} and on {}, pod-2, pod-3; {CHANGED}",
+        vips[0],
+        vips[1]
     );
 
-    // The agent did program the SCTP frontend; the data path never saw a
-    // connection to it.
+    // The agent did program the SCTP frontends; the data path never saw a
+    // connection to them.
     let list = agent.list();
-    let sctp = row(&list, &vip.to_string(), "SCTP");
-    let mut backends: Vec<&str> = sctp["backends"]
-        .as_array()
-        .expect("backends")
+    for (vip, addr) in vips
         .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    backends.sort_unstable();
-    assert_eq!(
-        backends,
-        [
-            format!("{}:{SCTP_TARGET}", ips[1]),
-            format!("{}:{SCTP_TARGET}", ips[2])
-        ]
+        .zip([Pod::addr4 as fn(&Pod, u16) -> SocketAddr, Pod::addr6])
+    {
+        let expected: Vec<SocketAddr> = pods[1..].iter().map(|p| addr(p, SCTP_TARGET)).collect();
+        assert_untranslated(&list, *vip, &expected);
+    }
+    let tcp_row = row(
+        &list,
+        &SocketAddr::from((VIP4, TCP_PORT)).to_string(),
+        "TCP",
     );
-    assert_eq!(sctp["translated"], 0, "{CHANGED}");
-    let tcp_row = row(&list, &SocketAddrV4::new(VIP, TCP_PORT).to_string(), "TCP");
     assert_eq!(tcp_row["translated"], ROUNDS, "{list:#}");
 }
