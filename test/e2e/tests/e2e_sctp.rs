@@ -16,10 +16,13 @@
 //! The world: pod-2 and pod-3 are the Service's backends (SCTP on
 //! `SCTP_TARGET`; the pods' usual TCP servers for the Service's TCP port,
 //! the control that shows the agent translating this cgroup's sockets).
-//! pod-1 is not a backend: it holds the ClusterIP address itself and answers
-//! SCTP on the Service port (bound to that address alone), so that an
-//! untranslated association arrives somewhere the test can see. (Without it nothing routes a ClusterIP and
-//! the association would time out, as on a node without kube-proxy.)
+//! pod-1 is not a backend: it holds the ClusterIP addresses themselves and
+//! answers SCTP on the Service port (bound to each address alone), so that an
+//! untranslated association arrives somewhere the test can see. A second
+//! SCTP Service's ClusterIP (`UNROUTED`) is held by nobody, as on a node
+//! without kube-proxy: there the association is never set up. Everything
+//! is done for IPv4 and IPv6 ClusterIPs (`connect6` and `sendmsg6` do not
+//! run for SCTP either), except the unrouted case (IPv4 only).
 //!
 //! The host kernel has no SCTP (`CONFIG_IP_SCTP` unset): there the test is
 //! recorded as skipped. The Debian kernels `cargo xtask vm` boots have the
@@ -55,6 +58,9 @@ use serde_json::Value;
 const TEST: &str = "sctp_clusterip_is_not_translated_at_the_socket";
 const VIP4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 132);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x132);
+/// The ClusterIP of a second SCTP Service that nothing routes (no pod holds
+/// it; the node has no default route), as on a node without kube-proxy.
+const UNROUTED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 133);
 /// The Service's SCTP port, and the backends' port behind it.
 const SCTP_PORT: u16 = 9132;
 const SCTP_TARGET: u16 = 8132;
@@ -356,6 +362,47 @@ fn one_to_one(to: SocketAddr) -> io::Result<Seen> {
     })
 }
 
+/// What a non-blocking one-to-one `connect()` saw.
+#[derive(Debug)]
+struct Pending {
+    /// `connect()`'s error (`EINPROGRESS` while the association is set up).
+    connect: Option<io::Error>,
+    /// Whether the association came up (or failed) within the wait.
+    settled: bool,
+    /// `getpeername()` after the wait.
+    peer: io::Result<SocketAddr>,
+}
+
+/// A non-blocking one-to-one `connect()` to `to`, given `wait` to settle.
+fn connect_nonblocking(to: SocketAddr, wait: Duration) -> io::Result<Pending> {
+    let fd = sctp_socket(family(to), libc::SOCK_STREAM | libc::SOCK_NONBLOCK)?;
+    let (sa, len) = sockaddr(to);
+    // SAFETY: a valid descriptor and address.
+    let connect = check(unsafe { libc::connect(fd.as_raw_fd(), (&raw const sa).cast(), len) })
+        .err();
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(wait.as_millis()).expect("small");
+    // SAFETY: one valid pollfd.
+    let settled = check(unsafe { libc::poll(&raw mut pfd, 1, ms) })? > 0;
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut peer: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = socklen::<libc::sockaddr_storage>();
+    // SAFETY: a valid descriptor and a buffer of `len` bytes.
+    let peer = check(unsafe {
+        libc::getpeername(fd.as_raw_fd(), (&raw mut peer).cast(), &raw mut len)
+    })
+    .map(|_| from_sockaddr(&peer));
+    Ok(Pending {
+        connect,
+        settled,
+        peer,
+    })
+}
+
 /// One-to-many (UDP-style) client: `sendto()` sets the association up
 /// implicitly; `recvmsg()` returns the answer and its source.
 fn one_to_many(to: SocketAddr) -> io::Result<Seen> {
@@ -434,6 +481,17 @@ fn objects(env: &FileEnv) -> Vec<Value> {
             "sig-6",
             &backends.iter().map(|p| ready(p.ip6)).collect::<Vec<_>>(),
             &ports,
+        ),
+        service(
+            "lone",
+            &[&UNROUTED.to_string()],
+            &[manifests::sctp("sig", SCTP_PORT, SCTP_TARGET)],
+        ),
+        slice(
+            "lone",
+            "lone-4",
+            &backends.iter().map(|p| ready(p.ip4)).collect::<Vec<_>>(),
+            &ports[..1],
         ),
     ]
 }
@@ -583,6 +641,25 @@ fn sctp_clusterip_is_not_translated_at_the_socket() {
             assert_eq!(seen.peer, vip, "one-to-many {i} to {vip}: {CHANGED}");
         }
     }
+    // Where nothing routes the ClusterIP (a node without kube-proxy): the
+    // association is never set up. connect() neither fails nor succeeds
+    // while SCTP retransmits its INIT (for minutes), unlike the at-once
+    // ECONNREFUSED of a TCP Service without endpoints.
+    let lone = SocketAddr::from((UNROUTED, SCTP_PORT));
+    let pending = connect_nonblocking(lone, Duration::from_secs(1)).expect("an SCTP socket");
+    eprintln!("non-blocking SCTP connect({lone}), nothing routes it: {pending:?}");
+    assert_eq!(
+        pending.connect.as_ref().and_then(io::Error::raw_os_error),
+        Some(libc::EINPROGRESS),
+        "{pending:?}; {CHANGED}"
+    );
+    assert!(!pending.settled, "{pending:?}; {CHANGED}");
+    assert_eq!(
+        pending.peer.as_ref().map_err(io::Error::raw_os_error).err(),
+        Some(Some(libc::ENOTCONN)),
+        "{pending:?}; {CHANGED}"
+    );
+
     let counts: Vec<u64> = servers.iter().map(SctpServer::served).collect();
     let each = 2 * u64::try_from(ROUNDS).expect("small");
     assert_eq!(
@@ -603,6 +680,8 @@ fn sctp_clusterip_is_not_translated_at_the_socket() {
         let expected: Vec<SocketAddr> = pods[1..].iter().map(|p| addr(p, SCTP_TARGET)).collect();
         assert_untranslated(&list, *vip, &expected);
     }
+    let expected: Vec<SocketAddr> = pods[1..].iter().map(|p| p.addr4(SCTP_TARGET)).collect();
+    assert_untranslated(&list, lone, &expected);
     let tcp_row = row(
         &list,
         &SocketAddr::from((VIP4, TCP_PORT)).to_string(),
