@@ -378,8 +378,8 @@ fn connect_nonblocking(to: SocketAddr, wait: Duration) -> io::Result<Pending> {
     let fd = sctp_socket(family(to), libc::SOCK_STREAM | libc::SOCK_NONBLOCK)?;
     let (sa, len) = sockaddr(to);
     // SAFETY: a valid descriptor and address.
-    let connect = check(unsafe { libc::connect(fd.as_raw_fd(), (&raw const sa).cast(), len) })
-        .err();
+    let connect =
+        check(unsafe { libc::connect(fd.as_raw_fd(), (&raw const sa).cast(), len) }).err();
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLOUT,
@@ -392,10 +392,9 @@ fn connect_nonblocking(to: SocketAddr, wait: Duration) -> io::Result<Pending> {
     let mut peer: libc::sockaddr_storage = unsafe { mem::zeroed() };
     let mut len = socklen::<libc::sockaddr_storage>();
     // SAFETY: a valid descriptor and a buffer of `len` bytes.
-    let peer = check(unsafe {
-        libc::getpeername(fd.as_raw_fd(), (&raw mut peer).cast(), &raw mut len)
-    })
-    .map(|_| from_sockaddr(&peer));
+    let peer =
+        check(unsafe { libc::getpeername(fd.as_raw_fd(), (&raw mut peer).cast(), &raw mut len) })
+            .map(|_| from_sockaddr(&peer));
     Ok(Pending {
         connect,
         settled,
