@@ -32,6 +32,15 @@ pub fn udp(name: &'static str, port: u16, target: u16) -> Port {
     }
 }
 
+pub fn sctp(name: &'static str, port: u16, target: u16) -> Port {
+    Port {
+        name,
+        port,
+        target: json!(target),
+        protocol: "SCTP",
+    }
+}
+
 /// A ClusterIP service in `default`.
 pub fn service(name: &str, cluster_ips: &[&str], ports: &[Port]) -> Value {
     let families: Vec<&str> = cluster_ips

@@ -72,7 +72,8 @@ impl Suite {
             // veth and bridge: the tests' pods and node; cls_bpf and
             // sch_ingress (clsact): tc programs; ipv6: reported (built in);
             // inet_diag, udp_diag and tcp_diag: sock_diag dumps and
-            // SOCK_DESTROY, which close sockets of departed backends.
+            // SOCK_DESTROY, which close sockets of departed backends; sctp:
+            // `e2e_sctp` (what the socket hooks do with SCTP).
             modules: [
                 "veth",
                 "bridge",
@@ -82,6 +83,7 @@ impl Suite {
                 "inet_diag",
                 "udp_diag",
                 "tcp_diag",
+                "sctp",
             ]
             .map(str::to_owned)
             .to_vec(),
