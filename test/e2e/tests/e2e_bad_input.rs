@@ -22,10 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_agent::{
-    source::file::FileSource,
-    translate::Options,
-};
+use lb_agent::{source::file::FileSource, translate::Options};
 use lb_testbed::{
     agent::Agent,
     client::{self, tally},

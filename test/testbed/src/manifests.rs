@@ -186,3 +186,47 @@ pub fn web(vip: &str, algorithm: &str, endpoints: &[Endpoint]) -> [Value; 2] {
         slice("web", "web-1", endpoints, &[("http", 8080, "TCP")]),
     ]
 }
+
+/// Makes a service built by [`service`] a `LoadBalancer` (or `NodePort`,
+/// per `type_`) with these node ports, one per port in order.
+pub fn expose(mut svc: Value, type_: &str, node_ports: &[u16]) -> Value {
+    svc["spec"]["type"] = json!(type_);
+    for (i, node_port) in node_ports.iter().enumerate() {
+        svc["spec"]["ports"][i]["nodePort"] = json!(node_port);
+    }
+    svc
+}
+
+/// Sets `spec.externalIPs`.
+pub fn external_ips(mut svc: Value, ips: &[&str]) -> Value {
+    svc["spec"]["externalIPs"] = json!(ips);
+    svc
+}
+
+/// Sets `status.loadBalancer.ingress`: (ip, ipMode) pairs.
+pub fn ingress(mut svc: Value, points: &[(&str, Option<&str>)]) -> Value {
+    svc["status"]["loadBalancer"]["ingress"] = points
+        .iter()
+        .map(|(ip, mode)| match mode {
+            Some(mode) => json!({ "ip": ip, "ipMode": mode }),
+            None => json!({ "ip": ip }),
+        })
+        .collect();
+    svc
+}
+
+/// A `v1 Node` with these labels and `status.addresses` ((type, address)).
+pub fn node(name: &str, labels: &[(&str, &str)], addresses: &[(&str, &str)]) -> Value {
+    let labels: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!(v)))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": { "name": name, "labels": labels },
+        "status": {
+            "addresses": addresses.iter().map(|(t, a)| json!({ "type": t, "address": a })).collect::<Vec<_>>(),
+        }
+    })
+}
