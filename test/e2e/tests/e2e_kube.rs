@@ -496,3 +496,66 @@ fn unusable_objects_are_skipped_with_a_warning_and_the_rest_still_works() {
         log.contains("Service default/bad") && log.contains("QUIC")
     });
 }
+
+/// `lb-agent list`'s node-port frontends, as `address/PROTO`.
+fn node_ports(agent: &Agent) -> Vec<String> {
+    let mut out: Vec<String> = agent.list()["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .filter(|row| row["kind"] == "NodePort")
+        .map(|row| {
+            format!(
+                "{}/{}",
+                row["frontend"].as_str().unwrap_or_default(),
+                row["protocol"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn node_ports_answer_on_the_node_objects_primary_address_and_follow_it() {
+    let env = Env::new(2);
+    let with_address = |address: &str| -> Node {
+        typed(manifests::node(
+            "node-1",
+            &[("topology.kubernetes.io/zone", "zone-a")],
+            &[("InternalIP", address)],
+        ))
+    };
+    env.api.apply(&with_address("10.200.0.1"));
+    let ips = env.pod_ips();
+    let [svc, slice] = manifests::web(VIP, "round-robin", &[ready(&ips[0]), ready(&ips[1])]);
+    env.apply_service(manifests::external_ips(
+        manifests::expose(svc, "NodePort", &[30_080]),
+        &["192.0.2.10"],
+    ));
+    env.apply_slice(slice);
+    // `--nodeport-addresses primary` (the default): the Node's address.
+    let agent = env.agent(&[]);
+    assert_eq!(node_ports(&agent), ["10.200.0.1:30080/TCP"]);
+    let node_port: SocketAddr = "10.200.0.1:30080".parse().expect("addr");
+    let counts = tally(node_port, 4);
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [2, 2],
+        "{counts:?}"
+    );
+    let reply = client::tcp("192.0.2.10:80".parse().expect("addr")).expect("external IP");
+    assert_eq!(reply.peer.to_string(), "192.0.2.10:80");
+
+    // The Node's address changes (the bridge has a second one): the node
+    // port moves to it.
+    env.cluster
+        .node
+        .ip(&["addr", "add", "10.200.0.2/24", "dev", "br0"]);
+    env.api.apply(&with_address("10.200.0.2"));
+    wait_for("the node port to move", Duration::from_secs(5), || {
+        node_ports(&agent) == ["10.200.0.2:30080/TCP"]
+    });
+    let moved: SocketAddr = "10.200.0.2:30080".parse().expect("addr");
+    assert_eq!(client::tcp(moved).expect("moved node port").peer, moved);
+}
