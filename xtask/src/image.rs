@@ -150,7 +150,7 @@ pub fn build(args: &Args) -> Result<Built> {
     let out = cmd_output(
         podman()
             .args(["run", "--rm", "--pull=never", "--network=none"])
-            .args(ulimit_args())
+            .args(lb_testbed::podman::ulimit_args())
             .arg(&reference)
             .arg("--version"),
     )
@@ -181,41 +181,6 @@ fn podman() -> Command {
     let mut cmd = Command::new("podman");
     cmd.args(["--runtime", "runc"]);
     cmd
-}
-
-/// podman 4.3 lowers its own `RLIMIT_NPROC` to this at start (seen on
-/// Debian 12), and a container cannot be given more than podman holds.
-/// Root is not held to `RLIMIT_NPROC` anyway (the kernel exempts it).
-const PODMAN_NPROC: libc::rlim_t = 32_768;
-
-/// `--ulimit` arguments a container can be given here: this process's open
-/// file limit and at most podman's process limit. podman's defaults
-/// (1048576) fail where root lacks `CAP_SYS_RESOURCE` (some sandboxes,
-/// this project's CI machines): "setrlimit ... operation not permitted".
-pub fn ulimit_args() -> Vec<String> {
-    let limit = |resource| {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct it is given.
-        let ok = unsafe { libc::getrlimit(resource, &raw mut limit) } == 0;
-        ok.then_some((limit.rlim_cur, limit.rlim_max))
-    };
-    let mut out = Vec::new();
-    if let Some((soft, hard)) = limit(libc::RLIMIT_NOFILE)
-        && hard != libc::RLIM_INFINITY
-    {
-        out.push(format!("--ulimit=nofile={soft}:{hard}"));
-    }
-    if let Some((soft, hard)) = limit(libc::RLIMIT_NPROC) {
-        out.push(format!(
-            "--ulimit=nproc={}:{}",
-            soft.min(PODMAN_NPROC),
-            hard.min(PODMAN_NPROC)
-        ));
-    }
-    out
 }
 
 fn image_id(reference: &str) -> Result<String> {

@@ -24,7 +24,7 @@
 //! - the service account's in-cluster credentials are a kubeconfig (the test
 //!   API server speaks plain HTTP), mounted read-only, named by `KUBECONFIG`;
 //! - the containers' rlimits are the ones root has here, which it may not
-//!   raise (see `runtime::ulimits`).
+//!   raise (see `lb_testbed::podman::ulimit_args`).
 //!
 //! Needs root, podman and the image: `cargo xtask test` builds the image and
 //! runs this. Not an `e2e_*` target: the VM suite has no container runtime.
@@ -50,10 +50,11 @@ use lb_testbed::{
     env::World,
     manifests::{annotate, ready, service, slice, tcp, typed, udp},
     net::spawn_in,
+    podman::ulimit_args,
     wait_for,
 };
 use pod::{Manifest, Node};
-use runtime::{HostBpffs, Running, podman, run_init_containers, text_of, ulimits};
+use runtime::{HostBpffs, Running, podman, run_init_containers, text_of};
 use serde_json::Value;
 
 const VIP: &str = "10.96.0.100";
@@ -240,7 +241,7 @@ impl Env {
             name: NODE_NAME.to_owned(),
             files: vec![(kubeconfig, KUBECONFIG.to_owned())],
             env: vec![("KUBECONFIG".to_owned(), KUBECONFIG.to_owned())],
-            ulimits: ulimits(),
+            ulimits: ulimit_args(),
         };
         let pins_on_host = manifest.host_path_of(manifest.agent(), &pins.root, &node);
         let client = world.cluster.pod("pod-3").netns.path();
@@ -366,7 +367,7 @@ impl Env {
             "--network=host",
             "--volume=/:/host:rslave",
         ];
-        let ulimits = ulimits();
+        let ulimits = ulimit_args();
         args.extend(ulimits.iter().map(String::as_str));
         let pins = pins.display().to_string();
         args.extend([image, "cleanup", "--bpffs", &pins]);

@@ -100,14 +100,19 @@ fn tcp_connect_and_getpeername_show_the_cluster_ip() {
     }
 }
 
+/// Service `dns`: VIP:53 -> :8080 over UDP, and its slice.
+fn dns(endpoints: &[Endpoint]) -> [Value; 2] {
+    [
+        service("dns", &[VIP], &[manifests::udp("dns", 53, 8080)]),
+        slice("dns", "dns-1", endpoints, &[("dns", 8080, "UDP")]),
+    ]
+}
+
 #[test]
 fn connected_udp_replies_come_from_the_cluster_ip() {
     let env = env(2);
     let eps: Vec<Endpoint> = env.pod_ips().into_iter().map(ready).collect();
-    env.write(&[
-        service("dns", &[VIP], &[manifests::udp("dns", 53, 8080)]),
-        slice("dns", "dns-1", &eps, &[("dns", 8080, "UDP")]),
-    ]);
+    env.write(&dns(&eps));
     let _agent = env.agent(&[]);
     for _ in 0..10 {
         let (reply, from) = client::udp_connected(vip(53)).expect("udp exchange");
@@ -121,14 +126,8 @@ fn connected_udp_replies_come_from_the_cluster_ip() {
 fn unconnected_udp_replies_come_from_the_cluster_ip() {
     let env = env(3);
     let eps: Vec<Endpoint> = env.pod_ips().into_iter().map(ready).collect();
-    env.write(&[
-        annotate(
-            service("dns", &[VIP], &[manifests::udp("dns", 53, 8080)]),
-            "lb-agent.io/algorithm",
-            "round-robin",
-        ),
-        slice("dns", "dns-1", &eps, &[("dns", 8080, "UDP")]),
-    ]);
+    let [svc, slice] = dns(&eps);
+    env.write(&[annotate(svc, "lb-agent.io/algorithm", "round-robin"), slice]);
     let _agent = env.agent(&[]);
     let mut seen = BTreeMap::new();
     for _ in 0..30 {
@@ -279,26 +278,18 @@ fn target_port_by_name() {
 fn terminating_endpoints_serve_only_when_none_is_ready() {
     let env = env(3);
     let ips = env.pod_ips();
-    env.write(&[
-        service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]),
-        slice(
-            "web",
-            "web-1",
-            &[ready(&ips[0]), terminating(&ips[1])],
-            &[("http", 8080, "TCP")],
-        ),
-    ]);
+    env.write(&manifests::http(
+        "web",
+        VIP,
+        &[ready(&ips[0]), terminating(&ips[1])],
+    ));
     let agent = env.agent(&[]);
     assert_eq!(tally(vip(80), 20).keys().collect::<Vec<_>>(), vec!["pod-1"]);
-    env.write(&[
-        service("web", &[VIP], &[manifests::tcp("http", 80, 8080)]),
-        slice(
-            "web",
-            "web-1",
-            &[terminating(&ips[1]), terminating(&ips[2])],
-            &[("http", 8080, "TCP")],
-        ),
-    ]);
+    env.write(&manifests::http(
+        "web",
+        VIP,
+        &[terminating(&ips[1]), terminating(&ips[2])],
+    ));
     wait_for(
         "the fallback to terminating endpoints",
         Duration::from_secs(2),

@@ -75,11 +75,15 @@ impl Env {
         self.api.apply(&typed::<EndpointSlice>(s));
     }
 
-    /// The `web` service (VIP:80 -> :8080, round-robin) and its slice.
-    fn web(&self, endpoints: &[Endpoint]) {
-        let [svc, slice] = manifests::web(VIP, "round-robin", endpoints);
+    /// A service and its slice, in that order.
+    fn apply(&self, [svc, slice]: [Value; 2]) {
         self.apply_service(svc);
         self.apply_slice(slice);
+    }
+
+    /// The `web` service (VIP:80 -> :8080, round-robin) and its slice.
+    fn web(&self, endpoints: &[Endpoint]) {
+        self.apply(manifests::web(VIP, "round-robin", endpoints));
     }
 }
 
@@ -351,17 +355,7 @@ fn a_relist_after_410_removes_what_was_deleted() {
     let env = Env::new(2);
     let ips = env.pod_ips();
     env.web(&[ready(&ips[0])]);
-    env.apply_service(service(
-        "gone",
-        &["10.96.0.101"],
-        &[manifests::tcp("http", 80, 8080)],
-    ));
-    env.apply_slice(slice(
-        "gone",
-        "gone-1",
-        &[ready(&ips[1])],
-        &[("http", 8080, "TCP")],
-    ));
+    env.apply(manifests::http("gone", "10.96.0.101", &[ready(&ips[1])]));
     let agent = env.agent(&[]);
     let gone: SocketAddr = "10.96.0.101:80".parse().expect("addr");
     assert!(client::tcp(gone).is_ok());
@@ -405,17 +399,7 @@ fn agent_restarted_while_objects_change_converges_without_failed_connects() {
     let connector = Connector::start(&env.cluster.node.path(), vip(80));
     agent.kill();
     env.web(&[ready(&ips[1]), ready(&ips[2])]);
-    env.apply_service(service(
-        "new",
-        &["10.96.0.102"],
-        &[manifests::tcp("http", 80, 8080)],
-    ));
-    env.apply_slice(slice(
-        "new",
-        "new-1",
-        &[ready(&ips[0])],
-        &[("http", 8080, "TCP")],
-    ));
+    env.apply(manifests::http("new", "10.96.0.102", &[ready(&ips[0])]));
     agent.restart();
     agent.wait_ready();
     wait_for("convergence", Duration::from_secs(5), || {
@@ -438,23 +422,12 @@ fn services_of_another_proxy_and_headless_ones_are_not_served() {
     let env = Env::new(1);
     let ips = env.pod_ips();
     env.web(&[ready(&ips[0])]);
-    let mut other = service(
-        "other",
-        &["10.96.0.101"],
-        &[manifests::tcp("http", 80, 8080)],
-    );
+    let [mut other, mut other_slice] = manifests::http("other", "10.96.0.101", &[ready(&ips[0])]);
     other["metadata"]["labels"] =
         json!({ "service.kubernetes.io/service-proxy-name": "other-proxy" });
-    env.apply_service(other);
-    let mut other_slice = slice(
-        "other",
-        "other-1",
-        &[ready(&ips[0])],
-        &[("http", 8080, "TCP")],
-    );
     other_slice["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] =
         json!("other-proxy");
-    env.apply_slice(other_slice);
+    env.apply([other, other_slice]);
 
     let agent = env.agent(&[]);
     let services: Vec<Value> = agent.list()["services"]

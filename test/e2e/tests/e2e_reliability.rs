@@ -936,7 +936,10 @@ fn rewrite(env: &Env, model: &mut Model, rng: &mut Rng, timeline: &mut Timeline,
     manifests::write(&env.file, &model.objects());
 }
 
-fn seen(timeline: &mut Timeline, model: &Model, at: Instant) {
+/// Waits until the pinned maps hold what the model programs for both
+/// services, and puts that instant on the timeline.
+fn wait_programmed(pins: &Pins, model: &Model, timeline: &mut Timeline, timeout: Duration) {
+    let at = pins.wait_for(&[model.programmed(0), model.programmed(1)], timeout);
     timeline.note(at, "the maps hold it".to_owned());
     for s in 0..2 {
         timeline.published(at, s, &model.programmed(s));
@@ -970,11 +973,7 @@ fn churn_through_the_agent_file_source() {
     manifests::write(&env.file, &model.objects());
     let agent = env.agent(&[]);
     let pins = Pins::open(&agent);
-    let at = pins.wait_for(
-        &[model.programmed(0), model.programmed(1)],
-        Duration::from_secs(10),
-    );
-    seen(&mut timeline, &model, at);
+    wait_programmed(&pins, &model, &mut timeline, Duration::from_secs(10));
     let syncs_before = agent.metric("lb_syncs_total").unwrap_or(0.0);
 
     let t0 = Instant::now();
@@ -984,11 +983,7 @@ fn churn_through_the_agent_file_source() {
     while model.counts.changes() < CHANGES {
         rewrite(&env, &mut model, &mut rng, &mut timeline, PER_WRITE);
         writes += 1;
-        let at = pins.wait_for(
-            &[model.programmed(0), model.programmed(1)],
-            Duration::from_secs(10),
-        );
-        seen(&mut timeline, &model, at);
+        wait_programmed(&pins, &model, &mut timeline, Duration::from_secs(10));
         clients.wait_for_connects(CONNECTS_PER_UPDATE);
     }
     std::thread::sleep(Duration::from_millis(100));
@@ -1083,11 +1078,7 @@ fn sigkill_during_churn_then_restart_converges_without_a_failed_connect() {
     manifests::write(&env.file, &model.objects());
     let mut agent = env.agent(&[]);
     let pins = Pins::open(&agent);
-    let at = pins.wait_for(
-        &[model.programmed(0), model.programmed(1)],
-        Duration::from_secs(10),
-    );
-    seen(&mut timeline, &model, at);
+    wait_programmed(&pins, &model, &mut timeline, Duration::from_secs(10));
     let converge = if in_vm() {
         Duration::from_mins(2)
     } else {
@@ -1138,19 +1129,14 @@ fn sigkill_during_churn_then_restart_converges_without_a_failed_connect() {
             std::thread::sleep(Duration::from_millis(200));
             agent.restart();
             agent.wait_ready();
-            let at = pins.wait_for(&[model.programmed(0), model.programmed(1)], converge);
-            seen(&mut timeline, &model, at);
+            wait_programmed(&pins, &model, &mut timeline, converge);
             assert_eq!(
                 listed(&agent.list()),
                 file_says(&env.file),
                 "after the restart, `lb-agent list` and the file differ"
             );
         } else {
-            let at = pins.wait_for(
-                &[model.programmed(0), model.programmed(1)],
-                Duration::from_secs(10),
-            );
-            seen(&mut timeline, &model, at);
+            wait_programmed(&pins, &model, &mut timeline, Duration::from_secs(10));
         }
         clients.wait_for_connects(CONNECTS_PER_UPDATE);
     }
@@ -1180,6 +1166,10 @@ fn sigkill_during_churn_then_restart_converges_without_a_failed_connect() {
 /// Services s1..s6 at 10.96.1.1..6:80 with these pods (0-based) behind them.
 const CAPACITY_SERVICES: [&[usize]; 6] = [&[0, 1], &[0, 1], &[0], &[0, 1], &[1], &[0]];
 
+fn capacity_name(i: usize) -> String {
+    format!("s{}", i + 1)
+}
+
 fn capacity_vip(i: usize) -> SocketAddr {
     format!("10.96.1.{}:80", i + 1).parse().expect("addr")
 }
@@ -1188,16 +1178,11 @@ fn capacity_objects(which: &[usize]) -> Vec<Value> {
     which
         .iter()
         .flat_map(|&i| {
-            let name = format!("s{}", i + 1);
-            let ip = capacity_vip(i).ip().to_string();
             let eps: Vec<Endpoint> = CAPACITY_SERVICES[i]
                 .iter()
                 .map(|&p| ready(pod_ip(p)))
                 .collect();
-            [
-                service(&name, &[ip.as_str()], &[manifests::tcp("http", 80, 8080)]),
-                slice(&name, &format!("{name}-1"), &eps, &[("http", 8080, "TCP")]),
-            ]
+            manifests::http(&capacity_name(i), &capacity_vip(i).ip().to_string(), &eps)
         })
         .collect()
 }
@@ -1214,11 +1199,23 @@ fn answers(i: usize) {
     );
 }
 
-fn service_names(agent: &Agent) -> BTreeSet<String> {
-    listed(&agent.list())
+/// Checks that exactly services `which` are listed, and that each answers
+/// from its own pods.
+fn programmed_and_answering(agent: &Agent, which: &[usize]) {
+    let listed: BTreeSet<String> = listed(&agent.list())
         .into_iter()
         .map(|(_, _, s, _, _)| s)
-        .collect()
+        .collect();
+    let expected: BTreeSet<String> = which
+        .iter()
+        .map(|&i| format!("default/{}:http", capacity_name(i)))
+        .collect();
+    assert_eq!(listed, expected);
+    for &i in which {
+        for _ in 0..4 {
+            answers(i);
+        }
+    }
 }
 
 #[test]
@@ -1249,22 +1246,7 @@ fn services_beyond_capacity_are_rejected_by_name_and_programmed_once_room_appear
     let s6 = line("default/s6:http");
     assert!(s6.contains("raise --max-services"), "{s6}");
     eprintln!("{s4}\n{s6}");
-    assert_eq!(
-        service_names(&agent),
-        [
-            "default/s1:http",
-            "default/s2:http",
-            "default/s3:http",
-            "default/s5:http"
-        ]
-        .map(str::to_owned)
-        .into(),
-    );
-    for i in [0, 1, 2, 4] {
-        for _ in 0..4 {
-            answers(i);
-        }
-    }
+    programmed_and_answering(&agent, &[0, 1, 2, 4]);
     for i in [3, 5] {
         assert!(
             client::tcp(capacity_vip(i)).is_err(),
@@ -1280,22 +1262,7 @@ fn services_beyond_capacity_are_rejected_by_name_and_programmed_once_room_appear
         Duration::from_secs(10),
         || agent.metric("lb_services_rejected") == Some(0.0),
     );
-    assert_eq!(
-        service_names(&agent),
-        [
-            "default/s3:http",
-            "default/s4:http",
-            "default/s5:http",
-            "default/s6:http"
-        ]
-        .map(str::to_owned)
-        .into(),
-    );
-    for i in [2, 3, 4, 5] {
-        for _ in 0..4 {
-            answers(i);
-        }
-    }
+    programmed_and_answering(&agent, &[2, 3, 4, 5]);
     let log = agent.log();
     assert!(
         log.matches("service programmed after being rejected earlier")

@@ -183,10 +183,7 @@ pub struct RequestRecord {
 impl RequestRecord {
     /// The first value of a query parameter.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        param(&self.query, name)
     }
 
     /// Whether this is a `verb` request on `resource` (plural: `services`).

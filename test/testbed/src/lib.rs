@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod env;
 pub mod manifests;
 pub mod net;
+pub mod podman;
 
 use std::{
     fs::OpenOptions,
@@ -63,6 +64,15 @@ pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bo
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: comparable across processes (the
+/// bench's probe prints it, the bench compares it with its own).
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always there");
+    u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(ts.tv_nsec()).unwrap_or(0)
 }
 
 /// Runs a command, panicking with its output if it fails.

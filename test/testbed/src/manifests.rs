@@ -174,17 +174,24 @@ pub fn write_raw(path: &Path, contents: impl AsRef<[u8]>) {
     std::fs::rename(&tmp, path).expect("rename services file");
 }
 
-/// The demo Service `web`: `vip`:80 -> :8080 (port `http`, TCP) with this
-/// algorithm, and its slice `web-1` with these endpoints.
-pub fn web(vip: &str, algorithm: &str, endpoints: &[Endpoint]) -> [Value; 2] {
+/// Service `name`: `cluster_ip`:80 -> :8080 (port `http`, TCP), and its
+/// slice `<name>-1` with these endpoints.
+pub fn http(name: &str, cluster_ip: &str, endpoints: &[Endpoint]) -> [Value; 2] {
     [
-        annotate(
-            service("web", &[vip], &[tcp("http", 80, 8080)]),
-            "lb-agent.io/algorithm",
-            algorithm,
+        service(name, &[cluster_ip], &[tcp("http", 80, 8080)]),
+        slice(
+            name,
+            &format!("{name}-1"),
+            endpoints,
+            &[("http", 8080, "TCP")],
         ),
-        slice("web", "web-1", endpoints, &[("http", 8080, "TCP")]),
     ]
+}
+
+/// The demo Service `web`: [`http`] with this algorithm.
+pub fn web(vip: &str, algorithm: &str, endpoints: &[Endpoint]) -> [Value; 2] {
+    let [svc, slice] = http("web", vip, endpoints);
+    [annotate(svc, "lb-agent.io/algorithm", algorithm), slice]
 }
 
 /// Makes a service built by [`service`] a `LoadBalancer` (or `NodePort`,

@@ -158,6 +158,13 @@ fn service_requests(server: &ApiServer, verb: Verb) -> Vec<lb_testbed::apiserver
         .collect()
 }
 
+/// Checks that `request` has these query parameters (others may be there too).
+fn assert_params(request: &lb_testbed::apiserver::RequestRecord, expected: &[(&str, &str)]) {
+    for &(name, value) in expected {
+        assert_eq!(request.param(name), Some(value), "{name} of {request}");
+    }
+}
+
 #[tokio::test]
 async fn initial_list_is_paged_and_selected_like_kube_proxy() {
     let Cluster { server, client, .. } = cluster().await;
@@ -197,13 +204,15 @@ async fn initial_list_is_paged_and_selected_like_kube_proxy() {
         assert_eq!(list.param("continue").is_some(), i > 0, "page {i}");
     }
     let watch = &service_requests(&server, Verb::Watch)[0];
-    assert_eq!(
-        watch.param("resourceVersion"),
-        Some(list_rv.to_string().as_str())
+    assert_params(
+        watch,
+        &[
+            ("resourceVersion", &list_rv.to_string()),
+            ("labelSelector", PROXY_SELECTOR),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", "290"),
+        ],
     );
-    assert_eq!(watch.param("labelSelector"), Some(PROXY_SELECTOR));
-    assert_eq!(watch.param("allowWatchBookmarks"), Some("true"));
-    assert_eq!(watch.param("timeoutSeconds"), Some("290"));
 }
 
 #[tokio::test]
@@ -461,9 +470,14 @@ async fn streaming_list_watcher_gets_initial_events_then_changes() {
     assert_eq!(server.stats().lists, 0);
     let watch = &service_requests(&server, Verb::Watch)[0];
     eprintln!("observed: {watch}");
-    assert_eq!(watch.param("sendInitialEvents"), Some("true"));
-    assert_eq!(watch.param("resourceVersionMatch"), Some("NotOlderThan"));
-    assert_eq!(watch.param("resourceVersion"), Some("0"));
+    assert_params(
+        watch,
+        &[
+            ("sendInitialEvents", "true"),
+            ("resourceVersionMatch", "NotOlderThan"),
+            ("resourceVersion", "0"),
+        ],
+    );
 }
 
 #[tokio::test]

@@ -35,40 +35,6 @@ pub fn text_of(out: &Output) -> String {
     )
 }
 
-/// podman 4.3 lowers its own `RLIMIT_NPROC` to this at start (seen on
-/// Debian 12), and a container cannot be given more than podman holds.
-/// Root is not held to `RLIMIT_NPROC` anyway (the kernel exempts it).
-const PODMAN_NPROC: libc::rlim_t = 32_768;
-
-/// `--ulimit` arguments a container can be given here: this process's open
-/// file limit and at most podman's process limit. podman's defaults
-/// (1048576) fail where root lacks `CAP_SYS_RESOURCE`, as on this project's
-/// machines; a kubelet's runtime passes its own limits on likewise.
-pub fn ulimits() -> Vec<String> {
-    let limit = |resource| {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct it is given.
-        let ok = unsafe { libc::getrlimit(resource, &raw mut limit) } == 0;
-        assert!(ok, "getrlimit: {}", std::io::Error::last_os_error());
-        (limit.rlim_cur, limit.rlim_max)
-    };
-    let (soft, hard) = limit(libc::RLIMIT_NOFILE);
-    let mut out = vec![];
-    if hard != libc::RLIM_INFINITY {
-        out.push(format!("--ulimit=nofile={soft}:{hard}"));
-    }
-    let (soft, hard) = limit(libc::RLIMIT_NPROC);
-    out.push(format!(
-        "--ulimit=nproc={}:{}",
-        soft.min(PODMAN_NPROC),
-        hard.min(PODMAN_NPROC)
-    ));
-    out
-}
-
 /// Runs the pod's init containers in order, each to completion, as the
 /// kubelet does before it starts the agent; returns what they printed.
 pub fn run_init_containers(manifest: &Manifest, node: &Node) -> String {
