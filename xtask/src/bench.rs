@@ -51,7 +51,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
-use lb_testbed::net::in_netns;
+use lb_testbed::{monotonic_ns, net::in_netns};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -63,7 +63,7 @@ use self::{
 };
 use crate::{
     build, setup,
-    util::{is_root, run_cmd, workspace_root},
+    util::{cmd_output, is_root, run_cmd, workspace_root},
 };
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -698,23 +698,12 @@ impl SizeBench<'_> {
                 .map(|k| usable[(k + round) % usable.len()])
                 .collect();
             for &i in &order {
-                check_interrupted()?;
-                self.say(&format!(
-                    "connect() latency, round {}/{}, {}",
-                    round + 1,
-                    s.rounds,
-                    runs[i].peer.name()
-                ));
-                let v = client_json(
-                    self.world,
+                let v = self.batch(
                     &runs[i],
-                    &[
-                        "latency".into(),
-                        "--count".into(),
-                        s.latency_per_batch.to_string(),
-                        "--addrs".into(),
-                        addrs(&runs[i].targets),
-                    ],
+                    round,
+                    "connect() latency",
+                    "latency",
+                    &["--count".into(), s.latency_per_batch.to_string()],
                 )?;
                 let run = &mut runs[i];
                 run.result.latency_errors += v["errors"].as_u64().unwrap_or(0);
@@ -731,24 +720,16 @@ impl SizeBench<'_> {
             }
             for (what, threads) in [("conn-rate", 1), ("conn-rate", 2), ("rps", 1)] {
                 for &i in &order {
-                    check_interrupted()?;
-                    self.say(&format!(
-                        "{what} x{threads}, round {}/{}, {}",
-                        round + 1,
-                        s.rounds,
-                        runs[i].peer.name()
-                    ));
-                    let v = client_json(
-                        self.world,
+                    let v = self.batch(
                         &runs[i],
+                        round,
+                        &format!("{what} x{threads}"),
+                        what,
                         &[
-                            what.into(),
                             "--threads".into(),
                             threads.to_string(),
                             "--duration-ms".into(),
                             s.rate_batch_ms.to_string(),
-                            "--addrs".into(),
-                            addrs(&runs[i].targets),
                         ],
                     )?;
                     let run = &mut runs[i];
@@ -766,6 +747,29 @@ impl SizeBench<'_> {
             }
         }
         Ok(())
+    }
+
+    /// One batch of `bench-client <command> <args> --addrs <targets>` for
+    /// one peer, announced as `what` in round `round`.
+    fn batch(
+        &self,
+        run: &PeerRun,
+        round: usize,
+        what: &str,
+        command: &str,
+        args: &[String],
+    ) -> Result<Value> {
+        check_interrupted()?;
+        self.say(&format!(
+            "{what}, round {}/{}, {}",
+            round + 1,
+            self.settings.rounds,
+            run.peer.name()
+        ));
+        let mut full = vec![command.to_owned()];
+        full.extend_from_slice(args);
+        full.extend(["--addrs".to_owned(), addrs(&run.targets)]);
+        client_json(self.world, run, &full)
     }
 
     /// Moves the churn service's endpoint between pod 1 and pod 2, timing
@@ -1095,19 +1099,8 @@ fn client_json(world: &World, run: &PeerRun, args: &[String]) -> Result<Value> {
         cmd.arg("--cgroup").arg(cg);
     }
     cmd.args(args);
-    let out = cmd
-        .output()
-        .with_context(|| format!("failed to start {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "bench-client {} for {} failed ({}): {}",
-            args.join(" "),
-            run.peer.name(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = cmd_output(&mut cmd)
+        .with_context(|| format!("bench-client {} for {}", args.join(" "), run.peer.name()))?;
     let line = text.lines().last().unwrap_or_default();
     serde_json::from_str(line).with_context(|| format!("bench-client printed {line:?}"))
 }
@@ -1118,17 +1111,6 @@ fn addrs(targets: &[SocketAddrV4]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds (what `bench-client probe` prints).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// `perf record` of the agent, with call graphs.

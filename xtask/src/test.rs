@@ -251,6 +251,7 @@ fn vm_e2e(targets: &[String], filter: Option<&str>) -> Result<String> {
         report.log.display()
     );
     Ok(report
+        .guest
         .tests
         .iter()
         .filter_map(|t| match &t.outcome {

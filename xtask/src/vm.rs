@@ -72,15 +72,33 @@ pub struct Args {
     filter: Vec<String>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// `--kernel`: one of the [`Kernel`] lines, or `all` of them.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum KernelChoice {
-    #[value(name = "5.10")]
-    V5_10,
-    #[value(name = "6.1")]
-    V6_1,
-    #[value(name = "6.12")]
-    V6_12,
+    One(Kernel),
     All,
+}
+
+impl clap::ValueEnum for KernelChoice {
+    fn value_variants<'a>() -> &'a [Self] {
+        const CHOICES: [KernelChoice; Kernel::ALL.len() + 1] = {
+            let mut choices = [KernelChoice::All; Kernel::ALL.len() + 1];
+            let mut i = 0;
+            while i < Kernel::ALL.len() {
+                choices[i] = KernelChoice::One(Kernel::ALL[i]);
+                i += 1;
+            }
+            choices
+        };
+        &CHOICES
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        match self {
+            Self::One(kernel) => clap::ValueEnum::to_possible_value(kernel),
+            Self::All => Some(clap::builder::PossibleValue::new("all").help("All of the above")),
+        }
+    }
 }
 
 /// Infrastructure settings (as opposed to what the suite is).
@@ -132,9 +150,7 @@ pub fn run(args: &Args) -> Result<()> {
         let mut k: Vec<Kernel> = kernels
             .iter()
             .filter_map(|c| match c {
-                KernelChoice::V5_10 => Some(Kernel::V5_10),
-                KernelChoice::V6_1 => Some(Kernel::V6_1),
-                KernelChoice::V6_12 => Some(Kernel::V6_12),
+                KernelChoice::One(kernel) => Some(*kernel),
                 KernelChoice::All => None,
             })
             .collect();
@@ -332,6 +348,7 @@ fn run_one(
     let again: Vec<(String, String)> = if matches!(first.end, VmEnd::Silent(_)) {
         first
             .run
+            .guest
             .tests
             .iter()
             .enumerate()
@@ -345,24 +362,18 @@ fn run_one(
         kernel,
         package: image.package.clone(),
         version: image.version.clone(),
-        facts: first.run.facts,
-        tests: first.run.tests,
-        problems: first.run.problems,
-        notes: first.run.notes,
-        boot_time: first.run.boot_time,
-        guest_uptime_at_init: first.run.guest_uptime_at_init,
+        guest: first.run.guest,
         vm_time: first.vm_time,
         fetch: image.downloaded,
         initramfs_bytes: first.initramfs_bytes,
         initramfs_time: modules_time + first.initramfs_time,
         log: first.log,
-        console_tail: first.run.console_tail,
     };
     if again.is_empty() {
-        report.problems.extend(first.run.stopped_early);
+        report.guest.problems.extend(first.run.stopped_early);
         return Ok(report);
     }
-    let what = match interrupted.map(|i| &report.tests[i]) {
+    let what = match interrupted.map(|i| &report.guest.tests[i]) {
         Some(t) => format!(
             "while {}::{} ran; it and the {} test(s) after it",
             t.binary,
@@ -373,13 +384,14 @@ fn run_one(
     };
     let how = first.run.how;
     eprintln!("vm {kernel}: {how} {what} run again in a new VM");
-    report.notes.push(format!(
+    report.guest.notes.push(format!(
         "{how} {what} ran again in a second VM (first VM's console log {})",
         report.log.display()
     ));
     let second = vm.boot(&built.only(&again), "console-2.log")?;
-    for test in second.run.tests {
+    for test in second.run.guest.tests {
         if let Some(slot) = report
+            .guest
             .tests
             .iter_mut()
             .find(|t| t.binary == test.binary && t.name == test.name)
@@ -387,23 +399,25 @@ fn run_one(
             *slot = test;
         }
     }
-    report.problems.extend(
+    report.guest.problems.extend(
         second
             .run
+            .guest
             .problems
             .into_iter()
             .chain(second.run.stopped_early)
             .map(|p| format!("second VM: {p}")),
     );
-    report.notes.extend(
+    report.guest.notes.extend(
         second
             .run
+            .guest
             .notes
             .into_iter()
             .map(|n| format!("second VM: {n}")),
     );
     report.vm_time += second.vm_time;
-    report.console_tail = second.run.console_tail;
+    report.guest.console_tail = second.run.guest.console_tail;
     report.log = second.log;
     Ok(report)
 }

@@ -171,11 +171,7 @@ impl Agent {
 
     /// Resident memory and the kernel memory of the maps it holds.
     pub fn memory(&self) -> Result<Memory> {
-        let pid = self
-            .child
-            .as_ref()
-            .context("the agent is not running")?
-            .id();
+        let pid = self.pid().context("the agent is not running")?;
         let status_path = format!("/proc/{pid}/status");
         let status = fs::read_to_string(&status_path)
             .with_context(|| format!("failed to read {status_path}"))?;
@@ -220,11 +216,7 @@ impl Agent {
 
     /// CPU time the agent has used (user + system), in seconds.
     pub fn cpu_seconds(&self) -> Result<f64> {
-        let pid = self
-            .child
-            .as_ref()
-            .context("the agent is not running")?
-            .id();
+        let pid = self.pid().context("the agent is not running")?;
         let path = format!("/proc/{pid}/stat");
         let stat = fs::read_to_string(&path).with_context(|| format!("failed to read {path}"))?;
         // Fields after the command name (which may contain spaces): utime is the 12th, stime the 13th.

@@ -7,7 +7,7 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result};
 
 use super::ignored;
 
@@ -19,23 +19,18 @@ pub fn run(sizes: &[usize], changes: usize, agent_bin: &Path, out: &Path) -> Res
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let (rows, ok) = ignored::run(
+    let rows = ignored::run(
         "kube_latency",
         "api_event_to_data_path_latency",
         &[
-            ("LB_BENCH_SIZES", sizes_arg),
+            ("LB_BENCH_SIZES", sizes_arg.clone()),
             ("LB_BENCH_CHANGES", changes.to_string()),
             ("LB_AGENT_BIN", agent_bin.display().to_string()),
         ],
-    )?;
-    if !ok {
-        bail!(
-            "the kube_latency benchmark failed (after {} of {} sizes)",
-            rows.len(),
-            sizes.len()
-        );
-    }
-    ignored::save(&rows, out, "api.json")?;
+        out,
+        "api.json",
+    )
+    .with_context(|| format!("API event latency for sizes {sizes_arg}"))?;
 
     let mut md = String::from(
         "\n## Endpoint change through the Kubernetes API\n\n\

@@ -44,9 +44,16 @@ fn build(target: &str) -> Result<PathBuf> {
         .with_context(|| format!("cargo did not report the {target} executable"))
 }
 
-/// Runs the ignored test `test` of `target` with `env`; the JSON rows it
-/// printed, and whether it passed.
-pub fn run(target: &str, test: &str, env: &[(&str, String)]) -> Result<(Vec<Value>, bool)> {
+/// Runs the ignored test `test` of `target` with `env` and returns the JSON
+/// rows it printed, also written to `out/name` (next to `results.md`). Fails
+/// if the test failed, saying how many rows it printed first.
+pub fn run(
+    target: &str,
+    test: &str,
+    env: &[(&str, String)],
+    out: &Path,
+    name: &str,
+) -> Result<Vec<Value>> {
     let exe = build(target)?;
     let output = Command::new(&exe)
         .args([
@@ -60,20 +67,21 @@ pub fn run(target: &str, test: &str, env: &[(&str, String)]) -> Result<(Vec<Valu
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("failed to run {}", exe.display()))?;
-    let rows = String::from_utf8_lossy(&output.stdout)
+    let rows: Vec<Value> = String::from_utf8_lossy(&output.stdout)
         .lines()
         // libtest may print `test NAME ... ` on the same line first.
         .filter_map(|l| l.find('{').map(|i| &l[i..]))
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    Ok((rows, output.status.success()))
-}
-
-/// Writes `rows` to `out/name` as JSON, next to `results.md`.
-pub fn save(rows: &[Value], out: &Path, name: &str) -> Result<()> {
+    ensure!(
+        output.status.success(),
+        "the {target} benchmark failed (after {} result rows)",
+        rows.len()
+    );
     let path = out.join(name);
-    fs::write(&path, serde_json::to_string_pretty(rows)?)
-        .with_context(|| format!("failed to write {}", path.display()))
+    fs::write(&path, serde_json::to_string_pretty(&rows)?)
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(rows)
 }
 
 /// A number of milliseconds from a row, for a table cell (`-` if absent).

@@ -4,7 +4,7 @@
 use std::{fmt::Write as _, fs, path::Path};
 
 use anyhow::{Context as _, Result};
-use plotters::prelude::*;
+use plotters::{coord::Shift, prelude::*};
 use serde::Serialize;
 
 use super::{AgentResult, Peer, PeerResult, Settings, SizeResult};
@@ -304,8 +304,7 @@ pub fn markdown(meta: &Meta, sizes: &[SizeResult]) -> String {
                     continue;
                 }
                 let med = |f: fn(&super::Programmed) -> f64| {
-                    super::stats::median(&runs.iter().map(f).collect::<Vec<_>>())
-                        .unwrap_or(f64::NAN)
+                    super::stats::median_by(runs, f).unwrap_or(f64::NAN)
                 };
                 #[expect(clippy::cast_precision_loss, reason = "memory sizes fit an f64")]
                 let (rss, maps) = (
@@ -393,20 +392,8 @@ fn targets(o: &mut String, s: &Settings, sizes: &[SizeResult]) {
                 _ => None,
             };
             if let Some(limit) = limit {
-                let e2e = super::stats::median(
-                    &agent
-                        .program_wide
-                        .iter()
-                        .map(|p| p.end_to_end_ms)
-                        .collect::<Vec<_>>(),
-                );
-                let sync = super::stats::median(
-                    &agent
-                        .program_wide
-                        .iter()
-                        .map(|p| p.sync_ms)
-                        .collect::<Vec<_>>(),
-                );
+                let e2e = super::stats::median_by(&agent.program_wide, |p| p.end_to_end_ms);
+                let sync = super::stats::median_by(&agent.program_wide, |p| p.sync_ms);
                 if let (Some(e2e), Some(sync)) = (e2e, sync) {
                     let _ = writeln!(
                         o,
@@ -471,12 +458,7 @@ fn plot(path: &Path, meta: &Meta, sizes: &[SizeResult]) -> Result<()> {
         .iter()
         .filter_map(|s| {
             let a: &AgentResult = s.agent.as_ref()?;
-            let e2e = super::stats::median(
-                &a.program_wide
-                    .iter()
-                    .map(|p| p.end_to_end_ms)
-                    .collect::<Vec<_>>(),
-            )?;
+            let e2e = super::stats::median_by(&a.program_wide, |p| p.end_to_end_ms)?;
             Some((s.size as f64, e2e))
         })
         .collect();
@@ -507,70 +489,39 @@ fn plot(path: &Path, meta: &Meta, sizes: &[SizeResult]) -> Result<()> {
             .collect::<Vec<_>>()
     };
     let lat = [all(&p50), all(&p99)].concat();
-    let (lo, hi) = bounds(&lat);
-    let mut chart = ChartBuilder::on(&left)
-        .caption(
-            "connect() latency (p50 solid, p99 dashed)",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d((0.7f64..max_n).log_scale(), (lo..hi).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("services (N)")
-        .y_desc("µs")
-        .x_label_formatter(&|v| n(axis_label(*v)))
-        .draw()?;
+    let mut chart = panel(
+        &left,
+        "connect() latency (p50 solid, p99 dashed)",
+        "µs",
+        max_n,
+        &lat,
+    )?;
     for ((name, points), (_, tail)) in p50.iter().zip(&p99) {
         let c = colour(name);
-        chart
-            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+        line(&mut chart, name, points, c)?;
         chart.draw_series(DashedLineSeries::new(tail.clone(), 6, 4, c.stroke_width(1)))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart)?;
 
     let budget_ms = meta.settings.budget_s as f64 * 1000.0;
     let mut prog_values = all(&program);
     if !stopped.is_empty() {
         prog_values.push(budget_ms);
     }
-    let (lo, hi) = bounds(&prog_values);
-    let mut chart = ChartBuilder::on(&right)
-        .caption(
-            "time to program N services from nothing",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d((0.7f64..max_n).log_scale(), (lo..hi).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("services (N)")
-        .y_desc("ms")
-        .x_label_formatter(&|v| n(axis_label(*v)))
-        .draw()?;
+    let mut chart = panel(
+        &right,
+        "time to program N services from nothing",
+        "ms",
+        max_n,
+        &prog_values,
+    )?;
     for (name, points) in &program {
         let c = if name.starts_with("lb-agent,") {
             RGBColor(23, 190, 207)
         } else {
             colour(name)
         };
-        chart
-            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+        line(&mut chart, name, points, c)?;
     }
     for (name, size) in &stopped {
         let c = colour(name);
@@ -585,13 +536,56 @@ fn plot(path: &Path, meta: &Meta, sizes: &[SizeResult]) -> Result<()> {
             ("sans-serif", 12).into_font().color(&c),
         )))?;
     }
+    legend(&mut chart)?;
+    root.present()?;
+    Ok(())
+}
+
+/// A panel of [`plot`]: log axes, services across, a measurement up.
+type Panel<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<LogCoord<f64>, LogCoord<f64>>>;
+
+/// A [`Panel`] on `area`, services up to `max_n` across, `values` (in
+/// `unit`) up.
+fn panel<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+    unit: &str,
+    max_n: f64,
+    values: &[f64],
+) -> Result<Panel<'a, 'b>> {
+    let (lo, hi) = bounds(values);
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((0.7f64..max_n).log_scale(), (lo..hi).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("services (N)")
+        .y_desc(unit)
+        .x_label_formatter(&|v| n(axis_label(*v)))
+        .draw()?;
+    Ok(chart)
+}
+
+/// `points` as a line with dots, named in the legend.
+fn line(chart: &mut Panel<'_, '_>, name: &str, points: &[(f64, f64)], c: RGBColor) -> Result<()> {
+    chart
+        .draw_series(LineSeries::new(points.to_vec(), c.stroke_width(2)))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+    Ok(())
+}
+
+fn legend<'a, 'b: 'a>(chart: &mut Panel<'a, 'b>) -> Result<()> {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }
 

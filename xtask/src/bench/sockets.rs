@@ -6,28 +6,24 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result};
 
 use super::ignored;
 
 /// Runs the cases (`namespaces x sockets per namespace`) and returns a
 /// Markdown section (also written to `out/sockets.json`).
 pub fn run(cases: &str, agent_bin: &Path, out: &Path) -> Result<String> {
-    let (rows, ok) = ignored::run(
+    let rows = ignored::run(
         "socket_close_latency",
         "stale_socket_close_latency",
         &[
             ("LB_BENCH_SOCKETS", cases.to_owned()),
             ("LB_AGENT_BIN", agent_bin.display().to_string()),
         ],
-    )?;
-    if !ok {
-        bail!(
-            "the socket_close_latency benchmark failed (after {} cases of {cases})",
-            rows.len()
-        );
-    }
-    ignored::save(&rows, out, "sockets.json")?;
+        out,
+        "sockets.json",
+    )
+    .with_context(|| format!("socket close latency for cases {cases}"))?;
 
     let mut md = String::from(
         "\n## Closing the sockets of a removed backend\n\n\

@@ -44,6 +44,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
     Percentiles::of(values).map(|p| p.p50)
 }
 
+/// The median of `f` over `items`; None for no items.
+pub fn median_by<T>(items: &[T], f: impl Fn(&T) -> f64) -> Option<f64> {
+    median(&items.iter().map(f).collect::<Vec<_>>())
+}
+
 #[cfg(test)]
 mod tests {
     use super::Percentiles;

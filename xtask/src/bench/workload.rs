@@ -266,43 +266,43 @@ impl Workload {
     }
 }
 
+/// The jumps from the built-in chains into kube-proxy's: the part of
+/// [`IPTABLES_FILTER`] that a partial sync does not rewrite.
+macro_rules! iptables_builtin_jumps {
+    () => {
+        "-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n\
+-A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS\n\
+-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n\
+-A INPUT -j KUBE-FIREWALL\n\
+-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n\
+-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n\
+-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n\
+-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n\
+-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+-A OUTPUT -j KUBE-FIREWALL\n"
+    };
+}
+
 /// kube-proxy's filter table for services that all have endpoints.
-const IPTABLES_FILTER: &str = "*filter\n\
+const IPTABLES_FILTER: &str = concat!(
+    "*filter\n\
 :KUBE-NODEPORTS - [0:0]\n\
 :KUBE-SERVICES - [0:0]\n\
 :KUBE-EXTERNAL-SERVICES - [0:0]\n\
 :KUBE-FIREWALL - [0:0]\n\
 :KUBE-FORWARD - [0:0]\n\
-:KUBE-PROXY-FIREWALL - [0:0]\n\
--A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n\
--A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS\n\
--A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n\
--A INPUT -j KUBE-FIREWALL\n\
--A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n\
--A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n\
--A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
--A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n\
--A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n\
--A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
--A OUTPUT -j KUBE-FIREWALL\n\
--A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n\
+:KUBE-PROXY-FIREWALL - [0:0]\n",
+    iptables_builtin_jumps!(),
+    "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n\
 -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n\
 -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n\
 -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
-COMMIT\n";
+COMMIT\n"
+);
 
 /// The part of [`IPTABLES_FILTER`] that a partial sync does not rewrite.
-const IPTABLES_BUILTIN_JUMPS: &str = "-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n\
--A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS\n\
--A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n\
--A INPUT -j KUBE-FIREWALL\n\
--A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n\
--A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n\
--A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
--A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n\
--A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n\
--A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
--A OUTPUT -j KUBE-FIREWALL\n";
+const IPTABLES_BUILTIN_JUMPS: &str = iptables_builtin_jumps!();
 
 const IPTABLES_NAT_COMMON: &str = "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
 -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\

@@ -39,6 +39,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+use lb_testbed::monotonic_ns;
 use serde_json::json;
 
 /// Request size; the server answers each read, whatever its size.
@@ -75,23 +76,9 @@ enum Command {
         warmup: usize,
     },
     /// New connections per second (connect, request, reply, close).
-    ConnRate {
-        #[arg(long, value_delimiter = ',', required = true)]
-        addrs: Vec<SocketAddrV4>,
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        #[arg(long)]
-        duration_ms: u64,
-    },
+    ConnRate(Load),
     /// Requests per second on kept-alive connections, one per thread.
-    Rps {
-        #[arg(long, value_delimiter = ',', required = true)]
-        addrs: Vec<SocketAddrV4>,
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        #[arg(long)]
-        duration_ms: u64,
-    },
+    Rps(Load),
     /// Connect to ADDR until EXPECT answers; prints `ready` after the first answer.
     Probe {
         #[arg(long)]
@@ -103,6 +90,28 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         interval_us: u64,
     },
+}
+
+/// A rate measurement: `--threads` loops over `--addrs` for `--duration-ms`.
+#[derive(clap::Args)]
+struct Load {
+    #[arg(long, value_delimiter = ',', required = true)]
+    addrs: Vec<SocketAddrV4>,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long)]
+    duration_ms: u64,
+}
+
+impl Load {
+    fn run(&self, body: Loop) -> Result<()> {
+        parallel(
+            &self.addrs,
+            self.threads,
+            Duration::from_millis(self.duration_ms),
+            body,
+        )
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -135,26 +144,8 @@ fn run(command: Command) -> Result<()> {
             count,
             warmup,
         } => latency(&addrs, count, warmup),
-        Command::ConnRate {
-            addrs,
-            threads,
-            duration_ms,
-        } => parallel(
-            &addrs,
-            threads,
-            Duration::from_millis(duration_ms),
-            conn_loop,
-        ),
-        Command::Rps {
-            addrs,
-            threads,
-            duration_ms,
-        } => parallel(
-            &addrs,
-            threads,
-            Duration::from_millis(duration_ms),
-            rps_loop,
-        ),
+        Command::ConnRate(load) => load.run(conn_loop),
+        Command::Rps(load) => load.run(rps_loop),
         Command::Probe {
             addr,
             expect,
@@ -300,17 +291,6 @@ fn request(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
         Ipv4Addr::new(reply[0], reply[1], reply[2], reply[3]),
         u16::from_be_bytes([reply[4], reply[5]]),
     ))
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: comparable across processes.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 // ---- clients ----------------------------------------------------------------

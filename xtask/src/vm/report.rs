@@ -22,6 +22,19 @@ pub struct SuiteReport {
     /// The Debian package and version the kernel came from.
     pub package: String,
     pub version: String,
+    /// What the guest reported (over both VMs, when a second one ran).
+    pub guest: GuestRun,
+    /// From starting qemu to its exit.
+    pub vm_time: Duration,
+    pub fetch: Option<FetchTimes>,
+    pub initramfs_bytes: u64,
+    pub initramfs_time: Duration,
+    /// The full console log (both serial ports and qemu's stderr).
+    pub log: PathBuf,
+}
+
+/// What a guest reported over one run of the suite.
+pub struct GuestRun {
     pub facts: Facts,
     pub tests: Vec<TestReport>,
     /// What went wrong with the VM itself (panic, time limit, no power-off...).
@@ -32,13 +45,6 @@ pub struct SuiteReport {
     pub boot_time: Option<Duration>,
     /// The guest's uptime when `/init` started.
     pub guest_uptime_at_init: Option<f64>,
-    /// From starting qemu to its exit.
-    pub vm_time: Duration,
-    pub fetch: Option<FetchTimes>,
-    pub initramfs_bytes: u64,
-    pub initramfs_time: Duration,
-    /// The full console log (both serial ports and qemu's stderr).
-    pub log: PathBuf,
     /// The last console lines, shown when the VM failed.
     pub console_tail: Vec<String>,
 }
@@ -93,8 +99,12 @@ impl Outcome {
 
 impl SuiteReport {
     pub fn failed(&self) -> usize {
-        self.tests.iter().filter(|t| t.outcome.is_failure()).count()
-            + usize::from(!self.problems.is_empty())
+        self.guest
+            .tests
+            .iter()
+            .filter(|t| t.outcome.is_failure())
+            .count()
+            + usize::from(!self.guest.problems.is_empty())
     }
 
     pub fn success(&self) -> bool {
@@ -236,22 +246,23 @@ impl Collector {
         if self.fatal_countdown > 0 {
             self.fatal_countdown -= 1;
             self.fatal.push(line.to_owned());
-        } else if FATAL_PATTERNS.iter().any(|p| line.contains(p)) {
+            return;
+        }
+        let fatal = FATAL_PATTERNS.iter().any(|p| line.contains(p));
+        if !fatal && !NOTE_PATTERNS.iter().any(|p| line.contains(p)) {
+            return;
+        }
+        let during = self
+            .running_name()
+            .map(|n| format!(" during {n}"))
+            .unwrap_or_default();
+        let said = format!("kernel{during}: {}", strip_printk_time(line));
+        if fatal {
             self.fatal.push(line.to_owned());
             self.fatal_countdown = 30;
-            let during = self
-                .running_name()
-                .map(|n| format!(" during {n}"))
-                .unwrap_or_default();
-            self.problems
-                .push(format!("kernel{during}: {}", strip_printk_time(line)));
-        } else if NOTE_PATTERNS.iter().any(|p| line.contains(p)) {
-            let during = self
-                .running_name()
-                .map(|n| format!(" during {n}"))
-                .unwrap_or_default();
-            self.notes
-                .push(format!("kernel{during}: {}", strip_printk_time(line)));
+            self.problems.push(said);
+        } else {
+            self.notes.push(said);
         }
     }
 
@@ -418,13 +429,15 @@ impl Collector {
             tail = self.fatal.iter().map(|l| format!("kernel| {l}")).collect();
         }
         CollectedRun {
-            facts: self.facts,
-            tests: self.tests,
-            problems: self.problems,
-            notes: self.notes,
-            boot_time: self.booted_at,
-            guest_uptime_at_init: self.guest_uptime_at_init,
-            console_tail: tail,
+            guest: GuestRun {
+                facts: self.facts,
+                tests: self.tests,
+                problems: self.problems,
+                notes: self.notes,
+                boot_time: self.booted_at,
+                guest_uptime_at_init: self.guest_uptime_at_init,
+                console_tail: tail,
+            },
             interrupted,
             how,
             stopped_early,
@@ -434,13 +447,7 @@ impl Collector {
 
 /// What a [`Collector`] gathered.
 pub struct CollectedRun {
-    pub facts: Facts,
-    pub tests: Vec<TestReport>,
-    pub problems: Vec<String>,
-    pub notes: Vec<String>,
-    pub boot_time: Option<Duration>,
-    pub guest_uptime_at_init: Option<f64>,
-    pub console_tail: Vec<String>,
+    pub guest: GuestRun,
     /// The test that was running when the VM ended, if one was.
     pub interrupted: Option<usize>,
     /// How the VM ended, in words.
@@ -553,7 +560,7 @@ fn yes_no(value: Option<bool>) -> &'static str {
 
 /// One line about a kernel and its VM.
 pub fn describe(report: &SuiteReport) -> String {
-    let f = &report.facts;
+    let f = &report.guest.facts;
     let modules: Vec<String> = f
         .modules
         .iter()
@@ -583,9 +590,9 @@ pub fn describe(report: &SuiteReport) -> String {
         report.initramfs_bytes.div_ceil(1 << 20),
         report.initramfs_time.as_secs_f64()
     );
-    if let Some(boot) = report.boot_time {
+    if let Some(boot) = report.guest.boot_time {
         let _ = write!(s, "; /init after {:.1} s", boot.as_secs_f64());
-        if let Some(up) = report.guest_uptime_at_init {
+        if let Some(up) = report.guest.guest_uptime_at_init {
             let _ = write!(s, " (guest uptime {up:.2} s)");
         }
     }
@@ -629,7 +636,7 @@ fn print_table(reports: &[SuiteReport]) -> Totals {
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut cells: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
     for (column, report) in reports.iter().enumerate() {
-        for test in &report.tests {
+        for test in &report.guest.tests {
             let key = (test.binary.clone(), test.name.clone());
             let row = cells.entry(key.clone()).or_insert_with(|| {
                 rows.push(key);
@@ -643,7 +650,7 @@ fn print_table(reports: &[SuiteReport]) -> Totals {
                 Outcome::Ignored => totals.ignored += 1,
             }
         }
-        totals.failed += usize::from(!report.problems.is_empty());
+        totals.failed += usize::from(!report.guest.problems.is_empty());
     }
     let names: Vec<String> = rows.iter().map(|(b, n)| format!("{b}::{n}")).collect();
     let width = names.iter().map(String::len).max().unwrap_or(0).max(4);
@@ -668,7 +675,7 @@ fn print_table(reports: &[SuiteReport]) -> Totals {
 fn print_details(reports: &[SuiteReport]) {
     let mut skips: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
     for report in reports {
-        for test in &report.tests {
+        for test in &report.guest.tests {
             if let Outcome::Skipped(reason) = &test.outcome {
                 skips
                     .entry((format!("{}::{}", test.binary, test.name), reason.clone()))
@@ -686,7 +693,7 @@ fn print_details(reports: &[SuiteReport]) {
     for report in reports {
         // Tests that did not run share their reason (the table names them).
         let mut not_run: BTreeMap<&str, usize> = BTreeMap::new();
-        for test in &report.tests {
+        for test in &report.guest.tests {
             match &test.outcome {
                 Outcome::NotRun(why) => *not_run.entry(why).or_default() += 1,
                 Outcome::Failed(why) => {
@@ -706,18 +713,18 @@ fn print_details(reports: &[SuiteReport]) {
             println!();
             println!("NOT RUN on {}: {n} test(s): {why}", report.kernel);
         }
-        for note in &report.notes {
+        for note in &report.guest.notes {
             println!("note on {}: {note}", report.kernel);
         }
-        if !report.problems.is_empty() {
+        if !report.guest.problems.is_empty() {
             println!();
             println!(
                 "VM FAILED on {}: {}",
                 report.kernel,
-                report.problems.join("; ")
+                report.guest.problems.join("; ")
             );
             println!("  last console lines:");
-            for line in &report.console_tail {
+            for line in &report.guest.console_tail {
                 println!("    {line}");
             }
         }
