@@ -946,6 +946,39 @@ fn wait_programmed(pins: &Pins, model: &Model, timeline: &mut Timeline, timeout:
     }
 }
 
+/// The start of a churn through the agent: the model's first state in the
+/// services file, the agent on it, and the instant its maps hold that
+/// state on the timeline.
+struct AgentChurn {
+    env: Env,
+    model: Model,
+    rng: Rng,
+    timeline: Timeline,
+    agent: Agent,
+    pins: Pins,
+}
+
+impl AgentChurn {
+    fn start() -> Self {
+        let env = env(PODS);
+        let model = Model::new();
+        let rng = Rng::from_env();
+        let mut timeline = Timeline::default();
+        manifests::write(&env.file, &model.objects());
+        let agent = env.agent(&[]);
+        let pins = Pins::open(&agent);
+        wait_programmed(&pins, &model, &mut timeline, Duration::from_secs(10));
+        Self {
+            env,
+            model,
+            rng,
+            timeline,
+            agent,
+            pins,
+        }
+    }
+}
+
 /// Endpoint changes per file rewrite at the agent level (a slice update
 /// often changes several endpoints; and it halves the rewrites).
 const PER_WRITE: usize = 2;
@@ -966,14 +999,15 @@ const PER_WRITE: usize = 2;
 /// covers the exact instant.
 #[test]
 fn churn_through_the_agent_file_source() {
-    let env = env(PODS);
-    let mut model = Model::new();
-    let mut rng = Rng::from_env();
-    let mut timeline = Timeline::default();
-    manifests::write(&env.file, &model.objects());
-    let agent = env.agent(&[]);
-    let pins = Pins::open(&agent);
-    wait_programmed(&pins, &model, &mut timeline, Duration::from_secs(10));
+    // Bindings drop in reverse order: the agent before the world.
+    let AgentChurn {
+        env,
+        mut model,
+        mut rng,
+        mut timeline,
+        agent,
+        pins,
+    } = AgentChurn::start();
     let syncs_before = agent.metric("lb_syncs_total").unwrap_or(0.0);
 
     let t0 = Instant::now();
@@ -1071,14 +1105,14 @@ fn file_says(file: &Path) -> Listed {
 
 #[test]
 fn sigkill_during_churn_then_restart_converges_without_a_failed_connect() {
-    let env = env(PODS);
-    let mut model = Model::new();
-    let mut rng = Rng::from_env();
-    let mut timeline = Timeline::default();
-    manifests::write(&env.file, &model.objects());
-    let mut agent = env.agent(&[]);
-    let pins = Pins::open(&agent);
-    wait_programmed(&pins, &model, &mut timeline, Duration::from_secs(10));
+    let AgentChurn {
+        env,
+        mut model,
+        mut rng,
+        mut timeline,
+        mut agent,
+        pins,
+    } = AgentChurn::start();
     let converge = if in_vm() {
         Duration::from_mins(2)
     } else {
