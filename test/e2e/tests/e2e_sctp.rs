@@ -341,6 +341,9 @@ struct Seen {
     peer: SocketAddr,
 }
 
+/// One SCTP exchange with a server: [`one_to_one`] or [`one_to_many`].
+type Exchange = fn(SocketAddr) -> io::Result<Seen>;
+
 /// One-to-one (TCP-style) client: `connect()`, `getpeername()`, a request,
 /// the answer.
 fn one_to_one(to: SocketAddr) -> io::Result<Seen> {
@@ -613,31 +616,26 @@ fn sctp_clusterip_is_not_translated_at_the_socket() {
         "TCP to the ClusterIP is not balanced: the agent is not working, so this test shows nothing about SCTP"
     );
 
+    // One-to-one: connect() is not translated; the association is with the
+    // ClusterIP itself, and getpeername() says so. One-to-many: the
+    // association sendto() sets up is not translated either; recvmsg()
+    // shows the ClusterIP because the peer is the ClusterIP.
+    let styles: [(&str, &str, &str, Exchange); 2] = [
+        ("one-to-one", "connect", "getpeername", one_to_one),
+        ("one-to-many", "sendto", "recvmsg source", one_to_many),
+    ];
     for vip in vips {
-        // One-to-one: connect() is not translated; the association is with
-        // the ClusterIP itself, and getpeername() says so.
-        for i in 0..ROUNDS {
-            let seen = one_to_one(vip)
-                .unwrap_or_else(|e| panic!("one-to-one SCTP {i} to {vip}: {e}; {CHANGED}"));
-            eprintln!(
-                "one-to-one SCTP connect({vip}) -> answered by {} (getpeername: {})",
-                seen.body, seen.peer
-            );
-            assert_eq!(seen.body, "pod-1", "one-to-one {i} to {vip}: {CHANGED}");
-            assert_eq!(seen.peer, vip, "one-to-one {i} to {vip}: {CHANGED}");
-        }
-        // One-to-many: the association sendto() sets up is not translated
-        // either; recvmsg() shows the ClusterIP because the peer is the
-        // ClusterIP.
-        for i in 0..ROUNDS {
-            let seen = one_to_many(vip)
-                .unwrap_or_else(|e| panic!("one-to-many SCTP {i} to {vip}: {e}; {CHANGED}"));
-            eprintln!(
-                "one-to-many SCTP sendto({vip}) -> answered by {} (recvmsg source: {})",
-                seen.body, seen.peer
-            );
-            assert_eq!(seen.body, "pod-1", "one-to-many {i} to {vip}: {CHANGED}");
-            assert_eq!(seen.peer, vip, "one-to-many {i} to {vip}: {CHANGED}");
+        for (style, call, peer_from, exchange) in styles {
+            for i in 0..ROUNDS {
+                let seen = exchange(vip)
+                    .unwrap_or_else(|e| panic!("{style} SCTP {i} to {vip}: {e}; {CHANGED}"));
+                eprintln!(
+                    "{style} SCTP {call}({vip}) -> answered by {} ({peer_from}: {})",
+                    seen.body, seen.peer
+                );
+                assert_eq!(seen.body, "pod-1", "{style} {i} to {vip}: {CHANGED}");
+                assert_eq!(seen.peer, vip, "{style} {i} to {vip}: {CHANGED}");
+            }
         }
     }
     // Where nothing routes the ClusterIP (a node without kube-proxy): the
