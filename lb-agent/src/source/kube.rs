@@ -15,7 +15,12 @@
 //!   the difference.
 //! - While the API server cannot be reached the programmed state stays, the
 //!   `lb_source_stale{source="kubernetes"}` gauge is 1 and a log line says
-//!   so; the watchers retry with backoff and catch up when it is back.
+//!   so; the watchers retry with backoff, and all of them resume at once
+//!   when the probe sees the server answer again.
+//! - Objects are stripped to what translation reads before they are stored.
+
+mod resume;
+mod strip;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -35,7 +40,7 @@ use kube::{
         watcher,
     },
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{Published, Publisher, Update};
 use crate::{
@@ -47,6 +52,11 @@ use crate::{
 
 /// How often everything is translated again whatever the events said.
 const FULL_RESYNC: Duration = Duration::from_mins(1);
+
+/// How often the probe asks the API server for its version while the
+/// source is stale: the watchers resume at most this long after the
+/// server's return (the target is 2 s to programmed).
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -208,7 +218,9 @@ impl KubeSource {
     pub async fn run(self, tx: Publisher, metrics: Arc<Metrics>) {
         let selector = label_selector(self.options.service_proxy_name.as_deref());
         let (signals, mut rx) = mpsc::unbounded_channel();
-        let stores = self.start_watches(&selector, &signals);
+        let (resume, resumed) = watch::channel(());
+        let stores = self.start_watches(&selector, &signals, &resumed);
+        drop(resumed);
         let mut health = Health {
             metrics,
             labels: SourceLabels {
@@ -217,6 +229,7 @@ impl KubeSource {
             probe: Prober {
                 client: self.client.clone(),
                 signals: signals.clone(),
+                resume: Arc::new(resume),
                 running: Arc::default(),
             },
             stale: false,
@@ -251,11 +264,18 @@ impl KubeSource {
         Api::all(self.client.clone())
     }
 
-    /// Starts the three reflectors; their events arrive on `signals`.
-    fn start_watches(&self, selector: &str, signals: &mpsc::UnboundedSender<Signal>) -> Stores {
+    /// Starts the three reflectors; their events arrive on `signals`, and
+    /// they end a back-off when `resume` changes.
+    fn start_watches(
+        &self,
+        selector: &str,
+        signals: &mpsc::UnboundedSender<Signal>,
+        resume: &watch::Receiver<()>,
+    ) -> Stores {
         let config = watcher::Config::default().labels(selector);
         let (services, writer) = reflector::store::<Service>();
-        let stream = watcher(self.api::<Service>(), config.clone()).default_backoff();
+        let stream = watcher(self.api::<Service>(), config.clone()).modify(strip::service);
+        let stream = resume::backoff(stream, resume.clone());
         tokio::spawn(drive(
             Watch::Services,
             stream.reflect(writer),
@@ -264,7 +284,8 @@ impl KubeSource {
         ));
 
         let (slices, writer) = reflector::store::<EndpointSlice>();
-        let stream = watcher(self.api::<EndpointSlice>(), config).default_backoff();
+        let stream = watcher(self.api::<EndpointSlice>(), config).modify(strip::slice);
+        let stream = resume::backoff(stream, resume.clone());
         tokio::spawn(drive(
             Watch::Slices,
             stream.reflect(writer),
@@ -275,7 +296,8 @@ impl KubeSource {
         let node = self.node_name.as_ref().map(|name| {
             let (store, writer) = reflector::store::<Node>();
             let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-            let stream = watcher(self.api::<Node>(), config).default_backoff();
+            let stream = watcher(self.api::<Node>(), config).modify(strip::node);
+            let stream = resume::backoff(stream, resume.clone());
             tokio::spawn(drive(
                 Watch::Node,
                 stream.reflect(writer),
@@ -461,10 +483,13 @@ fn note(
         .set(i64::from(*stale));
 }
 
-/// Polls `/version` after a failure until the API server answers.
+/// Polls `/version` after a failure until the API server answers; if it
+/// did not answer at first (it was down, not only failing a watch), the
+/// watchers are told to stop backing off.
 struct Prober {
     client: Client,
     signals: mpsc::UnboundedSender<Signal>,
+    resume: Arc<watch::Sender<()>>,
     running: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -474,19 +499,27 @@ impl Prober {
         if self.running.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (client, signals, running) = (
+        let (client, signals, resume, running) = (
             self.client.clone(),
             self.signals.clone(),
+            Arc::clone(&self.resume),
             Arc::clone(&self.running),
         );
         tokio::spawn(async move {
+            // A server that answers but fails the watches (a 403, a 500)
+            // is left to the back-off: waking the watchers would hammer it.
+            let mut was_down = false;
             loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(PROBE_INTERVAL).await;
                 if client.apiserver_version().await.is_ok() {
+                    if was_down {
+                        resume.send_replace(());
+                    }
                     running.store(false, Ordering::SeqCst);
                     let _ = signals.send(Signal::Recovered);
                     return;
                 }
+                was_down = true;
             }
         });
     }

@@ -350,6 +350,45 @@ fn api_server_down_for_10s_keeps_connects_working_and_the_agent_catches_up() {
     });
 }
 
+/// The watchers resume as soon as the agent's probe sees the API server
+/// again, not when their back-off ends.
+///
+/// Not a bound on this machine's speed. kube-rs's default back-off starts
+/// at 800 ms and doubles, and its jitter only adds (up to 2x each wait): a
+/// watcher's fifth try comes 12 to 24 s after its first failure and its
+/// sixth 24.8 s or later. So with the server back 21 s after it stopped, a
+/// watcher left to its back-off retries within the 3 s that follow only if
+/// its jitter put the fifth try there (a few percent, and the services and
+/// the slices watchers must both have been so lucky); the resume makes it
+/// within the probe's interval. A slow machine makes the back-off no
+/// shorter, only the catch-up slower.
+#[test]
+fn watchers_resume_as_soon_as_the_api_server_answers_again() {
+    let env = Env::new(2);
+    let ips = env.pod_ips();
+    env.web(&[ready(&ips[0])]);
+    let agent = env.agent(&[]);
+    assert_eq!(answering(2), set(&["pod-1"]));
+
+    env.api.stop();
+    env.web(&[ready(&ips[1])]);
+    std::thread::sleep(Duration::from_secs(21));
+    env.api.restart().expect("restart the API server");
+    let restarted = Instant::now();
+    wait_for(
+        "the change made during the outage to be programmed",
+        Duration::from_secs(3),
+        || answering(2) == set(&["pod-2"]),
+    );
+    eprintln!("caught up {:?} after the restart", restarted.elapsed());
+    assert!(
+        !agent
+            .metrics()
+            .contains("lb_source_stale{source=\"kubernetes\"} 1"),
+        "no longer stale"
+    );
+}
+
 #[test]
 fn a_relist_after_410_removes_what_was_deleted() {
     let env = Env::new(2);

@@ -1,0 +1,213 @@
+//! Watched objects stripped to what translation reads, before the
+//! reflectors store them: managed fields, other controllers' annotations,
+//! status conditions and the rest of a Node are most of an object's size
+//! and none of the translation's input.
+
+use k8s_openapi::{
+    api::{
+        core::v1::{
+            LoadBalancerIngress, LoadBalancerStatus, Node, NodeStatus, Service, ServiceStatus,
+        },
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+use crate::translate;
+
+/// Name, namespace, labels (selection reads them), the annotations
+/// translation reads, and the resource version.
+fn metadata(meta: &mut ObjectMeta) {
+    let mut annotations = meta.annotations.take();
+    if let Some(a) = &mut annotations {
+        a.retain(|key, _| key == translate::ANNOTATION_ALGORITHM);
+    }
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        labels: meta.labels.take(),
+        annotations: annotations.filter(|a| !a.is_empty()),
+        resource_version: meta.resource_version.take(),
+        ..ObjectMeta::default()
+    };
+}
+
+/// The spec whole; of the status, the load balancer's ingress IPs and
+/// their `ipMode` (a hostname is for DNS, not for us).
+pub(super) fn service(service: &mut Service) {
+    metadata(&mut service.metadata);
+    let ingress = service
+        .status
+        .take()
+        .and_then(|s| s.load_balancer?.ingress)
+        .map(|ingress| {
+            ingress
+                .into_iter()
+                .map(|i| LoadBalancerIngress {
+                    ip: i.ip,
+                    ip_mode: i.ip_mode,
+                    ..LoadBalancerIngress::default()
+                })
+                .collect()
+        });
+    service.status = ingress.map(|ingress| ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(ingress),
+        }),
+        ..ServiceStatus::default()
+    });
+}
+
+/// Endpoints and ports whole.
+pub(super) fn slice(slice: &mut EndpointSlice) {
+    metadata(&mut slice.metadata);
+}
+
+/// Name, labels (the zone) and the addresses (node ports answer there).
+pub(super) fn node(node: &mut Node) {
+    metadata(&mut node.metadata);
+    node.spec = None;
+    node.status = node.status.take().map(|s| NodeStatus {
+        addresses: s.addresses,
+        ..NodeStatus::default()
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    };
+    use serde_json::json;
+
+    use crate::{
+        node_addresses,
+        translate::{self, NodeContext, Options},
+    };
+
+    fn typed<K: serde::de::DeserializeOwned>(value: serde_json::Value) -> K {
+        serde_json::from_value(value).expect("a valid object")
+    }
+
+    fn full_service() -> Service {
+        typed(json!({
+            "metadata": {
+                "name": "web", "namespace": "default", "resourceVersion": "7",
+                "labels": { "app": "web" },
+                "annotations": {
+                    "lb-agent.io/algorithm": "round-robin",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"big\": true}",
+                },
+                "managedFields": [{ "manager": "kubectl", "operation": "Apply" }],
+                "finalizers": ["service.kubernetes.io/load-balancer-cleanup"],
+            },
+            "spec": {
+                "type": "LoadBalancer", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                "externalIPs": ["192.0.2.7"],
+                "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30080 }],
+            },
+            "status": {
+                "loadBalancer": { "ingress": [
+                    { "ip": "198.51.100.1", "ipMode": "VIP", "ports": [{ "port": 80, "protocol": "TCP" }] },
+                    { "ip": "198.51.100.2", "ipMode": "Proxy" },
+                    { "hostname": "lb.example.com" },
+                ]},
+                "conditions": [{ "type": "Ready", "status": "True", "reason": "x", "message": "y", "lastTransitionTime": "2026-01-01T00:00:00Z" }],
+            },
+        }))
+    }
+
+    fn full_slice() -> EndpointSlice {
+        typed(json!({
+            "metadata": {
+                "name": "web-1", "namespace": "default",
+                "labels": { "kubernetes.io/service-name": "web", "endpointslice.kubernetes.io/managed-by": "x" },
+                "annotations": { "endpoints.kubernetes.io/last-change-trigger-time": "2026-01-01T00:00:00Z" },
+                "managedFields": [{ "manager": "kube-controller-manager", "operation": "Update" }],
+                "ownerReferences": [{ "apiVersion": "v1", "kind": "Service", "name": "web", "uid": "u" }],
+            },
+            "addressType": "IPv4",
+            "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+            "endpoints": [
+                { "addresses": ["10.200.0.1"], "conditions": { "ready": true }, "nodeName": "node-1", "zone": "a" },
+                { "addresses": ["10.200.0.2"], "conditions": { "ready": false, "serving": true, "terminating": true } },
+            ],
+        }))
+    }
+
+    fn full_node() -> Node {
+        typed(json!({
+            "metadata": {
+                "name": "node-1",
+                "labels": { "topology.kubernetes.io/zone": "a" },
+                "annotations": { "node.alpha.kubernetes.io/ttl": "0" },
+                "managedFields": [{ "manager": "kubelet", "operation": "Update" }],
+            },
+            "spec": { "podCIDR": "10.244.0.0/24", "providerID": "p" },
+            "status": {
+                "addresses": [
+                    { "type": "InternalIP", "address": "192.0.2.1" },
+                    { "type": "Hostname", "address": "node-1" },
+                ],
+                "images": [{ "names": ["registry/image:tag"], "sizeBytes": 1 }],
+                "conditions": [{ "type": "Ready", "status": "True" }],
+            },
+        }))
+    }
+
+    /// Translation reads the same from a stripped object as from the whole
+    /// one (addresses, algorithm, node ports, ingress IPs and their modes,
+    /// the zone), and what is dropped is gone.
+    #[test]
+    fn stripped_objects_translate_as_the_whole_ones() {
+        let (service, slice, node) = (full_service(), full_slice(), full_node());
+        let (mut s, mut e, mut n) = (service.clone(), slice.clone(), node.clone());
+        super::service(&mut s);
+        super::slice(&mut e);
+        super::node(&mut n);
+
+        let translate = |service: &Service, slice: &EndpointSlice, node: &Node| {
+            let ctx = NodeContext::of(Some("node-1".to_owned()), Some(node));
+            let t = translate::translate([service], [slice], &ctx, &Options::default());
+            (
+                t.state,
+                t.problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let whole = translate(&service, &slice, &node);
+        assert!(!whole.0.is_empty(), "the example translates to something");
+        assert_eq!(translate(&s, &e, &n), whole);
+        assert_eq!(
+            node_addresses::primary_ips(&n),
+            node_addresses::primary_ips(&node)
+        );
+
+        assert!(s.metadata.managed_fields.is_none() && e.metadata.managed_fields.is_none());
+        let annotations = s.metadata.annotations.as_ref().expect("the algorithm");
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            [translate::ANNOTATION_ALGORITHM]
+        );
+        assert!(e.metadata.annotations.is_none() && e.metadata.owner_references.is_none());
+        let status = s.status.as_ref().expect("status");
+        assert!(status.conditions.is_none());
+        let ingress = status
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| lb.ingress.as_ref());
+        assert_eq!(ingress.map(Vec::len), Some(3));
+        assert!(
+            ingress
+                .into_iter()
+                .flatten()
+                .all(|i| i.hostname.is_none() && i.ports.is_none())
+        );
+        assert!(n.spec.is_none() && n.metadata.annotations.is_none());
+        let status = n.status.as_ref().expect("status");
+        assert!(status.images.is_none() && status.conditions.is_none());
+    }
+}
