@@ -509,25 +509,6 @@ fn unusable_objects_are_skipped_with_a_warning_and_the_rest_still_works() {
     });
 }
 
-/// `lb-agent list`'s node-port frontends, as `address/PROTO`.
-fn node_ports(agent: &Agent) -> Vec<String> {
-    let mut out: Vec<String> = agent.list()["services"]
-        .as_array()
-        .expect("services")
-        .iter()
-        .filter(|row| row["kind"] == "NodePort")
-        .map(|row| {
-            format!(
-                "{}/{}",
-                row["frontend"].as_str().unwrap_or_default(),
-                row["protocol"].as_str().unwrap_or_default()
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 #[test]
 fn node_ports_answer_on_the_node_objects_primary_address_and_follow_it() {
     let env = Env::new(2);
@@ -548,7 +529,7 @@ fn node_ports_answer_on_the_node_objects_primary_address_and_follow_it() {
     env.apply_slice(slice);
     // `--nodeport-addresses primary` (the default): the Node's address.
     let agent = env.agent(&[]);
-    assert_eq!(node_ports(&agent), ["10.200.0.1:30080/TCP"]);
+    assert_eq!(agent.frontends("NodePort"), ["10.200.0.1:30080/TCP"]);
     let node_port: SocketAddr = "10.200.0.1:30080".parse().expect("addr");
     let counts = tally(node_port, 4);
     assert_eq!(
@@ -566,7 +547,7 @@ fn node_ports_answer_on_the_node_objects_primary_address_and_follow_it() {
         .ip(&["addr", "add", "10.200.0.2/24", "dev", "br0"]);
     env.api.apply(&with_address("10.200.0.2"));
     wait_for("the node port to move", Duration::from_secs(5), || {
-        node_ports(&agent) == ["10.200.0.2:30080/TCP"]
+        agent.frontends("NodePort") == ["10.200.0.2:30080/TCP"]
     });
     let moved: SocketAddr = "10.200.0.2:30080".parse().expect("addr");
     assert_eq!(client::tcp(moved).expect("moved node port").peer, moved);

@@ -72,25 +72,6 @@ fn all_ready(env: &FileEnv) -> Vec<Endpoint> {
     env.pod_ips().into_iter().map(ready).collect()
 }
 
-/// The frontends `lb-agent list` shows of this kind, as `address` strings.
-fn listed(agent: &lb_testbed::agent::Agent, kind: &str) -> Vec<String> {
-    let mut out: Vec<String> = agent.list()["services"]
-        .as_array()
-        .expect("services")
-        .iter()
-        .filter(|row| row["kind"] == kind)
-        .map(|row| {
-            format!(
-                "{}/{}",
-                row["frontend"].as_str().expect("frontend"),
-                row["protocol"].as_str().expect("protocol")
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// A TCP request from a client in `pod`'s network namespace.
 fn from_pod(env: &FileEnv, pod: &str, to: SocketAddr) -> std::io::Result<Reply> {
     spawn_in(&env.cluster.pod(pod).netns.path(), move || client::tcp(to))
@@ -122,7 +103,7 @@ fn node_ports_answer_on_the_chosen_node_addresses_only() {
     env.write(&web(&env, "NodePort", &all_ready(&env)));
     let agent = env.agent(&["--nodeport-addresses", BRIDGE_CIDRS]);
     assert_eq!(
-        listed(&agent, "NodePort"),
+        agent.frontends("NodePort"),
         [
             "10.200.0.1:30080/TCP",
             "10.200.0.1:30090/UDP",
@@ -169,7 +150,11 @@ fn a_node_address_added_at_run_time_starts_answering_and_a_removed_one_stops() {
     env.write(&web(&env, "NodePort", &all_ready(&env)));
     let agent = env.agent(&["--nodeport-addresses", BRIDGE_CIDRS]);
     let added = addr("10.200.0.2", NODE_PORT);
-    assert!(!listed(&agent, "NodePort").contains(&format!("{added}/TCP")));
+    assert!(
+        !agent
+            .frontends("NodePort")
+            .contains(&format!("{added}/TCP"))
+    );
 
     env.cluster
         .node
@@ -177,7 +162,11 @@ fn a_node_address_added_at_run_time_starts_answering_and_a_removed_one_stops() {
     wait_for(
         "the new address's node port",
         Duration::from_secs(10),
-        || listed(&agent, "NodePort").contains(&format!("{added}/TCP")),
+        || {
+            agent
+                .frontends("NodePort")
+                .contains(&format!("{added}/TCP"))
+        },
     );
     assert_answered(client::tcp(added), added);
     assert_answered(from_pod(&env, "pod-1", added), added);
@@ -188,7 +177,11 @@ fn a_node_address_added_at_run_time_starts_answering_and_a_removed_one_stops() {
     wait_for(
         "the removed address's node port to go",
         Duration::from_secs(10),
-        || !listed(&agent, "NodePort").contains(&format!("{added}/TCP")),
+        || {
+            !agent
+                .frontends("NodePort")
+                .contains(&format!("{added}/TCP"))
+        },
     );
     // The others stay.
     assert_answered(client::tcp(addr(NODE, NODE_PORT)), addr(NODE, NODE_PORT));
@@ -208,7 +201,7 @@ fn primary_node_port_addresses_are_the_node_objects() {
     env.write(&items);
     let agent = env.agent(&["--node-name", "node-1"]);
     assert_eq!(
-        listed(&agent, "NodePort"),
+        agent.frontends("NodePort"),
         ["10.200.0.1:30080/TCP", "10.200.0.1:30090/UDP"]
     );
     assert_answered(client::tcp(addr(NODE, NODE_PORT)), addr(NODE, NODE_PORT));
@@ -220,7 +213,7 @@ fn primary_node_port_addresses_are_the_node_objects() {
     wait_for(
         "the node ports to move to the IPv6 address",
         Duration::from_secs(10),
-        || listed(&agent, "NodePort") == ["[fd00:200::1]:30080/TCP", "[fd00:200::1]:30090/UDP"],
+        || agent.frontends("NodePort") == ["[fd00:200::1]:30080/TCP", "[fd00:200::1]:30090/UDP"],
     );
     assert_answered(client::tcp(addr(NODE6, NODE_PORT)), addr(NODE6, NODE_PORT));
 }
@@ -241,7 +234,7 @@ fn external_and_load_balancer_ips_answer_but_not_a_proxy_mode_one() {
     env.write(&items);
     let agent = env.agent(&["--nodeport-addresses", BRIDGE_CIDRS]);
     assert_eq!(
-        listed(&agent, "ExternalIP"),
+        agent.frontends("ExternalIP"),
         [
             "192.0.2.10:80/TCP",
             "192.0.2.10:90/UDP",
@@ -250,7 +243,7 @@ fn external_and_load_balancer_ips_answer_but_not_a_proxy_mode_one() {
         ]
     );
     assert_eq!(
-        listed(&agent, "LoadBalancer"),
+        agent.frontends("LoadBalancer"),
         [
             "198.51.100.7:80/TCP",
             "198.51.100.7:90/UDP",
@@ -283,7 +276,8 @@ fn external_and_load_balancer_ips_answer_but_not_a_proxy_mode_one() {
     let proxied = addr("198.51.100.8", 80);
     assert!(client::tcp(proxied).is_err(), "{proxied} is not translated");
     assert!(
-        !listed(&agent, "LoadBalancer")
+        !agent
+            .frontends("LoadBalancer")
             .iter()
             .any(|f| f.starts_with("198.51.100.8")),
         "an ipMode: Proxy address is not a frontend"

@@ -224,6 +224,24 @@ impl Agent {
         serde_json::from_slice(&out.stdout).expect("list json")
     }
 
+    /// The frontends `lb-agent list` shows of this kind (`ClusterIP`,
+    /// `NodePort`, `ExternalIP`, `LoadBalancer`), as `address:port/PROTO`,
+    /// sorted.
+    pub fn frontends(&self, kind: &str) -> Vec<String> {
+        let mut out: Vec<String> = self.list()["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .filter(|row| row["kind"] == kind)
+            .map(|row| {
+                let field = |name: &str| row[name].as_str().unwrap_or_default().to_owned();
+                format!("{}/{}", field("frontend"), field("protocol"))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     pub fn pid(&self) -> Option<Pid> {
         self.child
             .as_ref()
