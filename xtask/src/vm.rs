@@ -460,8 +460,11 @@ impl Vm<'_> {
         drop(ir);
         let initramfs_time = started.elapsed();
 
-        // The archive and its unpacked copy both live in guest memory.
-        let memory_mib = (1024 + 2 * initramfs_bytes.div_ceil(1 << 20)).max(2048);
+        // The archive and its unpacked copy both live in guest memory, and
+        // the kernel reserves about as much again while it unpacks: with
+        // twice the archive, a 980 MiB one failed to unpack ("Initramfs
+        // unpacking failed: write error", then no /init).
+        let memory_mib = (1024 + 4 * initramfs_bytes.div_ceil(1 << 20)).max(2048);
         let log = self.dir.join(log_name);
         let cmdline = "console=ttyS0 panic=-1 oops=panic mitigations=off rdinit=/init";
         let mut collector = report::Collector::new(marker, kernel, built, self.suite.test_timeout);
