@@ -99,11 +99,7 @@ impl Desired {
                     state.into_iter().partition(|(f, _)| f.is_node_port());
                 self.state = explicit;
                 self.node_ports = node_ports;
-                for (placeholder, entry) in &self.node_ports {
-                    for frontend in expansions(&self.chosen, placeholder) {
-                        self.state.entry(frontend).or_insert_with(|| entry.clone());
-                    }
-                }
+                self.expand_node_ports();
                 self.complete = true;
                 self.touched = None;
             }
@@ -171,6 +167,16 @@ impl Desired {
         }
     }
 
+    /// Puts every node port on every chosen address of its family where no
+    /// frontend is yet.
+    fn expand_node_ports(&mut self) {
+        for (placeholder, entry) in &self.node_ports {
+            for frontend in expansions(&self.chosen, placeholder) {
+                self.state.entry(frontend).or_insert_with(|| entry.clone());
+            }
+        }
+    }
+
     /// Chooses the node-port addresses again and, when they changed,
     /// expands the node ports onto the new set.
     fn choose(&mut self) {
@@ -186,12 +192,8 @@ impl Desired {
         self.state.retain(|frontend, entry| {
             entry.kind != FrontendKind::NodePort || chosen.contains(&frontend.ip)
         });
-        for (placeholder, entry) in &self.node_ports {
-            for frontend in expansions(&chosen, placeholder) {
-                self.state.entry(frontend).or_insert_with(|| entry.clone());
-            }
-        }
         self.chosen = chosen;
+        self.expand_node_ports();
         // Rare: compare everything rather than track each address.
         self.touched = None;
     }
