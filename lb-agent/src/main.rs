@@ -6,7 +6,10 @@ use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_agent::{
-    bpf::loader::{self, Capacity},
+    bpf::{
+        loader::{self, Capacity},
+        tc::Devices,
+    },
     list,
     model::Algorithm,
     node_addresses::NodePortAddresses,
@@ -111,6 +114,15 @@ struct RunArgs {
     /// Client/service pairs remembered for session affinity (LRU).
     #[arg(long, value_name = "N", default_value_t = Capacity::default().affinity, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_affinity: u32,
+    /// Devices where traffic from other hosts to node ports, external IPs
+    /// and load-balancer IPs arrives (tc programs): `auto` (the devices of
+    /// the default routes), `none`, or names separated by commas.
+    #[arg(long, value_name = "auto|none|DEV,DEV", default_value = "auto")]
+    devices: Devices,
+    /// Connection-tracking entries for flows from other hosts (two per
+    /// flow; LRU).
+    #[arg(long, value_name = "N", default_value_t = Capacity::default().flows, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    max_flows: u32,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -171,7 +183,9 @@ fn dispatch(command: Command) -> Result<()> {
                     backends: a.max_backends,
                     revnat: a.max_sockets,
                     affinity: a.max_affinity,
+                    flows: a.max_flows,
                 },
+                devices: a.devices,
                 node_name: a.node_name,
                 service_proxy_name: a.service_proxy_name,
                 nodeport_addresses: a.nodeport_addresses,

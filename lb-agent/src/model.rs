@@ -138,9 +138,56 @@ pub struct Frontend {
     pub ip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    pub scope: FrontendScope,
+}
+
+/// Which clients a frontend's entry serves. A Service with
+/// `externalTrafficPolicy: Local` has two entries for each external
+/// address: one for clients on the node (every endpoint, as kube-proxy's
+/// short circuit) and one for clients from other hosts (this node's
+/// endpoints only), which the tc programs read first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum FrontendScope {
+    /// Every client.
+    #[default]
+    Any,
+    /// Clients from other hosts, under `externalTrafficPolicy: Local`.
+    ExternalLocal,
+}
+
+impl FrontendScope {
+    /// The value stored in `ServiceKey::scope`.
+    #[must_use]
+    pub const fn to_raw(self) -> u8 {
+        match self {
+            Self::Any => lb_common::service::SCOPE_ANY,
+            Self::ExternalLocal => lb_common::service::SCOPE_EXTERNAL_LOCAL,
+        }
+    }
+
+    /// The inverse of [`FrontendScope::to_raw`].
+    #[must_use]
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            lb_common::service::SCOPE_ANY => Some(Self::Any),
+            lb_common::service::SCOPE_EXTERNAL_LOCAL => Some(Self::ExternalLocal),
+            _ => None,
+        }
+    }
 }
 
 impl Frontend {
+    /// A frontend for every client.
+    #[must_use]
+    pub const fn new(ip: IpAddr, port: u16, protocol: Protocol) -> Self {
+        Self {
+            ip,
+            port,
+            protocol,
+            scope: FrontendScope::Any,
+        }
+    }
+
     /// A `nodePort` on every node-port address of `ip`'s family.
     #[must_use]
     pub fn node_port(ip: IpAddr, port: u16, protocol: Protocol) -> Self {
@@ -148,7 +195,7 @@ impl Frontend {
             IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         };
-        Self { ip, port, protocol }
+        Self::new(ip, port, protocol)
     }
 
     /// Whether this stands for every node-port address of its family.
@@ -220,7 +267,11 @@ impl fmt::Display for Frontend {
             "{}/{}",
             SocketAddr::new(self.ip, self.port),
             self.protocol
-        )
+        )?;
+        if self.scope == FrontendScope::ExternalLocal {
+            f.write_str(" (external, local endpoints)")?;
+        }
+        Ok(())
     }
 }
 

@@ -22,6 +22,7 @@ use crate::{
     bpf::{
         dataplane::BpfDataplane,
         loader::{self, Capacity, PinLayout},
+        tc::Devices,
     },
     dataplane::Dataplane as _,
     metrics::{self, Metrics},
@@ -57,6 +58,8 @@ pub struct RunConfig {
     pub close_sockets: CloseSockets,
     /// Directories of pinned network namespaces to search for them.
     pub netns_dirs: Vec<PathBuf>,
+    /// Devices for the tc programs.
+    pub devices: Devices,
 }
 
 /// Runs until SIGTERM or SIGINT. The data path stays attached afterwards.
@@ -73,6 +76,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         cgroup: cgroup.clone(),
         capacity: cfg.capacity,
         default_algorithm: cfg.algorithm,
+        devices: cfg.devices.resolve()?,
     })?;
     let (active, adopted_pins, mut ebpf) = (loaded.active, loaded.adopted, loaded.ebpf);
     let can_close = loaded.features.has(FEATURE_SOCK_DESTROY);
@@ -83,6 +87,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         bpffs = %cfg.bpffs.display(),
         adopted_services = adopted.services,
         adopted_backends = adopted.backends,
+        devices = %cfg.devices,
         "data path attached{}",
         if adopted_pins { " (adopted pinned maps from an earlier run)" } else { "" }
     );

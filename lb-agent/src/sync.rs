@@ -229,11 +229,7 @@ mod tests {
     };
 
     fn fe(last: u8, port: u16) -> Frontend {
-        Frontend {
-            ip: format!("10.96.0.{last}").parse().expect("ip"),
-            port,
-            protocol: Protocol::Tcp,
-        }
+        Frontend::new(format!("10.96.0.{last}").parse().expect("ip"), port, Protocol::Tcp)
     }
 
     fn entry(name: &str, backends: &[&str]) -> ServiceEntry {

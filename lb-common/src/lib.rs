@@ -17,6 +17,7 @@
 pub mod addr;
 pub mod affinity;
 pub mod backend;
+pub mod conntrack;
 pub mod meta;
 pub mod revnat;
 pub mod service;
@@ -37,9 +38,12 @@ pub mod map_names {
     pub const SERVICE_NAMES: &str = "lb_svc_names";
     pub const META: &str = "lb_meta";
     pub const BARRIER: &str = "lb_barrier";
+    pub const CONNTRACK: &str = "lb_ct";
+    pub const DEVICES: &str = "lb_devices";
+    pub const TC_STATS: &str = "lb_tc_stats";
 
     /// Every map that is pinned (the barrier is private to one agent run).
-    pub const PINNED: [&str; 11] = [
+    pub const PINNED: [&str; 14] = [
         SERVICES,
         SERVICE_STATE,
         BACKENDS,
@@ -51,6 +55,9 @@ pub mod map_names {
         GLOBAL_STATS,
         SERVICE_NAMES,
         META,
+        CONNTRACK,
+        DEVICES,
+        TC_STATS,
     ];
 }
 
@@ -80,4 +87,8 @@ pub mod capacity {
     pub const BACKENDS: u32 = 262_144;
     pub const REVNAT: u32 = 262_144;
     pub const AFFINITY: u32 = 65_536;
+    /// Flows from other hosts (two entries each).
+    pub const CONNTRACK: u32 = 262_144;
+    /// Devices the tc programs are attached to.
+    pub const DEVICES: u32 = 64;
 }

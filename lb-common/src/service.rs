@@ -43,8 +43,19 @@ pub struct ServiceKey {
     pub port_be: u16,
     /// IP protocol number ([`crate::proto`]).
     pub proto: u8,
-    pub pad: u8,
+    /// Which clients the entry serves (`SCOPE_*`).
+    pub scope: u8,
 }
+
+/// Every client: the socket hooks and the tc programs (what maps written
+/// before scopes existed hold).
+pub const SCOPE_ANY: u8 = 0;
+/// Clients from outside the node, for a Service with
+/// `externalTrafficPolicy: Local`: only this node's endpoints. Read by the
+/// tc programs before the [`SCOPE_ANY`] entry of the same address; the
+/// socket hooks never read it (for clients on the node the policy changes
+/// nothing, as in kube-proxy).
+pub const SCOPE_EXTERNAL_LOCAL: u8 = 1;
 
 /// Where a service's backends are in `lb_backends`: entries
 /// `first .. first + count`. Eight-byte aligned so that the programs read it
@@ -81,8 +92,9 @@ pub struct ServiceState {
     pub algorithm: u8,
     /// Bit set of `FLAG_*`.
     pub flags: u8,
-    /// What kind of address the frontend is (`KIND_*`), for `lb-agent list`
-    /// and `bpftool`; the programs treat every kind alike.
+    /// What kind of address the frontend is (`KIND_*`): for `lb-agent
+    /// list` and `bpftool`, and for the tc programs, which translate every
+    /// kind but a `ClusterIP` (the socket hooks treat every kind alike).
     pub kind: u8,
     pub pad: u8,
     /// Session affinity idle timeout, seconds (with [`FLAG_AFFINITY`]).

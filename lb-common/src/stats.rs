@@ -38,6 +38,46 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "lookup_raced",
 ];
 
+/// Counters of the tc programs: `lb_tc_stats` (per-CPU array of `u64`,
+/// indexed by `TC_*`), kept apart from `lb_stats` so that maps pinned by an
+/// agent without them are still adopted.
+///
+/// A packet to a frontend from another host started a new flow.
+pub const TC_NEW_FLOW: u32 = 0;
+/// A packet of a known flow was translated (either direction).
+pub const TC_TRANSLATED: u32 = 1;
+/// Dropped: `externalTrafficPolicy: Local` and no endpoint on this node.
+pub const TC_DROP_NO_LOCAL_ENDPOINT: u32 = 2;
+/// Dropped: an external or load-balancer IP of a Service with no usable
+/// endpoint (a node port is left to the node's stack, which refuses it).
+pub const TC_DROP_NO_ENDPOINT: u32 = 3;
+/// Passed to the stack: a node port with no usable endpoint (the kernel
+/// answers with a TCP reset or ICMP port unreachable).
+pub const TC_REFUSED_BY_STACK: u32 = 4;
+/// Dropped: no free source port for masquerading to that backend.
+pub const TC_DROP_NO_PORT: u32 = 5;
+/// Dropped: no route to the backend or the client, or no address on the
+/// device to masquerade with.
+pub const TC_DROP_NO_ROUTE: u32 = 6;
+/// Dropped: the packet could not be rewritten or the flow recorded.
+pub const TC_DROP_ERROR: u32 = 7;
+/// A new connection found its old flow's backend gone and picked anew.
+pub const TC_RESELECTED: u32 = 8;
+/// Number of tc counters.
+pub const TC_STAT_COUNT: u32 = 9;
+/// Names of the tc counters, indexed by `TC_*`.
+pub const TC_STAT_NAMES: [&str; TC_STAT_COUNT as usize] = [
+    "new_flow",
+    "translated",
+    "drop_no_local_endpoint",
+    "drop_no_endpoint",
+    "refused_by_stack",
+    "drop_no_port",
+    "drop_no_route",
+    "drop_error",
+    "reselected",
+];
+
 /// Value of `lb_svc_stats`: per-service counters (updated atomically).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -20,7 +20,7 @@ use lb_common::{
     meta::Meta,
     revnat::{RevNatKey, RevNatValue},
     service::{
-        ALGORITHM_ROUND_ROBIN, FLAG_AFFINITY, ServiceKey, ServiceName, ServiceState, ServiceValue,
+        ALGORITHM_ROUND_ROBIN, FLAG_AFFINITY, SCOPE_ANY, ServiceKey, ServiceName, ServiceState, ServiceValue,
     },
     stats::{
         STAT_AFFINITY_HIT, STAT_BACKEND_MISSING, STAT_CONNECT, STAT_COUNT,
@@ -44,16 +44,16 @@ const MMAPABLE: usize = BPF_F_MMAPABLE as usize;
 // ---------------------------------------------------------------------------
 
 #[btf_map(name = "lb_services")]
-static SERVICES: HashMap<ServiceKey, ServiceValue, { capacity::SERVICES as usize }> =
+pub(crate) static SERVICES: HashMap<ServiceKey, ServiceValue, { capacity::SERVICES as usize }> =
     HashMap::new();
 
 /// Indexed by service id (mmapable: the agent changes a service's backend
 /// range with one store).
 #[btf_map(name = "lb_svc")]
-static SERVICE_STATE: Array<ServiceState, { capacity::SERVICES as usize }, MMAPABLE> = Array::new();
+pub(crate) static SERVICE_STATE: Array<ServiceState, { capacity::SERVICES as usize }, MMAPABLE> = Array::new();
 
 #[btf_map(name = "lb_backends")]
-static BACKENDS: Array<Backend, { capacity::BACKENDS as usize }, MMAPABLE> = Array::new();
+pub(crate) static BACKENDS: Array<Backend, { capacity::BACKENDS as usize }, MMAPABLE> = Array::new();
 
 #[btf_map(name = "lb_revnat")]
 static REVNAT: LruHashMap<RevNatKey, RevNatValue, { capacity::REVNAT as usize }> =
@@ -64,7 +64,7 @@ static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { capacity::AFFINITY as 
     LruHashMap::new();
 
 #[btf_map(name = "lb_affinity_members")]
-static AFFINITY_MEMBERS: HashMap<MemberKey, u32, { capacity::BACKENDS as usize }, NO_PREALLOC> =
+pub(crate) static AFFINITY_MEMBERS: HashMap<MemberKey, u32, { capacity::BACKENDS as usize }, NO_PREALLOC> =
     HashMap::new();
 
 /// Round-robin position per service id (mmapable: the agent zeroes a
@@ -275,7 +275,7 @@ fn forward(ctx: &SockAddrContext, dest: Dest, stat: u32) -> Outcome {
         addr: dest.addr,
         port_be: dest.port_be,
         proto: dest.proto,
-        pad: 0,
+        scope: SCOPE_ANY,
     };
     let Some(svc) = SERVICES.get_ptr(&key) else {
         return Outcome::Untouched;
@@ -419,7 +419,7 @@ fn sticky_backend(key: &AffinityKey, timeout_s: u32) -> Option<Backend> {
 
 /// The next slot of an exact rotation shared by all CPUs.
 #[inline(always)]
-fn round_robin_slot(id: u32, count: u32) -> u32 {
+pub(crate) fn round_robin_slot(id: u32, count: u32) -> u32 {
     let Some(counter) = RR.get_ptr_mut(id) else {
         return 0;
     };

@@ -12,6 +12,7 @@ pub(crate) const ATOMIC_FETCH_BUILD: bool = false;
 
 mod atomic;
 mod datapath;
+mod tc;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -21,6 +21,7 @@ pub(crate) const ATOMIC_FETCH_BUILD: bool = true;
 
 mod atomic;
 mod datapath;
+mod tc;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -15,7 +15,9 @@ use lb_common::{
 };
 
 use super::maps::ServiceRecord;
-use crate::model::{Algorithm, Frontend, FrontendKind, Protocol, ServiceEntry, ServicePortName};
+use crate::model::{
+    Algorithm, Frontend, FrontendKind, FrontendScope, Protocol, ServiceEntry, ServicePortName,
+};
 
 /// The 16-byte form of an address (IPv4-mapped for IPv4).
 #[must_use]
@@ -39,17 +41,19 @@ pub fn service_key(fe: &Frontend) -> ServiceKey {
         addr: addr16(fe.ip),
         port_be: fe.port.to_be(),
         proto: fe.protocol.number(),
-        pad: 0,
+        scope: fe.scope.to_raw(),
     }
 }
 
-/// The inverse of [`service_key`]; `None` for a protocol the model lacks.
+/// The inverse of [`service_key`]; `None` for a protocol or scope the
+/// model lacks.
 #[must_use]
 pub fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
     Some(Frontend {
         ip: ip_of(key.addr),
         port: u16::from_be(key.port_be),
         protocol: Protocol::from_number(key.proto)?,
+        scope: FrontendScope::from_raw(key.scope)?,
     })
 }
 
@@ -78,12 +82,13 @@ pub(crate) fn member_key(id: u32, b: &SocketAddr) -> MemberKey {
     }
 }
 
-/// The affinity members of service `id`: one per backend when the entry
-/// has session affinity, none otherwise.
+/// The members of service `id` (`lb_affinity_members`): one per backend
+/// when the entry has session affinity or is one the tc programs serve
+/// (they check that a flow's backend is still an endpoint), none otherwise.
 #[must_use]
 pub(crate) fn members(id: u32, entry: Option<&ServiceEntry>) -> BTreeSet<MemberKey> {
     entry
-        .filter(|e| e.affinity_timeout_s.is_some())
+        .filter(|e| e.affinity_timeout_s.is_some() || e.kind != FrontendKind::ClusterIP)
         .map(|e| e.backends.iter().map(|b| member_key(id, b)).collect())
         .unwrap_or_default()
 }
@@ -205,7 +210,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     use super::{addr16, frontend_of, ip_of, parse_name, service_key};
-    use crate::model::{Frontend, Protocol};
+    use crate::model::{Frontend, FrontendScope, Protocol};
 
     #[test]
     fn addresses_round_trip_both_families() {
@@ -214,12 +219,14 @@ mod tests {
             IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)),
         ] {
             assert_eq!(ip_of(addr16(ip)), ip);
-            let fe = Frontend {
-                ip,
-                port: 8080,
-                protocol: Protocol::Udp,
-            };
+            let fe = Frontend::new(ip, 8080, Protocol::Udp);
             assert_eq!(frontend_of(&service_key(&fe)), Some(fe));
+            let local = Frontend {
+                scope: FrontendScope::ExternalLocal,
+                ..fe
+            };
+            assert_eq!(frontend_of(&service_key(&local)), Some(local));
+            assert_ne!(service_key(&local), service_key(&fe));
         }
         assert_eq!(
             &addr16("10.0.0.1".parse().expect("ip"))[..12],

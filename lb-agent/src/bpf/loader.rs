@@ -5,7 +5,9 @@
 //!
 //! Pin layout under the `--bpffs` directory:
 //! - `maps/<name>`: every shared map (see `lb_common::map_names::PINNED`);
-//! - `links/<program>`: one link per attached hook.
+//! - `links/<program>`: one link per attached cgroup hook;
+//! - `links/<program>@<device>`: one TCX link per tc program and device
+//!   (see `super::tc`).
 
 use std::{
     fs::{self, File},
@@ -28,14 +30,16 @@ use lb_common::{
     },
     revnat::{RevNatKey, RevNatValue},
     service::{ServiceKey, ServiceName, ServiceState, ServiceValue},
-    stats::{STAT_COUNT, ServiceStats},
+    capacity,
+    conntrack::{CtKey, CtValue, Device},
+    stats::{STAT_COUNT, ServiceStats, TC_STAT_COUNT},
 };
 
 use super::{
     Error,
     features::{Features, HOOKS},
     maps::{Barrier, MapShape, Maps, open_pinned, pinned_shape},
-    object,
+    object, tc,
 };
 use crate::{model::Algorithm, system};
 
@@ -52,6 +56,9 @@ pub struct Capacity {
     pub revnat: u32,
     /// Session-affinity entries (client namespaces x services).
     pub affinity: u32,
+    /// Connection-tracking entries of the tc programs (two per flow from
+    /// another host).
+    pub flows: u32,
 }
 
 impl Default for Capacity {
@@ -62,6 +69,7 @@ impl Default for Capacity {
             backends: capacity::BACKENDS,
             revnat: capacity::REVNAT,
             affinity: capacity::AFFINITY,
+            flows: capacity::CONNTRACK,
         }
     }
 }
@@ -75,6 +83,8 @@ pub struct Config {
     pub cgroup: PathBuf,
     pub capacity: Capacity,
     pub default_algorithm: Algorithm,
+    /// Devices for the tc programs (resolved names; empty: none).
+    pub devices: Vec<String>,
 }
 
 /// Paths of the pins under the bpffs directory.
@@ -178,9 +188,15 @@ pub fn load(cfg: &Config) -> Result<Loaded> {
 
     let mut active = features.supported
         & (FEATURE_SET_RETVAL | FEATURE_ATOMIC_FETCH | FEATURE_NETNS_COOKIE | FEATURE_SOCK_DESTROY);
-    let new_links = attach_all(&mut ebpf, features, &cfg.cgroup)?;
-    for (hook, _) in &new_links {
+    let mut new_links: Vec<(String, FdLink)> = Vec::new();
+    for (hook, link) in attach_all(&mut ebpf, features, &cfg.cgroup)? {
         active |= hook_feature(hook);
+        new_links.push((hook.to_owned(), link));
+    }
+    for tc_link in tc::attach(&mut ebpf, &cfg.devices)? {
+        if let Some(link) = tc_link.link {
+            new_links.push((tc_link.name, link));
+        }
     }
     swap_links(&layout, new_links)?;
 
@@ -224,7 +240,7 @@ fn known_features() -> u32 {
     FEATURE_NAMES.iter().fold(0, |acc, (bit, _)| acc | bit)
 }
 
-fn capacities(c: &Capacity) -> [(&'static str, u32); 9] {
+fn capacities(c: &Capacity) -> [(&'static str, u32); 10] {
     [
         (map_names::SERVICES, c.services),
         (map_names::SERVICE_STATE, c.services),
@@ -235,6 +251,7 @@ fn capacities(c: &Capacity) -> [(&'static str, u32); 9] {
         (map_names::AFFINITY_MEMBERS, c.backends),
         (map_names::RR_COUNTERS, c.services),
         (map_names::SERVICE_STATS, c.services),
+        (map_names::CONNTRACK, c.flows),
     ]
 }
 
@@ -278,6 +295,9 @@ fn expected_shapes(c: &Capacity) -> Vec<(&'static str, MapShape)> {
             shape::<u32, ServiceName>(c.services),
         ),
         (map_names::META, shape::<u32, Meta>(1)),
+        (map_names::CONNTRACK, shape::<CtKey, CtValue>(c.flows)),
+        (map_names::DEVICES, shape::<u32, Device>(capacity::DEVICES)),
+        (map_names::TC_STATS, shape::<u32, u64>(TC_STAT_COUNT)),
     ]
 }
 
@@ -378,10 +398,10 @@ fn attach_all(
 /// links are attached (held by fd) before the old pins go, so there is no
 /// moment without a program; while both are attached the old one translates
 /// and the new one sees a backend address and leaves it alone.
-fn swap_links(layout: &PinLayout, new_links: Vec<(&'static str, FdLink)>) -> Result<()> {
+fn swap_links(layout: &PinLayout, new_links: Vec<(String, FdLink)>) -> Result<()> {
     remove_link_pins(layout)?;
     for (program, link) in new_links {
-        let path = layout.link(program);
+        let path = layout.link(&program);
         link.pin(&path)
             .map_err(|source| Error::Pin { path, source })?;
     }
@@ -448,6 +468,7 @@ pub fn cleanup(bpffs: &Path) -> Result<Cleaned> {
         links: remove_links(&layout, true)?,
         maps: Vec::new(),
     };
+    tc::detach_filters_except(&[]);
     let maps_dir = layout.maps_dir();
     if let Ok(entries) = fs::read_dir(&maps_dir) {
         for entry in entries {

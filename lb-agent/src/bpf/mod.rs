@@ -13,6 +13,7 @@ pub mod maps;
 mod object;
 mod reaper;
 mod sys;
+pub mod tc;
 
 use std::path::PathBuf;
 
@@ -97,6 +98,8 @@ pub enum Error {
         #[source]
         source: ProgramError,
     },
+    #[error("device {device} (--devices): {detail}")]
+    Device { device: String, detail: String },
     #[error("failed to pin {path}: {source}")]
     Pin {
         path: PathBuf,

@@ -286,11 +286,7 @@ fn is_stale(socket: &diag::DumpedSocket, targets: &Targets, revnat: &RevNat) -> 
     let Ok(service) = revnat.get(&key, 0) else {
         return false;
     };
-    frontends.contains(&Frontend {
-        ip: ip_of(service.addr),
-        port: u16::from_be(service.port_be),
-        protocol: socket.protocol,
-    })
+    frontends.contains(&Frontend::new(ip_of(service.addr), u16::from_be(service.port_be), socket.protocol))
 }
 
 #[cfg(test)]
@@ -301,11 +297,7 @@ mod tests {
     use crate::model::{Frontend, Protocol};
 
     fn fe(port: u16, protocol: Protocol) -> Frontend {
-        Frontend {
-            ip: "10.96.0.10".parse().expect("ip"),
-            port,
-            protocol,
-        }
+        Frontend::new("10.96.0.10".parse().expect("ip"), port, protocol)
     }
 
     #[test]

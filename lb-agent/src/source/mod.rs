@@ -227,11 +227,7 @@ mod tests {
     use crate::model::{Algorithm, DesiredState, Frontend, Protocol, ServiceEntry};
 
     fn fe(port: u16) -> Frontend {
-        Frontend {
-            ip: "10.96.0.1".parse().expect("ip"),
-            port,
-            protocol: Protocol::Tcp,
-        }
+        Frontend::new("10.96.0.1".parse().expect("ip"), port, Protocol::Tcp)
     }
 
     fn entry() -> ServiceEntry {
@@ -290,11 +286,7 @@ mod tests {
     }
 
     fn at(ip: &str, port: u16) -> Frontend {
-        Frontend {
-            ip: ip.parse().expect("ip"),
-            port,
-            protocol: Protocol::Tcp,
-        }
+        Frontend::new(ip.parse().expect("ip"), port, Protocol::Tcp)
     }
 
     fn kind_entry(kind: crate::model::FrontendKind, name: &str) -> ServiceEntry {

@@ -3,14 +3,39 @@
 use std::collections::HashMap;
 
 use super::{Kind, ObjectRef, problem::Problems};
-use crate::model::{DesiredState, Frontend, ServiceEntry};
+use crate::model::{DesiredState, Frontend, FrontendScope, ServiceEntry};
 
 /// The desired state being built, and which field of which Service each
 /// frontend came from (to name the loser of a conflict).
 #[derive(Default)]
 pub(super) struct State {
-    pub(super) entries: DesiredState,
+    entries: DesiredState,
     origins: HashMap<Frontend, String>,
+    /// Entries for clients from other hosts under `externalTrafficPolicy:
+    /// Local`, keyed by the every-client frontend they go with.
+    scoped: Vec<(Frontend, ServiceEntry)>,
+}
+
+impl State {
+    /// Adds the entry `frontend` has for clients from other hosts, kept
+    /// only if the Service owning `frontend` after every conflict is the
+    /// same (one owner per address for every client, whichever the hook).
+    pub(super) fn scoped(&mut self, frontend: Frontend, entry: ServiceEntry) {
+        self.scoped.push((frontend, entry));
+    }
+
+    pub(super) fn finish(mut self) -> DesiredState {
+        for (frontend, entry) in self.scoped {
+            if self.entries.get(&frontend).is_some_and(|e| e.name == entry.name) {
+                let scoped = Frontend {
+                    scope: FrontendScope::ExternalLocal,
+                    ..frontend
+                };
+                self.entries.insert(scoped, entry);
+            }
+        }
+        self.entries
+    }
 }
 
 /// Adds a frontend. Two Services cannot share one: the one with the smaller

@@ -146,7 +146,7 @@ pub fn translate<'a>(
         );
     }
     Translation {
-        state: state.entries,
+        state: state.finish(),
         problems: problems.0,
     }
 }
@@ -216,21 +216,26 @@ fn translate_service<'a>(
             } else {
                 internal.clone()
             };
+            let node_local = settings
+                .external_local
+                .then(|| usable_backends(&endpoints, true, node));
             let frontends = frontends_of(port, cluster_ip, &external);
             for (frontend, kind, field) in frontends {
-                let backends = if kind == FrontendKind::ClusterIP {
-                    internal.clone()
-                } else {
-                    cluster_wide.clone()
-                };
-                let entry = ServiceEntry {
+                let entry = |backends| ServiceEntry {
                     name: name.clone(),
                     kind,
                     algorithm: settings.algorithm,
                     affinity_timeout_s: settings.affinity_timeout_s,
                     backends,
                 };
-                insert(state, frontend, entry, field, problems);
+                if kind == FrontendKind::ClusterIP {
+                    insert(state, frontend, entry(internal.clone()), field, problems);
+                    continue;
+                }
+                if let Some(local) = &node_local {
+                    state.scoped(frontend, entry(local.clone()));
+                }
+                insert(state, frontend, entry(cluster_wide.clone()), field, problems);
             }
         }
     }
@@ -244,11 +249,7 @@ fn frontends_of(
     cluster_ip: IpAddr,
     external: &[External],
 ) -> Vec<(Frontend, FrontendKind, String)> {
-    let at = |ip| Frontend {
-        ip,
-        port: port.number,
-        protocol: port.protocol,
-    };
+    let at = |ip| Frontend::new(ip, port.number, port.protocol);
     let mut frontends = vec![(
         at(cluster_ip),
         FrontendKind::ClusterIP,

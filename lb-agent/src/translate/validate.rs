@@ -31,6 +31,8 @@ pub(super) struct Settings {
     pub(super) affinity_timeout_s: Option<u32>,
     /// `internalTrafficPolicy: Local`.
     pub(super) local: bool,
+    /// `externalTrafficPolicy: Local`.
+    pub(super) external_local: bool,
 }
 
 /// The valid ports; each invalid one is a problem and skipped.
@@ -270,10 +272,11 @@ pub(super) fn settings(
     // For clients on the node the external policy changes nothing: kube-proxy
     // sends their traffic to an external address to the cluster-wide
     // endpoints even when it is `Local` (the "short circuit" of its external
-    // chains), and every client a socket hook sees is on the node. It is
-    // still checked, as the API server does.
-    match spec.external_traffic_policy.as_deref() {
-        None | Some("Cluster" | "Local") => {}
+    // chains), and every client a socket hook sees is on the node. Clients
+    // from other hosts (the tc programs) get this node's endpoints only.
+    let external_local = match spec.external_traffic_policy.as_deref() {
+        None | Some("Cluster") => false,
+        Some("Local") => true,
         Some(other) => {
             problems.push(
                 object,
@@ -282,10 +285,11 @@ pub(super) fn settings(
             );
             return None;
         }
-    }
+    };
     Some(Settings {
         algorithm,
         affinity_timeout_s,
         local,
+        external_local,
     })
 }

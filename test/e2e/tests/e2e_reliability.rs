@@ -719,8 +719,10 @@ impl InProcess {
                 backends: 1024,
                 revnat: 65_536,
                 affinity: 1024,
+                flows: 1024,
             },
             default_algorithm: Algorithm::Random,
+            devices: Vec::new(),
         }) {
             Ok(loaded) => loaded,
             Err(e @ bpf::Error::KernelTooOld) => {

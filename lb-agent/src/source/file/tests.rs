@@ -41,11 +41,7 @@ fn example_file_is_one_frontend_with_three_backends() {
             .map(|s| s.parse().expect("addr"))
             .collect(),
     };
-    let frontend = Frontend {
-        ip: "10.96.0.100".parse().expect("ip"),
-        port: 80,
-        protocol: Protocol::Tcp,
-    };
+    let frontend = Frontend::new("10.96.0.100".parse().expect("ip"), 80, Protocol::Tcp);
     assert_eq!(loaded.state, DesiredState::from([(frontend, expected)]));
     assert!(loaded.node_ips.is_empty(), "the example has no Node");
 }
