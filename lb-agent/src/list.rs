@@ -16,6 +16,8 @@ use lb_common::{
 };
 use serde::Serialize;
 
+mod tc;
+
 use crate::{
     bpf::{
         Error,
@@ -24,7 +26,7 @@ use crate::{
         loader::PinLayout,
         maps::{Maps, PinDir},
     },
-    model::{Algorithm, FrontendKind},
+    model::{Algorithm, FrontendKind, FrontendScope},
 };
 
 /// One frontend as `list` shows it.
@@ -32,6 +34,9 @@ use crate::{
 pub struct Row {
     /// `ClusterIP`, `NodePort`, `ExternalIP` or `LoadBalancer`.
     pub kind: String,
+    /// `any`, or `external-local`: the entry clients from other hosts get
+    /// under `externalTrafficPolicy: Local` (this node's endpoints).
+    pub scope: &'static str,
     /// The address and port it answers on.
     pub frontend: String,
     pub protocol: String,
@@ -54,13 +59,16 @@ pub struct Listing {
     pub features: String,
     pub counters: Vec<(String, u64)>,
     pub services: Vec<Row>,
+    /// The tc programs: devices, counters, flows.
+    pub tc: tc::TcListing,
 }
 
-/// Reads the pinned maps under `bpffs`.
+/// Reads the pinned maps under `bpffs`; with `flows`, every tracked flow
+/// of the tc programs too.
 ///
 /// # Errors
 /// When nothing is pinned there or the pins cannot be read.
-pub fn read(bpffs: &Path) -> Result<Listing, Error> {
+pub fn read(bpffs: &Path, flows: bool) -> Result<Listing, Error> {
     let layout = PinLayout::new(bpffs);
     let maps = Maps::open(&mut PinDir(layout.maps_dir()))?;
     let meta: Meta = maps.read_meta()?;
@@ -77,6 +85,10 @@ pub fn read(bpffs: &Path) -> Result<Listing, Error> {
                         Some(kind) => kind.to_string(),
                         None => format!("unknown({})", s.kind),
                     }),
+                scope: match frontend.map(|f| f.scope) {
+                    Some(FrontendScope::ExternalLocal) => "external-local",
+                    _ => "any",
+                },
                 frontend: frontend.map_or_else(
                     || format!("{:?}", r.key.addr),
                     |f| SocketAddr::new(f.ip, f.port).to_string(),
@@ -128,6 +140,7 @@ pub fn read(bpffs: &Path) -> Result<Listing, Error> {
             .map(|i| (STAT_NAMES[i].to_owned(), stats[i]))
             .collect(),
         services,
+        tc: tc::read(&layout, flows)?,
     })
 }
 
@@ -149,6 +162,7 @@ pub fn render_table(l: &Listing) -> String {
     let _ = writeln!(out, "kernel features: {}", l.features);
     let counters: Vec<String> = l.counters.iter().map(|(n, v)| format!("{n}={v}")).collect();
     let _ = writeln!(out, "counters: {}", counters.join(" "));
+    tc::render(&mut out, &l.tc);
     let _ = writeln!(out);
     let headers = [
         "KIND",
@@ -178,8 +192,13 @@ pub fn render_table(l: &Listing) -> String {
                     .collect::<Vec<_>>()
                     .join(",")
             };
+            let kind = if r.scope == "any" {
+                r.kind.clone()
+            } else {
+                format!("{}/{}", r.kind, r.scope)
+            };
             [
-                r.kind.clone(),
+                kind,
                 r.frontend.clone(),
                 r.protocol.clone(),
                 r.service.clone(),

@@ -136,6 +136,9 @@ struct ListArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
+    /// Also list the flows from other hosts the tc programs track.
+    #[arg(long)]
+    flows: bool,
     /// bpffs directory the agent pinned to.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
     bpffs: PathBuf,
@@ -203,7 +206,7 @@ fn dispatch(command: Command) -> Result<()> {
                 .block_on(run::run(cfg))
         }
         Command::List(a) => {
-            let listing = list::read(&a.bpffs).map_err(|e| {
+            let listing = list::read(&a.bpffs, a.flows).map_err(|e| {
                 anyhow::anyhow!(
                     "{e} (is `lb-agent run` pinning to {}? see --bpffs)",
                     a.bpffs.display()

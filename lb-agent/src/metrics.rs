@@ -6,7 +6,6 @@
 
 use std::{
     net::SocketAddr,
-    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -17,7 +16,8 @@ use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, rou
 use aya::maps::{MapData, PerCpuArray};
 use lb_common::{
     meta::FEATURE_NAMES,
-    stats::{STAT_COUNT, STAT_NAMES},
+    map_names,
+    stats::{STAT_NAMES, TC_STAT_NAMES},
 };
 use prometheus_client::{
     collector::Collector,
@@ -31,7 +31,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{bpf::maps::open_pinned, model::Protocol};
+use crate::{
+    bpf::{loader::PinLayout, maps::open_pinned},
+    model::Protocol,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
@@ -264,16 +267,27 @@ impl Metrics {
         }
     }
 
-    /// Adds the data-path counters read from the pinned `lb_stats` map.
+    /// Adds the counters of the socket hooks (`datapath_*`, read from the
+    /// pinned `lb_stats` map) and of the tc programs (`tc_*`, from
+    /// `lb_tc_stats`).
     ///
     /// # Errors
-    /// When the pinned map cannot be opened.
-    pub fn add_datapath(&mut self, pinned_stats: &Path) -> Result<(), crate::bpf::Error> {
-        let map = open_pinned(pinned_stats)?;
-        self.registry
-            .register_collector(Box::new(DatapathCollector {
-                map: Mutex::new(map),
-            }));
+    /// When a pinned map cannot be opened.
+    pub fn add_datapath(&mut self, layout: &PinLayout) -> Result<(), crate::bpf::Error> {
+        let counters = [
+            (map_names::GLOBAL_STATS, &STAT_NAMES[..], "datapath", "Data-path events"),
+            (map_names::TC_STATS, &TC_STAT_NAMES[..], "tc", "Packets from other hosts"),
+        ];
+        for (map, names, prefix, help) in counters {
+            let map = open_pinned(&layout.map(map))?;
+            self.registry
+                .register_collector(Box::new(DatapathCollector {
+                    map: Mutex::new(map),
+                    names,
+                    prefix,
+                    help,
+                }));
+        }
         Ok(())
     }
 
@@ -300,8 +314,12 @@ impl Default for Metrics {
 }
 
 /// Reads `lb_stats` (summed over CPUs) at scrape time.
+/// Per-CPU counters summed at each scrape, one metric per name.
 struct DatapathCollector {
     map: Mutex<PerCpuArray<MapData, u64>>,
+    names: &'static [&'static str],
+    prefix: &'static str,
+    help: &'static str,
 }
 
 impl std::fmt::Debug for DatapathCollector {
@@ -315,14 +333,14 @@ impl Collector for DatapathCollector {
         let Ok(map) = self.map.lock() else {
             return Ok(());
         };
-        for (i, name) in (0..STAT_COUNT).zip(STAT_NAMES) {
+        for (i, name) in (0u32..).zip(self.names) {
             let Ok(values) = map.get(&i, 0) else {
                 continue;
             };
             let total = values.iter().copied().fold(0u64, u64::wrapping_add);
             let counter = ConstCounter::new(total);
-            let metric = format!("datapath_{name}");
-            let help = format!("Data-path events: {}", name.replace('_', " "));
+            let metric = format!("{}_{name}", self.prefix);
+            let help = format!("{}: {}", self.help, name.replace('_', " "));
             let m = encoder.encode_descriptor(&metric, &help, None, counter.metric_type())?;
             counter.encode(m)?;
         }

@@ -97,9 +97,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
 
     let mut metrics = Metrics::new();
     metrics.set_features(active);
-    let stats_pin = PinLayout::new(&cfg.bpffs).map(lb_common::map_names::GLOBAL_STATS);
     metrics
-        .add_datapath(&stats_pin)
+        .add_datapath(&PinLayout::new(&cfg.bpffs))
         .context("cannot export the data-path counters")?;
     let metrics = Arc::new(metrics);
     let usage = dataplane.usage();

@@ -87,7 +87,7 @@ pub struct Device {
 
 /// A TCX link pinned under the agent's bpffs directory (Linux 6.6+).
 pub const ATTACH_TCX: u8 = 1;
-/// A cls_bpf filter on the device's clsact qdisc (before TCX).
+/// A `cls_bpf` filter on the device's `clsact` qdisc (before TCX).
 pub const ATTACH_NETLINK: u8 = 2;
 
 const _: () = assert!(size_of::<Device>() == 40);
