@@ -20,6 +20,7 @@ const SYNC_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 use crate::{
     bpf::{
+        conntrack,
         dataplane::BpfDataplane,
         loader::{self, Capacity, PinLayout},
         tc::Devices,
@@ -94,6 +95,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     for why in &adopted.discarded {
         tracing::warn!("discarded pinned entry: {why}; the next sync rewrites it");
     }
+
+    conntrack::start_collector(&PinLayout::new(&cfg.bpffs), conntrack::Timeouts::default())?;
 
     let mut metrics = Metrics::new();
     metrics.set_features(active);

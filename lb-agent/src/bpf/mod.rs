@@ -4,6 +4,7 @@
 //! implements the update protocol (with its id allocator and its reaper).
 
 mod batch;
+pub mod conntrack;
 pub mod convert;
 pub mod dataplane;
 pub(crate) mod features;

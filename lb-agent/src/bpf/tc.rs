@@ -319,3 +319,31 @@ pub fn detach_filters_except(keep: &[String]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Devices;
+
+    #[test]
+    fn devices_parse_as_the_flag_documents() {
+        assert_eq!("auto".parse(), Ok(Devices::Auto));
+        assert_eq!("none".parse(), Ok(Devices::None));
+        assert_eq!(
+            "eth0, bond0.100".parse(),
+            Ok(Devices::List(vec!["eth0".to_owned(), "bond0.100".to_owned()]))
+        );
+        for bad in ["eth0,", "a/b", "x:1", "averyveryverylongname"] {
+            let e = bad.parse::<Devices>().expect_err(bad);
+            assert!(e.contains("not an interface name"), "{bad}: {e}");
+        }
+        assert_eq!(Devices::List(vec!["a".into(), "b".into()]).to_string(), "a,b");
+    }
+
+    #[test]
+    fn a_missing_device_is_named_in_the_error() {
+        let e = Devices::List(vec!["lb-no-such0".to_owned()])
+            .resolve()
+            .expect_err("no such device");
+        assert!(e.to_string().contains("lb-no-such0"), "{e}");
+    }
+}

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::{
     bpf::{
         Error,
+        conntrack::monotonic_ns,
         convert::ip_of,
         loader::PinLayout,
         maps::open_pinned,
@@ -158,17 +159,6 @@ fn flow_row(k: &CtKey, v: &CtValue, now_ns: u64) -> FlowRow {
         flags,
         idle_s: now_ns.saturating_sub(v.last_seen_ns) / 1_000_000_000,
     }
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`.
-pub(crate) fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// The table form: devices, counters, flows.

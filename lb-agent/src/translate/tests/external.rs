@@ -3,9 +3,12 @@
 //! (`serviceport.go`, `newBaseServiceInfo`; `topology.go`,
 //! `CategorizeEndpoints`; the nftables proxier's external chains).
 
-use super::{assert_clean, backends, entry, frontends, problems, run, web, web_slice};
+use super::{
+    assert_clean, backends, entry, frontends, node, problems, run, run_with, web, web_slice,
+};
 use crate::{
-    model::FrontendKind,
+    model::{FrontendKind, FrontendScope},
+    translate::Options,
     translate::testing::{
         Metadata as _, PortFields as _, endpoint, port, ready, service, terminating,
     },
@@ -213,6 +216,79 @@ fn external_addresses_use_the_cluster_wide_endpoints_whatever_the_policies() {
             );
         }
     }
+}
+
+#[test]
+fn external_local_adds_this_nodes_endpoints_for_clients_from_other_hosts() {
+    let slices = [web_slice(
+        "web-1",
+        [
+            endpoint("10.1.0.1").node("node-1"),
+            endpoint("10.1.0.2").node("node-2"),
+        ],
+    )];
+    let t = run(&[web_lb().external_traffic_policy("Local")], &slices);
+    assert_clean(&t);
+    for external_address in [
+        "0.0.0.0:30080/TCP",
+        "192.0.2.10:80/TCP",
+        "198.51.100.7:80/TCP",
+    ] {
+        // Clients on the node: every endpoint (the short circuit).
+        assert_eq!(
+            backends(&t, external_address),
+            ["10.1.0.1:8080", "10.1.0.2:8080"]
+        );
+        // Clients from other hosts (the tc programs): node-1's only.
+        let scoped = format!("{external_address} (external, local endpoints)");
+        assert_eq!(backends(&t, &scoped), ["10.1.0.1:8080"], "{scoped}");
+    }
+    // The ClusterIP has no such entry; a Cluster policy adds none at all.
+    assert!(!frontends(&t).contains(&"10.0.0.1:80/TCP (external, local endpoints)".to_owned()));
+    let t = run(&[web_lb()], &slices);
+    assert!(t.state.keys().all(|f| f.scope == FrontendScope::Any));
+    // No endpoint on this node: the scoped entries exist and are empty,
+    // so that the tc programs drop rather than use the cluster-wide ones.
+    let t = run_with(
+        &[web_lb().external_traffic_policy("Local")],
+        &slices,
+        &node(Some("node-3"), None),
+        &Options::default(),
+    );
+    let scoped: Vec<_> = t
+        .state
+        .iter()
+        .filter(|(f, _)| f.scope == FrontendScope::ExternalLocal)
+        .collect();
+    assert_eq!(scoped.len(), 3);
+    assert!(scoped.iter().all(|(_, e)| e.backends.is_empty()));
+}
+
+#[test]
+fn the_external_local_entry_follows_the_owner_of_its_address() {
+    // Two Services claim one external IP: the smaller name keeps it for
+    // every client, and only its scoped entry is kept.
+    let a = web_lb().external_traffic_policy("Local");
+    let b = service("zzz")
+        .cluster_ip("10.0.0.2")
+        .external_ips(&["192.0.2.10"])
+        .port(port(80).name("http").target_name("http"))
+        .external_traffic_policy("Local");
+    let slices = [web_slice("web-1", [endpoint("10.1.0.1").node("node-1")])];
+    let t = run(&[b, a], &slices);
+    let owners: Vec<_> = t
+        .state
+        .iter()
+        .filter(|(f, _)| f.ip.to_string() == "192.0.2.10")
+        .map(|(f, e)| (f.scope, e.name.name.clone()))
+        .collect();
+    assert_eq!(
+        owners,
+        [
+            (FrontendScope::Any, "web".to_owned()),
+            (FrontendScope::ExternalLocal, "web".to_owned())
+        ]
+    );
 }
 
 #[test]
