@@ -15,8 +15,8 @@ use std::{
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use aya::maps::{MapData, PerCpuArray};
 use lb_common::{
-    meta::FEATURE_NAMES,
     map_names,
+    meta::FEATURE_NAMES,
     stats::{STAT_NAMES, TC_STAT_NAMES},
 };
 use prometheus_client::{
@@ -275,8 +275,18 @@ impl Metrics {
     /// When a pinned map cannot be opened.
     pub fn add_datapath(&mut self, layout: &PinLayout) -> Result<(), crate::bpf::Error> {
         let counters = [
-            (map_names::GLOBAL_STATS, &STAT_NAMES[..], "datapath", "Data-path events"),
-            (map_names::TC_STATS, &TC_STAT_NAMES[..], "tc", "Packets from other hosts"),
+            (
+                map_names::GLOBAL_STATS,
+                &STAT_NAMES[..],
+                "datapath",
+                "Data-path events",
+            ),
+            (
+                map_names::TC_STATS,
+                &TC_STAT_NAMES[..],
+                "tc",
+                "Packets from other hosts",
+            ),
         ];
         for (map, names, prefix, help) in counters {
             let map = open_pinned(&layout.map(map))?;

@@ -229,7 +229,11 @@ mod tests {
     };
 
     fn fe(last: u8, port: u16) -> Frontend {
-        Frontend::new(format!("10.96.0.{last}").parse().expect("ip"), port, Protocol::Tcp)
+        Frontend::new(
+            format!("10.96.0.{last}").parse().expect("ip"),
+            port,
+            Protocol::Tcp,
+        )
     }
 
     fn entry(name: &str, backends: &[&str]) -> ServiceEntry {

@@ -30,6 +30,19 @@ pub struct AffinityValue {
     pub last_used_ns: u64,
 }
 
+/// Key of `lb_tc_affinity` (LRU hash, value [`AffinityValue`]): from
+/// other hosts the client is known by its address, as kube-proxy's
+/// `recent` match knows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientAffinityKey {
+    /// The client's address (IPv4-mapped for IPv4).
+    pub addr: [u8; 16],
+    /// [`crate::service::ServiceValue::id`].
+    pub service_id: u32,
+    pub pad: [u8; 4],
+}
+
 /// Key of `lb_affinity_members` (hash, value `u32` = 1): "this backend is a
 /// usable endpoint of this service".
 #[repr(C)]
@@ -47,6 +60,7 @@ pub struct MemberKey {
 const _: () = assert!(size_of::<AffinityKey>() == 16);
 const _: () = assert!(size_of::<AffinityValue>() == 32);
 const _: () = assert!(size_of::<MemberKey>() == 24);
+const _: () = assert!(size_of::<ClientAffinityKey>() == 24);
 
 #[cfg(feature = "user")]
 mod user {
@@ -56,4 +70,6 @@ mod user {
     unsafe impl aya::Pod for super::AffinityValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::MemberKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClientAffinityKey {}
 }

@@ -41,9 +41,10 @@ pub mod map_names {
     pub const CONNTRACK: &str = "lb_ct";
     pub const DEVICES: &str = "lb_devices";
     pub const TC_STATS: &str = "lb_tc_stats";
+    pub const TC_AFFINITY: &str = "lb_tc_affinity";
 
     /// Every map that is pinned (the barrier is private to one agent run).
-    pub const PINNED: [&str; 14] = [
+    pub const PINNED: [&str; 15] = [
         SERVICES,
         SERVICE_STATE,
         BACKENDS,
@@ -58,6 +59,7 @@ pub mod map_names {
         CONNTRACK,
         DEVICES,
         TC_STATS,
+        TC_AFFINITY,
     ];
 }
 

@@ -63,8 +63,10 @@ pub const TC_DROP_NO_ROUTE: u32 = 6;
 pub const TC_DROP_ERROR: u32 = 7;
 /// A new connection found its old flow's backend gone and picked anew.
 pub const TC_RESELECTED: u32 = 8;
+/// A new flow went to its client's backend (`sessionAffinity: ClientIP`).
+pub const TC_AFFINITY_HIT: u32 = 9;
 /// Number of tc counters.
-pub const TC_STAT_COUNT: u32 = 9;
+pub const TC_STAT_COUNT: u32 = 10;
 /// Names of the tc counters, indexed by `TC_*`.
 pub const TC_STAT_NAMES: [&str; TC_STAT_COUNT as usize] = [
     "new_flow",
@@ -76,6 +78,7 @@ pub const TC_STAT_NAMES: [&str; TC_STAT_COUNT as usize] = [
     "drop_no_route",
     "drop_error",
     "reselected",
+    "affinity_hit",
 ];
 
 /// Value of `lb_svc_stats`: per-service counters (updated atomically).

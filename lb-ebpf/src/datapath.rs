@@ -20,7 +20,8 @@ use lb_common::{
     meta::Meta,
     revnat::{RevNatKey, RevNatValue},
     service::{
-        ALGORITHM_ROUND_ROBIN, FLAG_AFFINITY, SCOPE_ANY, ServiceKey, ServiceName, ServiceState, ServiceValue,
+        ALGORITHM_ROUND_ROBIN, FLAG_AFFINITY, SCOPE_ANY, ServiceKey, ServiceName, ServiceState,
+        ServiceValue,
     },
     stats::{
         STAT_AFFINITY_HIT, STAT_BACKEND_MISSING, STAT_CONNECT, STAT_COUNT,
@@ -50,10 +51,12 @@ pub(crate) static SERVICES: HashMap<ServiceKey, ServiceValue, { capacity::SERVIC
 /// Indexed by service id (mmapable: the agent changes a service's backend
 /// range with one store).
 #[btf_map(name = "lb_svc")]
-pub(crate) static SERVICE_STATE: Array<ServiceState, { capacity::SERVICES as usize }, MMAPABLE> = Array::new();
+pub(crate) static SERVICE_STATE: Array<ServiceState, { capacity::SERVICES as usize }, MMAPABLE> =
+    Array::new();
 
 #[btf_map(name = "lb_backends")]
-pub(crate) static BACKENDS: Array<Backend, { capacity::BACKENDS as usize }, MMAPABLE> = Array::new();
+pub(crate) static BACKENDS: Array<Backend, { capacity::BACKENDS as usize }, MMAPABLE> =
+    Array::new();
 
 #[btf_map(name = "lb_revnat")]
 static REVNAT: LruHashMap<RevNatKey, RevNatValue, { capacity::REVNAT as usize }> =
@@ -64,8 +67,12 @@ static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { capacity::AFFINITY as 
     LruHashMap::new();
 
 #[btf_map(name = "lb_affinity_members")]
-pub(crate) static AFFINITY_MEMBERS: HashMap<MemberKey, u32, { capacity::BACKENDS as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub(crate) static AFFINITY_MEMBERS: HashMap<
+    MemberKey,
+    u32,
+    { capacity::BACKENDS as usize },
+    NO_PREALLOC,
+> = HashMap::new();
 
 /// Round-robin position per service id (mmapable: the agent zeroes a
 /// recycled id with a plain store).

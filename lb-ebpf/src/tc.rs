@@ -21,8 +21,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK,
-        TC_ACT_SHOT, bpf_fib_lookup,
+        BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_fib_lookup,
     },
     btf_maps::{HashMap, LruHashMap, PerCpuArray},
     helpers::generated::{
@@ -33,19 +33,18 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
+    affinity::{AffinityValue, ClientAffinityKey, MemberKey},
     capacity,
-    conntrack::{
-        CT_CLOSING, CT_FORWARD, CT_SNAT, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, Device,
-    },
+    conntrack::{CT_CLOSING, CT_FORWARD, CT_SNAT, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, Device},
     proto,
     service::{
-        ALGORITHM_ROUND_ROBIN, KIND_CLUSTER_IP, KIND_NODE_PORT, SCOPE_ANY, SCOPE_EXTERNAL_LOCAL,
-        ServiceKey,
+        ALGORITHM_ROUND_ROBIN, FLAG_AFFINITY, KIND_CLUSTER_IP, KIND_NODE_PORT, SCOPE_ANY,
+        SCOPE_EXTERNAL_LOCAL, ServiceKey,
     },
     stats::{
-        TC_DROP_ERROR, TC_DROP_NO_ENDPOINT, TC_DROP_NO_LOCAL_ENDPOINT, TC_DROP_NO_PORT,
-        TC_DROP_NO_ROUTE, TC_NEW_FLOW, TC_REFUSED_BY_STACK, TC_RESELECTED, TC_STAT_COUNT,
-        TC_TRANSLATED,
+        TC_AFFINITY_HIT, TC_DROP_ERROR, TC_DROP_NO_ENDPOINT, TC_DROP_NO_LOCAL_ENDPOINT,
+        TC_DROP_NO_PORT, TC_DROP_NO_ROUTE, TC_NEW_FLOW, TC_REFUSED_BY_STACK, TC_RESELECTED,
+        TC_STAT_COUNT, TC_TRANSLATED,
     },
 };
 
@@ -59,6 +58,11 @@ static CT: LruHashMap<CtKey, CtValue, { capacity::CONNTRACK as usize }> = LruHas
 /// Written by the agent when it attaches: the devices the programs run on.
 #[btf_map(name = "lb_devices")]
 static DEVICES: HashMap<u32, Device, { capacity::DEVICES as usize }> = HashMap::new();
+
+/// `sessionAffinity: ClientIP` for clients from other hosts.
+#[btf_map(name = "lb_tc_affinity")]
+static AFFINITY: LruHashMap<ClientAffinityKey, AffinityValue, { capacity::AFFINITY as usize }> =
+    LruHashMap::new();
 
 #[btf_map(name = "lb_tc_stats")]
 static TC_STATS: PerCpuArray<u64, { TC_STAT_COUNT as usize }> = PerCpuArray::new();
@@ -378,8 +382,8 @@ fn send(ctx: &TcContext, s: &mut Scratch) -> i32 {
         BPF_FIB_LKUP_RET_NO_NEIGH => {
             // SAFETY: helper call; no parameters means "look the next hop up".
             #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* values are small")]
-            let r = unsafe { bpf_redirect_neigh(s.fib.ifindex, core::ptr::null_mut(), 0, 0) }
-                as i32;
+            let r =
+                unsafe { bpf_redirect_neigh(s.fib.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
             r
         }
         _ => {
@@ -399,7 +403,11 @@ fn route(ctx: &TcContext, s: &mut Scratch, translated: bool) -> u32 {
     *params = unsafe { core::mem::zeroed() };
     params.family = if s.p.v6 { AF_INET6 } else { AF_INET };
     params.l4_protocol = s.p.proto;
-    params.sport = if translated { s.to.sport_be } else { s.p.sport_be };
+    params.sport = if translated {
+        s.to.sport_be
+    } else {
+        s.p.sport_be
+    };
     params.dport = s.to.dport_be;
     // SAFETY: the kernel hands every tc program a valid context.
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -421,7 +429,11 @@ fn route(ctx: &TcContext, s: &mut Scratch, translated: bool) -> u32 {
             0,
         )
     };
-    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "small codes")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "small codes"
+    )]
     let ret = ret as u32;
     ret
 }
@@ -521,7 +533,15 @@ fn choose(s: &mut Scratch) -> Result<Chosen, i32> {
     #[expect(clippy::cast_possible_truncation, reason = "unpacking two u32")]
     let (first, n) = (packed as u32, (packed >> 32) as u32);
     // SAFETY: valid pointer into an array value; plain integer fields.
-    let (owner, algorithm, kind) = unsafe { ((*state).key, (*state).algorithm, (*state).kind) };
+    let (owner, algorithm, kind, flags, timeout_s) = unsafe {
+        (
+            (*state).key,
+            (*state).algorithm,
+            (*state).kind,
+            (*state).flags,
+            (*state).affinity_timeout_s,
+        )
+    };
     // A mismatch: the lookup raced the removal of this frontend.
     let raced = !same(&owner.addr, &key.addr)
         || owner.port_be != key.port_be
@@ -543,6 +563,16 @@ fn choose(s: &mut Scratch) -> Result<Chosen, i32> {
             SHOT
         });
     }
+    let sticky = ClientAffinityKey {
+        addr: s.p.saddr,
+        service_id: id,
+        pad: [0; 4],
+    };
+    let affinity = flags & FLAG_AFFINITY != 0;
+    if affinity && sticky_backend(s, &sticky, timeout_s) {
+        count(TC_AFFINITY_HIT);
+        return Ok(Chosen { id, local_only });
+    }
     let slot = if algorithm == ALGORITHM_ROUND_ROBIN {
         round_robin_slot(id, n)
     } else {
@@ -554,9 +584,43 @@ fn choose(s: &mut Scratch) -> Result<Chosen, i32> {
         count(TC_DROP_ERROR);
         return Err(SHOT);
     };
+    if affinity {
+        let v = AffinityValue {
+            addr: backend.addr,
+            port_be: backend.port_be,
+            pad: [0; 6],
+            // SAFETY: helper without arguments.
+            last_used_ns: unsafe { bpf_ktime_get_ns() },
+        };
+        // Best effort: without the entry the next connection picks anew.
+        let _ = AFFINITY.insert(&sticky, &v, 0);
+    }
     s.to.daddr = backend.addr;
     s.to.dport_be = backend.port_be;
     Ok(Chosen { id, local_only })
+}
+
+/// The backend this client used last for the service, into `s.to`, if it
+/// is still an endpoint and was used within the timeout; refreshes it.
+#[inline(never)]
+fn sticky_backend(s: &mut Scratch, key: &ClientAffinityKey, timeout_s: u32) -> bool {
+    let Some(entry) = AFFINITY.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: valid pointer from the lookup; plain fields.
+    let (addr, port_be, last) = unsafe { ((*entry).addr, (*entry).port_be, (*entry).last_used_ns) };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(last) > u64::from(timeout_s) * 1_000_000_000
+        || !is_member(key.service_id, &addr, port_be)
+    {
+        return false;
+    }
+    // SAFETY: valid pointer from the lookup.
+    unsafe { (*entry).last_used_ns = now };
+    s.to.daddr = addr;
+    s.to.dport_be = port_be;
+    true
 }
 
 /// A backend on this node: its replies leave through `lb_tc_egress`,
@@ -634,7 +698,7 @@ fn reserve_port(s: &mut Scratch) -> bool {
 /// serve).
 #[inline(always)]
 fn is_member(id: u32, addr: &[u8; 16], port_be: u16) -> bool {
-    let key = lb_common::affinity::MemberKey {
+    let key = MemberKey {
         service_id: id,
         port_be,
         pad: [0; 2],

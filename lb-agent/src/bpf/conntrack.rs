@@ -63,9 +63,8 @@ pub fn reply_key(key: &CtKey, fwd: &CtValue) -> CtKey {
 /// The entries to remove at `now_ns` (`CLOCK_MONOTONIC`).
 #[must_use]
 pub fn expired(entries: &HashMap<CtKey, CtValue>, now_ns: u64, t: &Timeouts) -> Vec<CtKey> {
-    let idle_past = |last: u64, limit: Duration| {
-        u128::from(now_ns.saturating_sub(last)) > limit.as_nanos()
-    };
+    let idle_past =
+        |last: u64, limit: Duration| u128::from(now_ns.saturating_sub(last)) > limit.as_nanos();
     let limit = |p: u8, flags: u8| {
         if p != proto::TCP {
             t.udp
@@ -81,7 +80,9 @@ pub fn expired(entries: &HashMap<CtKey, CtValue>, now_ns: u64, t: &Timeouts) -> 
         let back = reply_key(key, value);
         let reply = entries.get(&back);
         paired.insert(back);
-        let last = reply.map_or(value.last_seen_ns, |r| r.last_seen_ns.max(value.last_seen_ns));
+        let last = reply.map_or(value.last_seen_ns, |r| {
+            r.last_seen_ns.max(value.last_seen_ns)
+        });
         let flags = reply.map_or(value.flags, |r| r.flags | value.flags);
         if idle_past(last, limit(key.proto, flags)) {
             out.push(*key);
@@ -160,7 +161,12 @@ mod tests {
 
     /// A flow from client .100 to frontend .1:30080, to backend .11 on
     /// another node (masqueraded) or on this one.
-    fn flow(proto: u8, masquerade: bool, fwd_seen: u64, reply_seen: u64) -> HashMap<CtKey, CtValue> {
+    fn flow(
+        proto: u8,
+        masquerade: bool,
+        fwd_seen: u64,
+        reply_seen: u64,
+    ) -> HashMap<CtKey, CtValue> {
         let key = CtKey {
             saddr: addr(100),
             daddr: addr(1),

@@ -20,8 +20,10 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
 };
 use lb_common::{
-    affinity::{AffinityKey, AffinityValue, MemberKey},
+    affinity::{AffinityKey, AffinityValue, ClientAffinityKey, MemberKey},
     backend::Backend,
+    capacity,
+    conntrack::{CtKey, CtValue, Device},
     globals,
     map_names::{self, PINNED},
     meta::{
@@ -30,8 +32,6 @@ use lb_common::{
     },
     revnat::{RevNatKey, RevNatValue},
     service::{ServiceKey, ServiceName, ServiceState, ServiceValue},
-    capacity,
-    conntrack::{CtKey, CtValue, Device},
     stats::{STAT_COUNT, ServiceStats, TC_STAT_COUNT},
 };
 
@@ -240,7 +240,7 @@ fn known_features() -> u32 {
     FEATURE_NAMES.iter().fold(0, |acc, (bit, _)| acc | bit)
 }
 
-fn capacities(c: &Capacity) -> [(&'static str, u32); 10] {
+fn capacities(c: &Capacity) -> [(&'static str, u32); 11] {
     [
         (map_names::SERVICES, c.services),
         (map_names::SERVICE_STATE, c.services),
@@ -252,6 +252,7 @@ fn capacities(c: &Capacity) -> [(&'static str, u32); 10] {
         (map_names::RR_COUNTERS, c.services),
         (map_names::SERVICE_STATS, c.services),
         (map_names::CONNTRACK, c.flows),
+        (map_names::TC_AFFINITY, c.affinity),
     ]
 }
 
@@ -298,6 +299,10 @@ fn expected_shapes(c: &Capacity) -> Vec<(&'static str, MapShape)> {
         (map_names::CONNTRACK, shape::<CtKey, CtValue>(c.flows)),
         (map_names::DEVICES, shape::<u32, Device>(capacity::DEVICES)),
         (map_names::TC_STATS, shape::<u32, u64>(TC_STAT_COUNT)),
+        (
+            map_names::TC_AFFINITY,
+            shape::<ClientAffinityKey, AffinityValue>(c.affinity),
+        ),
     ]
 }
 

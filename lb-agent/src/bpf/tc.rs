@@ -8,12 +8,7 @@
 //! handle, replaced in place on restart (a filter stays attached when its
 //! loader exits). `lb-agent cleanup` removes both.
 
-use std::{
-    collections::BTreeSet,
-    fmt, fs,
-    net::IpAddr,
-    str::FromStr,
-};
+use std::{collections::BTreeSet, fmt, fs, net::IpAddr, str::FromStr};
 
 use aya::{
     Ebpf,
@@ -235,7 +230,9 @@ fn attach_one(
     );
     if let Ok(id) = tcx {
         let link = prog.take_link(id).map_err(|e| e.to_string())?;
-        let link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| e.to_string())?;
+        let link: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
         return Ok(Some(link));
     }
     // No TCX (before Linux 6.6): the clsact qdisc, then the filter.
@@ -277,7 +274,11 @@ fn write_devices(ebpf: &mut Ebpf, devices: &[(String, u8)]) -> Result<()> {
         .iter()
         .filter_map(|(d, _)| nix::net::if_::if_nametoindex(d.as_str()).ok())
         .collect();
-    let stale: Vec<u32> = map.keys().filter_map(Result::ok).filter(|k| !keep.contains(k)).collect();
+    let stale: Vec<u32> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep.contains(k))
+        .collect();
     for (device, mode) in devices {
         let index = nix::net::if_::if_nametoindex(device.as_str()).map_err(|e| Error::Device {
             device: device.clone(),
@@ -330,13 +331,19 @@ mod tests {
         assert_eq!("none".parse(), Ok(Devices::None));
         assert_eq!(
             "eth0, bond0.100".parse(),
-            Ok(Devices::List(vec!["eth0".to_owned(), "bond0.100".to_owned()]))
+            Ok(Devices::List(vec![
+                "eth0".to_owned(),
+                "bond0.100".to_owned()
+            ]))
         );
         for bad in ["eth0,", "a/b", "x:1", "averyveryverylongname"] {
             let e = bad.parse::<Devices>().expect_err(bad);
             assert!(e.contains("not an interface name"), "{bad}: {e}");
         }
-        assert_eq!(Devices::List(vec!["a".into(), "b".into()]).to_string(), "a,b");
+        assert_eq!(
+            Devices::List(vec!["a".into(), "b".into()]).to_string(),
+            "a,b"
+        );
     }
 
     #[test]

@@ -19,13 +19,7 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
-    bpf::{
-        Error,
-        conntrack::monotonic_ns,
-        convert::ip_of,
-        loader::PinLayout,
-        maps::open_pinned,
-    },
+    bpf::{Error, conntrack::monotonic_ns, convert::ip_of, loader::PinLayout, maps::open_pinned},
     model::Protocol,
 };
 
@@ -74,8 +68,7 @@ pub struct TcListing {
 pub(super) fn read(layout: &PinLayout, flows: bool) -> Result<TcListing, Error> {
     let mut out = TcListing::default();
     if layout.map(map_names::DEVICES).exists() {
-        let devices: HashMap<MapData, u32, Device> =
-            open_pinned(&layout.map(map_names::DEVICES))?;
+        let devices: HashMap<MapData, u32, Device> = open_pinned(&layout.map(map_names::DEVICES))?;
         for item in devices.iter() {
             let (ifindex, d) =
                 item.map_err(|source| Error::map("read", map_names::DEVICES, source))?;
@@ -112,8 +105,10 @@ pub(super) fn read(layout: &PinLayout, flows: bool) -> Result<TcListing, Error> 
 }
 
 fn device_row(ifindex: u32, d: &Device) -> DeviceRow {
-    let name = nix::net::if_::if_indextoname(ifindex)
-        .map_or_else(|_| format!("(gone, index {ifindex})"), |n| n.to_string_lossy().into_owned());
+    let name = nix::net::if_::if_indextoname(ifindex).map_or_else(
+        |_| format!("(gone, index {ifindex})"),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let addresses = [d.addr4, d.addr6]
         .into_iter()
         .filter(|a| *a != [0; 16])

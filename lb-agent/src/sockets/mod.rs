@@ -286,7 +286,11 @@ fn is_stale(socket: &diag::DumpedSocket, targets: &Targets, revnat: &RevNat) -> 
     let Ok(service) = revnat.get(&key, 0) else {
         return false;
     };
-    frontends.contains(&Frontend::new(ip_of(service.addr), u16::from_be(service.port_be), socket.protocol))
+    frontends.contains(&Frontend::new(
+        ip_of(service.addr),
+        u16::from_be(service.port_be),
+        socket.protocol,
+    ))
 }
 
 #[cfg(test)]

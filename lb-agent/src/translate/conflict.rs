@@ -26,7 +26,11 @@ impl State {
 
     pub(super) fn finish(mut self) -> DesiredState {
         for (frontend, entry) in self.scoped {
-            if self.entries.get(&frontend).is_some_and(|e| e.name == entry.name) {
+            if self
+                .entries
+                .get(&frontend)
+                .is_some_and(|e| e.name == entry.name)
+            {
                 let scoped = Frontend {
                     scope: FrontendScope::ExternalLocal,
                     ..frontend

@@ -235,7 +235,13 @@ fn translate_service<'a>(
                 if let Some(local) = &node_local {
                     state.scoped(frontend, entry(local.clone()));
                 }
-                insert(state, frontend, entry(cluster_wide.clone()), field, problems);
+                insert(
+                    state,
+                    frontend,
+                    entry(cluster_wide.clone()),
+                    field,
+                    problems,
+                );
             }
         }
     }
