@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_agent::{
     bpf::{
         loader::{self, Capacity},
-        tc::Devices,
+        tc::{AttachMode, Devices},
     },
     list,
     model::Algorithm,
@@ -119,6 +119,11 @@ struct RunArgs {
     /// the default routes), `none`, or names separated by commas.
     #[arg(long, value_name = "auto|none|DEV,DEV", default_value = "auto")]
     devices: Devices,
+    /// How the tc programs are attached: `auto` (a TCX link where the
+    /// kernel has them, Linux 6.6+, else a filter on the `clsact` qdisc),
+    /// `tcx`, or `clsact`.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = AttachMode::Auto)]
+    tc_attach: AttachMode,
     /// Connection-tracking entries for flows from other hosts (two per
     /// flow; LRU).
     #[arg(long, value_name = "N", default_value_t = Capacity::default().flows, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
@@ -189,6 +194,7 @@ fn dispatch(command: Command) -> Result<()> {
                     flows: a.max_flows,
                 },
                 devices: a.devices,
+                tc_attach: a.tc_attach,
                 node_name: a.node_name,
                 service_proxy_name: a.service_proxy_name,
                 nodeport_addresses: a.nodeport_addresses,

@@ -23,7 +23,7 @@ use crate::{
         conntrack,
         dataplane::BpfDataplane,
         loader::{self, Capacity, PinLayout},
-        tc::Devices,
+        tc::{AttachMode, Devices},
     },
     dataplane::Dataplane as _,
     metrics::{self, Metrics},
@@ -61,6 +61,8 @@ pub struct RunConfig {
     pub netns_dirs: Vec<PathBuf>,
     /// Devices for the tc programs.
     pub devices: Devices,
+    /// How to attach them.
+    pub tc_attach: AttachMode,
 }
 
 /// Runs until SIGTERM or SIGINT. The data path stays attached afterwards.
@@ -78,6 +80,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         capacity: cfg.capacity,
         default_algorithm: cfg.algorithm,
         devices: cfg.devices.resolve()?,
+        tc_attach: cfg.tc_attach,
     })?;
     let (active, adopted_pins, mut ebpf) = (loaded.active, loaded.adopted, loaded.ebpf);
     let can_close = loaded.features.has(FEATURE_SOCK_DESTROY);

@@ -85,6 +85,8 @@ pub struct Config {
     pub default_algorithm: Algorithm,
     /// Devices for the tc programs (resolved names; empty: none).
     pub devices: Vec<String>,
+    /// How to attach the tc programs.
+    pub tc_attach: tc::AttachMode,
 }
 
 /// Paths of the pins under the bpffs directory.
@@ -193,7 +195,7 @@ pub fn load(cfg: &Config) -> Result<Loaded> {
         active |= hook_feature(hook);
         new_links.push((hook.to_owned(), link));
     }
-    for tc_link in tc::attach(&mut ebpf, &cfg.devices)? {
+    for tc_link in tc::attach(&mut ebpf, &cfg.devices, cfg.tc_attach)? {
         if let Some(link) = tc_link.link {
             new_links.push((tc_link.name, link));
         }

@@ -38,6 +38,19 @@ pub const PROGRAMS: [(&str, TcAttachType); 2] = [
 const NL_PRIORITY: u16 = 0x4c42;
 const NL_HANDLE: TcHandle = TcHandle::new(0, 1);
 
+/// `--tc-attach`: how the programs are attached to a device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// TCX where the kernel has it, else `clsact`.
+    #[default]
+    Auto,
+    /// A TCX link (Linux 6.6+); an error elsewhere.
+    Tcx,
+    /// A `cls_bpf` filter on the `clsact` qdisc, even where TCX exists
+    /// (beside other tools that manage `clsact` filters).
+    Clsact,
+}
+
 /// `--devices`: where traffic from other hosts arrives.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Devices {
@@ -174,7 +187,7 @@ pub struct TcLink {
 ///
 /// # Errors
 /// When a program does not load or a device cannot be attached.
-pub fn attach(ebpf: &mut Ebpf, devices: &[String]) -> Result<Vec<TcLink>> {
+pub fn attach(ebpf: &mut Ebpf, devices: &[String], mode: AttachMode) -> Result<Vec<TcLink>> {
     let mut links = Vec::new();
     if devices.is_empty() {
         detach_filters_except(&[]);
@@ -187,22 +200,23 @@ pub fn attach(ebpf: &mut Ebpf, devices: &[String]) -> Result<Vec<TcLink>> {
     }
     let mut recorded = Vec::new();
     for device in devices {
-        let mut mode = ATTACH_TCX;
+        let mut attached = ATTACH_TCX;
         for (program, direction) in PROGRAMS {
             let prog = program_mut(ebpf, program)?;
-            let link = attach_one(prog, device, direction).map_err(|detail| Error::Device {
-                device: device.clone(),
-                detail: format!("cannot attach {program}: {detail}"),
-            })?;
+            let link =
+                attach_one(prog, device, direction, mode).map_err(|detail| Error::Device {
+                    device: device.clone(),
+                    detail: format!("cannot attach {program}: {detail}"),
+                })?;
             if link.is_none() {
-                mode = ATTACH_NETLINK;
+                attached = ATTACH_NETLINK;
             }
             links.push(TcLink {
                 name: format!("{program}@{device}"),
                 link,
             });
         }
-        recorded.push((device.clone(), mode));
+        recorded.push((device.clone(), attached));
     }
     write_devices(ebpf, &recorded)?;
     detach_filters_except(devices);
@@ -222,18 +236,27 @@ fn attach_one(
     prog: &mut SchedClassifier,
     device: &str,
     direction: TcAttachType,
+    mode: AttachMode,
 ) -> Result<Option<FdLink>, String> {
-    let tcx = prog.attach_with_options(
-        device,
-        direction,
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    );
-    if let Ok(id) = tcx {
-        let link = prog.take_link(id).map_err(|e| e.to_string())?;
-        let link: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
-        return Ok(Some(link));
+    if mode != AttachMode::Clsact {
+        let tcx = prog.attach_with_options(
+            device,
+            direction,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        );
+        match tcx {
+            Ok(id) => {
+                let link = prog.take_link(id).map_err(|e| e.to_string())?;
+                let link: FdLink = link
+                    .try_into()
+                    .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
+                return Ok(Some(link));
+            }
+            Err(e) if mode == AttachMode::Tcx => {
+                return Err(format!("no TCX link (Linux 6.6+ has them): {e}"));
+            }
+            Err(_) => {}
+        }
     }
     // No TCX (before Linux 6.6): the clsact qdisc, then the filter.
     match tc::qdisc_add_clsact(device) {

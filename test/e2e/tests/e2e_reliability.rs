@@ -723,6 +723,7 @@ impl InProcess {
             },
             default_algorithm: Algorithm::Random,
             devices: Vec::new(),
+            tc_attach: bpf::tc::AttachMode::Auto,
         }) {
             Ok(loaded) => loaded,
             Err(e @ bpf::Error::KernelTooOld) => {
