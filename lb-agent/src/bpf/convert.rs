@@ -73,7 +73,7 @@ pub fn socket_addr(b: &Backend) -> SocketAddr {
 }
 
 #[must_use]
-pub(crate) fn member_key(id: u32, b: &SocketAddr) -> MemberKey {
+fn member_key(id: u32, b: &SocketAddr) -> MemberKey {
     MemberKey {
         service_id: id,
         port_be: b.port().to_be(),

@@ -37,8 +37,7 @@ use super::{
     Error,
     batch::{self, Batcher},
     convert::{
-        adopt_record, backend, member_key, members, range_word, service_key, service_name,
-        service_state,
+        adopt_record, backend, members, range_word, service_key, service_name, service_state,
     },
     ids::IdAllocator,
     maps::{Barrier, Maps},
@@ -182,9 +181,10 @@ impl BpfDataplane {
         Ok((dp, adopted))
     }
 
-    /// Removes names and affinity members that belong to no adopted service
-    /// (left by a run that stopped between two steps), and adds members an
-    /// adopted affinity service lacks.
+    /// Removes names and members that belong to no adopted service (left by
+    /// a run that stopped between two steps), and adds members an adopted
+    /// service lacks (also those of a run before the tc programs, which kept
+    /// members for affinity services only).
     fn sweep_orphans(&mut self) -> Result<()> {
         let live_ids: BTreeSet<u32> = self.slots.values().map(|s| s.id).collect();
         let stale_names: Vec<u32> = self
@@ -199,10 +199,7 @@ impl BpfDataplane {
         }
         let mut wanted: BTreeSet<MemberKey> = BTreeSet::new();
         for (fe, entry) in &self.applied {
-            if entry.affinity_timeout_s.is_some() {
-                let id = self.slots[fe].id;
-                wanted.extend(entry.backends.iter().map(|b| member_key(id, b)));
-            }
+            wanted.extend(members(self.slots[fe].id, Some(entry)));
         }
         let present: BTreeSet<MemberKey> = self
             .maps
