@@ -86,7 +86,7 @@ pub fn read(bpffs: &Path, flows: bool) -> Result<Listing, Error> {
                         None => format!("unknown({})", s.kind),
                     }),
                 scope: match frontend.map(|f| f.scope) {
-                    Some(FrontendScope::ExternalLocal) => "external-local",
+                    Some(FrontendScope::External) => "external",
                     _ => "any",
                 },
                 frontend: frontend.map_or_else(

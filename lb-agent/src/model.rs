@@ -12,6 +12,7 @@ use std::{
     str::FromStr,
 };
 
+use ipnet::IpNet;
 use serde::Serialize;
 
 /// Transport protocol of a service port. Each protocol is a distinct service:
@@ -152,7 +153,7 @@ pub enum FrontendScope {
     #[default]
     Any,
     /// Clients from other hosts, under `externalTrafficPolicy: Local`.
-    ExternalLocal,
+    External,
 }
 
 impl FrontendScope {
@@ -161,7 +162,7 @@ impl FrontendScope {
     pub const fn to_raw(self) -> u8 {
         match self {
             Self::Any => lb_common::service::SCOPE_ANY,
-            Self::ExternalLocal => lb_common::service::SCOPE_EXTERNAL_LOCAL,
+            Self::External => lb_common::service::SCOPE_EXTERNAL,
         }
     }
 
@@ -170,7 +171,7 @@ impl FrontendScope {
     pub const fn from_raw(raw: u8) -> Option<Self> {
         match raw {
             lb_common::service::SCOPE_ANY => Some(Self::Any),
-            lb_common::service::SCOPE_EXTERNAL_LOCAL => Some(Self::ExternalLocal),
+            lb_common::service::SCOPE_EXTERNAL => Some(Self::External),
             _ => None,
         }
     }
@@ -268,8 +269,8 @@ impl fmt::Display for Frontend {
             SocketAddr::new(self.ip, self.port),
             self.protocol
         )?;
-        if self.scope == FrontendScope::ExternalLocal {
-            f.write_str(" (external, local endpoints)")?;
+        if self.scope == FrontendScope::External {
+            f.write_str(" (from other hosts)")?;
         }
         Ok(())
     }
@@ -328,6 +329,10 @@ pub struct ServiceEntry {
     /// The usable endpoints, sorted, without duplicates, all of the
     /// frontend's address family. Empty means "refuse connections".
     pub backends: Vec<SocketAddr>,
+    /// `loadBalancerSourceRanges` of the frontend's family, for a VIP
+    /// served to clients from other hosts only; empty: every client.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_ranges: Vec<IpNet>,
 }
 
 /// The whole desired state, keyed by frontend (sorted, so diffs and listings

@@ -250,6 +250,7 @@ mod tests {
                 .iter()
                 .map(|b| b.parse::<SocketAddr>().expect("addr"))
                 .collect(),
+            source_ranges: Vec::new(),
         }
     }
 

@@ -42,9 +42,10 @@ pub mod map_names {
     pub const DEVICES: &str = "lb_devices";
     pub const TC_STATS: &str = "lb_tc_stats";
     pub const TC_AFFINITY: &str = "lb_tc_affinity";
+    pub const SOURCE_RANGES: &str = "lb_source_ranges";
 
     /// Every map that is pinned (the barrier is private to one agent run).
-    pub const PINNED: [&str; 15] = [
+    pub const PINNED: [&str; 16] = [
         SERVICES,
         SERVICE_STATE,
         BACKENDS,
@@ -60,6 +61,7 @@ pub mod map_names {
         DEVICES,
         TC_STATS,
         TC_AFFINITY,
+        SOURCE_RANGES,
     ];
 }
 

@@ -50,12 +50,14 @@ pub struct ServiceKey {
 /// Every client: the socket hooks and the tc programs (what maps written
 /// before scopes existed hold).
 pub const SCOPE_ANY: u8 = 0;
-/// Clients from outside the node, for a Service with
-/// `externalTrafficPolicy: Local`: only this node's endpoints. Read by the
-/// tc programs before the [`SCOPE_ANY`] entry of the same address; the
-/// socket hooks never read it (for clients on the node the policy changes
-/// nothing, as in kube-proxy).
-pub const SCOPE_EXTERNAL_LOCAL: u8 = 1;
+/// Clients from other hosts only, where they get something else than
+/// clients on the node: this node's endpoints under
+/// `externalTrafficPolicy: Local`, or a load-balancer VIP with
+/// `loadBalancerSourceRanges` (which the socket hooks leave to the load
+/// balancer). Read by the tc programs before the [`SCOPE_ANY`] entry of the
+/// same address; never by the socket hooks. No usable endpoint in such an
+/// entry means "drop", as kube-proxy drops under `Local`.
+pub const SCOPE_EXTERNAL: u8 = 1;
 
 /// Where a service's backends are in `lb_backends`: entries
 /// `first .. first + count`. Eight-byte aligned so that the programs read it
@@ -118,6 +120,23 @@ pub const KIND_LOAD_BALANCER: u8 = 3;
 
 /// `sessionAffinity: ClientIP`: a client (network namespace) keeps its backend.
 pub const FLAG_AFFINITY: u8 = 1 << 0;
+/// Only clients in `lb_source_ranges` for this service may use it
+/// (`loadBalancerSourceRanges`); read by the tc programs.
+pub const FLAG_SOURCE_RANGES: u8 = 1 << 1;
+
+/// Data of a `lb_source_ranges` key (LPM trie, value `u8` = 1): the service
+/// id, then the client address; the prefix length covers the id's 32 bits
+/// and the range's bits (of the IPv4-mapped form for IPv4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange {
+    /// [`ServiceValue::id`], big-endian (the trie matches bits in order).
+    pub service_id_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// Bits of a [`SourceRange`] a whole address matches.
+pub const SOURCE_RANGE_BITS: u32 = 160;
 
 /// A service's name, for `lb-agent list` and `bpftool` (value of `lb_svc_names`).
 #[repr(C)]
@@ -133,6 +152,7 @@ const _: () = assert!(size_of::<ServiceValue>() == 4);
 const _: () = assert!(size_of::<ServiceState>() == 40);
 const _: () = assert!(core::mem::offset_of!(ServiceState, backends) == 0);
 const _: () = assert!(size_of::<ServiceName>() == 128);
+const _: () = assert!(size_of::<SourceRange>() == 20);
 
 #[cfg(feature = "user")]
 mod user {
@@ -144,4 +164,6 @@ mod user {
     unsafe impl aya::Pod for super::ServiceState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ServiceName {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SourceRange {}
 }

@@ -46,7 +46,9 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
 pub const TC_NEW_FLOW: u32 = 0;
 /// A packet of a known flow was translated (either direction).
 pub const TC_TRANSLATED: u32 = 1;
-/// Dropped: `externalTrafficPolicy: Local` and no endpoint on this node.
+/// Dropped: an entry for clients from other hosts only has no usable
+/// endpoint (`externalTrafficPolicy: Local` and none on this node, or a VIP
+/// with source ranges and none at all).
 pub const TC_DROP_NO_LOCAL_ENDPOINT: u32 = 2;
 /// Dropped: an external or load-balancer IP of a Service with no usable
 /// endpoint (a node port is left to the node's stack, which refuses it).
@@ -65,8 +67,10 @@ pub const TC_DROP_ERROR: u32 = 7;
 pub const TC_RESELECTED: u32 = 8;
 /// A new flow went to its client's backend (`sessionAffinity: ClientIP`).
 pub const TC_AFFINITY_HIT: u32 = 9;
+/// Dropped: a client outside the `loadBalancerSourceRanges` of the VIP.
+pub const TC_DROP_SOURCE_RANGE: u32 = 10;
 /// Number of tc counters.
-pub const TC_STAT_COUNT: u32 = 10;
+pub const TC_STAT_COUNT: u32 = 11;
 /// Names of the tc counters, indexed by `TC_*`.
 pub const TC_STAT_NAMES: [&str; TC_STAT_COUNT as usize] = [
     "new_flow",
@@ -79,6 +83,7 @@ pub const TC_STAT_NAMES: [&str; TC_STAT_COUNT as usize] = [
     "drop_error",
     "reselected",
     "affinity_hit",
+    "drop_source_range",
 ];
 
 /// Value of `lb_svc_stats`: per-service counters (updated atomically).

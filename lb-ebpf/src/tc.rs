@@ -24,7 +24,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
         bpf_fib_lookup,
     },
-    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     helpers::generated::{
         bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns,
         bpf_redirect, bpf_redirect_neigh,
@@ -38,13 +38,13 @@ use lb_common::{
     conntrack::{CT_CLOSING, CT_FORWARD, CT_SNAT, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, Device},
     proto,
     service::{
-        ALGORITHM_ROUND_ROBIN, FLAG_AFFINITY, KIND_CLUSTER_IP, KIND_NODE_PORT, SCOPE_ANY,
-        SCOPE_EXTERNAL_LOCAL, ServiceKey,
+        ALGORITHM_ROUND_ROBIN, FLAG_AFFINITY, FLAG_SOURCE_RANGES, KIND_CLUSTER_IP, KIND_NODE_PORT,
+        SCOPE_ANY, SCOPE_EXTERNAL, SOURCE_RANGE_BITS, ServiceKey, SourceRange,
     },
     stats::{
         TC_AFFINITY_HIT, TC_DROP_ERROR, TC_DROP_NO_ENDPOINT, TC_DROP_NO_LOCAL_ENDPOINT,
-        TC_DROP_NO_PORT, TC_DROP_NO_ROUTE, TC_NEW_FLOW, TC_REFUSED_BY_STACK, TC_RESELECTED,
-        TC_STAT_COUNT, TC_TRANSLATED,
+        TC_DROP_NO_PORT, TC_DROP_NO_ROUTE, TC_DROP_SOURCE_RANGE, TC_NEW_FLOW, TC_REFUSED_BY_STACK,
+        TC_RESELECTED, TC_STAT_COUNT, TC_TRANSLATED,
     },
 };
 
@@ -58,6 +58,10 @@ static CT: LruHashMap<CtKey, CtValue, { capacity::CONNTRACK as usize }> = LruHas
 /// Written by the agent when it attaches: the devices the programs run on.
 #[btf_map(name = "lb_devices")]
 static DEVICES: HashMap<u32, Device, { capacity::DEVICES as usize }> = HashMap::new();
+
+/// `loadBalancerSourceRanges`, per service (see `SourceRange`).
+#[btf_map(name = "lb_source_ranges")]
+static SOURCE_RANGES: LpmTrie<SourceRange, u8, { capacity::SERVICES as usize }> = LpmTrie::new();
 
 /// `sessionAffinity: ClientIP` for clients from other hosts.
 #[btf_map(name = "lb_tc_affinity")]
@@ -438,12 +442,9 @@ fn route(ctx: &TcContext, s: &mut Scratch, translated: bool) -> u32 {
     ret
 }
 
-/// What a frontend lookup found for a new flow.
+/// What a frontend lookup found for a new flow: the service id.
 struct Chosen {
     id: u32,
-    /// The entry for clients from other hosts (`externalTrafficPolicy:
-    /// Local`): this node's endpoints, the client's address kept.
-    local_only: bool,
 }
 
 /// The first packet of a flow to a frontend: pick a backend, record the
@@ -494,8 +495,8 @@ fn new_flow(ctx: &TcContext, s: &mut Scratch) -> i32 {
         DEVICES.get_ptr(&s.fib.ifindex)
     };
     let recorded = match device {
-        Some(device) if !chosen.local_only => masquerade(s, device),
-        _ => reply_on_egress(s),
+        Some(device) => masquerade(s, device),
+        None => reply_on_egress(s),
     };
     if let Err(reason) = recorded {
         count(reason);
@@ -517,10 +518,12 @@ fn choose(s: &mut Scratch) -> Result<Chosen, i32> {
         addr: s.p.daddr,
         port_be: s.p.dport_be,
         proto: s.p.proto,
-        scope: SCOPE_EXTERNAL_LOCAL,
+        scope: SCOPE_EXTERNAL,
     };
-    let local_only = SERVICES.get_ptr(&key).is_some();
-    if !local_only {
+    // An entry for clients from other hosts only (this node's endpoints,
+    // or source ranges) comes before the one for every client.
+    let external = SERVICES.get_ptr(&key).is_some();
+    if !external {
         key.scope = SCOPE_ANY;
     }
     let svc = SERVICES.get_ptr(&key).ok_or(OK)?;
@@ -550,8 +553,12 @@ fn choose(s: &mut Scratch) -> Result<Chosen, i32> {
     if raced || kind == KIND_CLUSTER_IP {
         return Err(OK);
     }
+    if flags & FLAG_SOURCE_RANGES != 0 && !in_source_ranges(id, &s.p.saddr) {
+        count(TC_DROP_SOURCE_RANGE);
+        return Err(SHOT);
+    }
     if n == 0 {
-        return Err(if local_only {
+        return Err(if external {
             count(TC_DROP_NO_LOCAL_ENDPOINT);
             SHOT
         } else if kind == KIND_NODE_PORT {
@@ -571,7 +578,7 @@ fn choose(s: &mut Scratch) -> Result<Chosen, i32> {
     let affinity = flags & FLAG_AFFINITY != 0;
     if affinity && sticky_backend(s, &sticky, timeout_s) {
         count(TC_AFFINITY_HIT);
-        return Ok(Chosen { id, local_only });
+        return Ok(Chosen { id });
     }
     let slot = if algorithm == ALGORITHM_ROUND_ROBIN {
         round_robin_slot(id, n)
@@ -597,7 +604,7 @@ fn choose(s: &mut Scratch) -> Result<Chosen, i32> {
     }
     s.to.daddr = backend.addr;
     s.to.dport_be = backend.port_be;
-    Ok(Chosen { id, local_only })
+    Ok(Chosen { id })
 }
 
 /// The backend this client used last for the service, into `s.to`, if it
@@ -705,6 +712,19 @@ fn is_member(id: u32, addr: &[u8; 16], port_be: u16) -> bool {
         addr: *addr,
     };
     MEMBERS.get_ptr(&key).is_some()
+}
+
+/// Whether `addr` is in the service's `loadBalancerSourceRanges`.
+#[inline(always)]
+fn in_source_ranges(id: u32, addr: &[u8; 16]) -> bool {
+    let key = Key::new(
+        SOURCE_RANGE_BITS,
+        SourceRange {
+            service_id_be: id.to_be_bytes(),
+            addr: *addr,
+        },
+    );
+    SOURCE_RANGES.get(&key).is_some()
 }
 
 /// Address equality as four word compares (no `memcmp` in BPF).

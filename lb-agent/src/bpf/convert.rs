@@ -8,10 +8,14 @@ use std::{
     ops::Range,
 };
 
+use ipnet::IpNet;
 use lb_common::{
     affinity::MemberKey,
     backend::Backend,
-    service::{BackendRange, FLAG_AFFINITY, ServiceKey, ServiceName, ServiceState},
+    service::{
+        BackendRange, FLAG_AFFINITY, FLAG_SOURCE_RANGES, ServiceKey, ServiceName, ServiceState,
+        SourceRange,
+    },
 };
 
 use super::maps::ServiceRecord;
@@ -93,6 +97,31 @@ pub(crate) fn members(id: u32, entry: Option<&ServiceEntry>) -> BTreeSet<MemberK
         .unwrap_or_default()
 }
 
+/// The `lb_source_ranges` entries of service `id` (prefix length and
+/// data): one per `loadBalancerSourceRanges` range of the entry.
+#[must_use]
+pub(crate) fn source_ranges(id: u32, entry: Option<&ServiceEntry>) -> BTreeSet<(u32, SourceRange)> {
+    entry
+        .map(|e| {
+            e.source_ranges
+                .iter()
+                .map(|net| {
+                    // IPv4 ranges match the IPv4-mapped form: 96 more bits.
+                    let bits = match net {
+                        IpNet::V4(v4) => 96 + u32::from(v4.prefix_len()),
+                        IpNet::V6(v6) => u32::from(v6.prefix_len()),
+                    };
+                    let data = SourceRange {
+                        service_id_be: id.to_be_bytes(),
+                        addr: addr16(net.network()),
+                    };
+                    (32 + bits, data)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The record of a service whose backends are `range`.
 #[must_use]
 pub(crate) fn service_state(
@@ -111,6 +140,10 @@ pub(crate) fn service_state(
             FLAG_AFFINITY
         } else {
             0
+        } | if entry.source_ranges.is_empty() {
+            0
+        } else {
+            FLAG_SOURCE_RANGES
         },
         kind: entry.kind.to_raw(),
         pad: 0,
@@ -200,6 +233,8 @@ pub(crate) fn adopt_record(
             affinity_timeout_s: (state.flags & FLAG_AFFINITY != 0)
                 .then_some(state.affinity_timeout_s),
             backends: backends.iter().map(socket_addr).collect(),
+            // Not read back: the first sync rewrites them if they differ.
+            source_ranges: Vec::new(),
         },
         state,
     ))
@@ -222,7 +257,7 @@ mod tests {
             let fe = Frontend::new(ip, 8080, Protocol::Udp);
             assert_eq!(frontend_of(&service_key(&fe)), Some(fe));
             let local = Frontend {
-                scope: FrontendScope::ExternalLocal,
+                scope: FrontendScope::External,
                 ..fe
             };
             assert_eq!(frontend_of(&service_key(&local)), Some(local));

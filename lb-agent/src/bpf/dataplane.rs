@@ -24,11 +24,12 @@ use std::{
     ops::Range,
 };
 
+use aya::maps::lpm_trie::Key;
 use lb_common::{
     affinity::MemberKey,
     backend::Backend,
     map_names,
-    service::{ServiceKey, ServiceName, ServiceValue},
+    service::{ServiceKey, ServiceName, ServiceValue, SourceRange},
     stats::ServiceStats,
 };
 use range_alloc::RangeAllocator;
@@ -38,6 +39,7 @@ use super::{
     batch::{self, Batcher},
     convert::{
         adopt_record, backend, members, range_word, service_key, service_name, service_state,
+        source_ranges,
     },
     ids::IdAllocator,
     maps::{Barrier, Maps},
@@ -216,6 +218,42 @@ impl BpfDataplane {
                 .insert(missing, 1, 0)
                 .map_err(|source| Error::map("update", map_names::AFFINITY_MEMBERS, source))?;
         }
+        // Source ranges are not read back with the services: drop them all
+        // but the adopted services' (the first sync rewrites those).
+        let present: Vec<(u32, SourceRange)> = self
+            .maps
+            .ranges
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .map(|k| (k.prefix_len(), k.data()))
+            .collect();
+        for (bits, data) in present {
+            if !live_ids.contains(&u32::from_be_bytes(data.service_id_be)) {
+                let _ = self.maps.ranges.remove(&Key::new(bits, data));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds and removes `lb_source_ranges` entries (a handful per Service
+    /// that has them: one at a time).
+    fn write_ranges(
+        &mut self,
+        add: &[(u32, SourceRange)],
+        remove: &[(u32, SourceRange)],
+    ) -> Result<()> {
+        for &(bits, data) in add {
+            self.maps
+                .ranges
+                .insert(&Key::new(bits, data), 1, 0)
+                .map_err(|source| Error::map("update", map_names::SOURCE_RANGES, source))?;
+        }
+        for &(bits, data) in remove {
+            match self.maps.ranges.remove(&Key::new(bits, data)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(Error::map("delete", map_names::SOURCE_RANGES, source)),
+            }
+        }
         Ok(())
     }
 
@@ -366,10 +404,12 @@ impl BpfDataplane {
     fn remove_all(&mut self, frontends: &[Frontend], report: &mut ApplyReport) -> Result<()> {
         let mut keys = Vec::with_capacity(frontends.len());
         let mut members_gone = Vec::new();
+        let mut ranges_gone = Vec::new();
         for frontend in frontends {
             if let Some(slot) = self.slots.get(frontend) {
                 keys.push(service_key(frontend));
                 members_gone.extend(members(slot.id, self.applied.get(frontend)));
+                ranges_gone.extend(source_ranges(slot.id, self.applied.get(frontend)));
             }
         }
         self.batch
@@ -382,6 +422,7 @@ impl BpfDataplane {
                 report.removed += 1;
             }
         }
+        self.write_ranges(&[], &ranges_gone)?;
         self.batch.delete(
             &mut self.maps.members,
             &members_gone,
@@ -539,11 +580,17 @@ impl BpfDataplane {
             .unzip();
         let mut members_new = Vec::new();
         let mut members_gone = Vec::new();
+        let mut ranges_new = Vec::new();
+        let mut ranges_gone = Vec::new();
         for s in &staged {
             let old = members(s.slot.id, self.applied.get(&s.frontend));
             let new = members(s.slot.id, Some(&s.entry));
             members_new.extend(new.difference(&old).copied());
             members_gone.extend(old.difference(&new).copied());
+            let old = source_ranges(s.slot.id, self.applied.get(&s.frontend));
+            let new = source_ranges(s.slot.id, Some(&s.entry));
+            ranges_new.extend(new.difference(&old).copied());
+            ranges_gone.extend(old.difference(&new).copied());
         }
         // Names are only for `lb-agent list` and bpftool: a failure to write
         // them is logged, never a reason to leave a Service out.
@@ -556,12 +603,16 @@ impl BpfDataplane {
             tracing::warn!(error = %e, "service names not recorded (lb-agent list shows them blank)");
         }
         let ones = vec![1u32; members_new.len()];
-        if let Err(e) = self.batch.update(
-            &mut self.maps.members,
-            &members_new,
-            &ones,
-            map_names::AFFINITY_MEMBERS,
-        ) {
+        let written = self
+            .batch
+            .update(
+                &mut self.maps.members,
+                &members_new,
+                &ones,
+                map_names::AFFINITY_MEMBERS,
+            )
+            .and_then(|()| self.write_ranges(&ranges_new, &[]));
+        if let Err(e) = written {
             for s in &staged {
                 self.unstage(s);
             }
@@ -569,6 +620,7 @@ impl BpfDataplane {
         }
 
         self.publish(staged, report)?;
+        self.write_ranges(&[], &ranges_gone)?;
 
         // Stale members go now, so that once the barrier has passed no
         // affinity entry can lead to a removed backend.

@@ -31,7 +31,7 @@ use lb_common::{
         FEATURE_SET_RETVAL, FEATURE_SOCK_DESTROY, Meta,
     },
     revnat::{RevNatKey, RevNatValue},
-    service::{ServiceKey, ServiceName, ServiceState, ServiceValue},
+    service::{ServiceKey, ServiceName, ServiceState, ServiceValue, SourceRange},
     stats::{STAT_COUNT, ServiceStats, TC_STAT_COUNT},
 };
 
@@ -242,7 +242,7 @@ fn known_features() -> u32 {
     FEATURE_NAMES.iter().fold(0, |acc, (bit, _)| acc | bit)
 }
 
-fn capacities(c: &Capacity) -> [(&'static str, u32); 11] {
+fn capacities(c: &Capacity) -> [(&'static str, u32); 12] {
     [
         (map_names::SERVICES, c.services),
         (map_names::SERVICE_STATE, c.services),
@@ -255,6 +255,7 @@ fn capacities(c: &Capacity) -> [(&'static str, u32); 11] {
         (map_names::SERVICE_STATS, c.services),
         (map_names::CONNTRACK, c.flows),
         (map_names::TC_AFFINITY, c.affinity),
+        (map_names::SOURCE_RANGES, c.services),
     ]
 }
 
@@ -304,6 +305,10 @@ fn expected_shapes(c: &Capacity) -> Vec<(&'static str, MapShape)> {
         (
             map_names::TC_AFFINITY,
             shape::<ClientAffinityKey, AffinityValue>(c.affinity),
+        ),
+        (
+            map_names::SOURCE_RANGES,
+            shape::<aya::maps::lpm_trie::Key<SourceRange>, u8>(c.services),
         ),
     ]
 }

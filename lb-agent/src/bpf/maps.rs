@@ -9,14 +9,14 @@ use std::{
 };
 
 use aya::maps::{
-    Array, ArrayOfMaps, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray,
+    Array, ArrayOfMaps, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray,
 };
 use lb_common::{
     affinity::MemberKey,
     backend::Backend,
     map_names,
     meta::Meta,
-    service::{ServiceKey, ServiceName, ServiceState, ServiceValue},
+    service::{ServiceKey, ServiceName, ServiceState, ServiceValue, SourceRange},
     stats::{STAT_COUNT, ServiceStats},
 };
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
@@ -34,6 +34,7 @@ pub struct Maps {
     pub state: MmapArray<ServiceState>,
     pub backends: MmapArray<Backend>,
     pub members: HashMap<MapData, MemberKey, u32>,
+    pub ranges: LpmTrie<MapData, SourceRange, u8>,
     pub rr: MmapArray<u64>,
     pub service_stats: MmapArray<ServiceStats>,
     pub stats: PerCpuArray<MapData, u64>,
@@ -101,6 +102,7 @@ impl Maps {
             state: MmapArray::new(source.take(map_names::SERVICE_STATE)?)?,
             backends: MmapArray::new(source.take(map_names::BACKENDS)?)?,
             members: source.take(map_names::AFFINITY_MEMBERS)?,
+            ranges: source.take(map_names::SOURCE_RANGES)?,
             rr: MmapArray::new(source.take(map_names::RR_COUNTERS)?)?,
             service_stats: MmapArray::new(source.take(map_names::SERVICE_STATS)?)?,
             stats: source.take(map_names::GLOBAL_STATS)?,

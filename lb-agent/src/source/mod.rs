@@ -237,6 +237,7 @@ mod tests {
             algorithm: Algorithm::Random,
             affinity_timeout_s: None,
             backends: vec![],
+            source_ranges: vec![],
         }
     }
 

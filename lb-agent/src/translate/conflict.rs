@@ -32,7 +32,7 @@ impl State {
                 .is_some_and(|e| e.name == entry.name)
             {
                 let scoped = Frontend {
-                    scope: FrontendScope::ExternalLocal,
+                    scope: FrontendScope::External,
                     ..frontend
                 };
                 self.entries.insert(scoped, entry);

@@ -23,6 +23,9 @@ pub(super) struct External {
     pub(super) ip: IpAddr,
     pub(super) kind: FrontendKind,
     pub(super) field: String,
+    /// For a load-balancer VIP whose family has `loadBalancerSourceRanges`:
+    /// those ranges (the VIP is then for clients from other hosts only).
+    pub(super) source_ranges: Vec<IpNet>,
 }
 
 /// `spec.externalIPs`, then the VIPs of the load balancer. Each address
@@ -31,11 +34,11 @@ pub(super) struct External {
 /// A load-balancer address is left out when
 /// - its `ipMode` is `Proxy`: the load balancer proxies to the nodes, so
 ///   traffic to it must reach the load balancer (kube-proxy's `IsVIPMode`);
-/// - the Service has `loadBalancerSourceRanges` of its family: whether a
-///   connection is allowed depends on its source address, which a socket
-///   hook does not know before the connection is routed. The connection
-///   then goes to the load balancer, which applies the ranges (the
-///   README's Semantics section says more).
+/// A VIP of a family that has `loadBalancerSourceRanges` carries them:
+/// whether a connection is allowed depends on its source address, which a
+/// socket hook does not know before the connection is routed, so only the
+/// tc programs serve it; a client on the node goes to the load balancer,
+/// which applies the ranges (the README's Semantics section says more).
 pub(super) fn external_addresses(
     service: &Service,
     spec: &ServiceSpec,
@@ -50,11 +53,12 @@ pub(super) fn external_addresses(
                 ip,
                 kind: FrontendKind::ExternalIP,
                 field,
+                source_ranges: Vec::new(),
             }),
             Err(message) => problems.push(object, field, message),
         }
     }
-    let ranges = source_range_families(spec, object, problems);
+    let ranges = source_ranges(spec, object, problems);
     let ingress = service
         .status
         .as_ref()
@@ -79,11 +83,15 @@ pub(super) fn external_addresses(
             }
         }
         match external_ip(text) {
-            Ok(ip) if ranges.contains(&Family::of(ip)) => {}
             Ok(ip) => out.push(External {
                 ip,
                 kind: FrontendKind::LoadBalancer,
                 field,
+                source_ranges: ranges
+                    .iter()
+                    .filter(|r| Family::of(r.addr()) == Family::of(ip))
+                    .copied()
+                    .collect(),
             }),
             Err(message) => problems.push(object, field, message),
         }
@@ -117,14 +125,10 @@ fn external_ip(text: &str) -> Result<IpAddr, String> {
     Ok(ip)
 }
 
-/// The families that have `loadBalancerSourceRanges` (kube-proxy trims
-/// spaces, which the API server's validation lets through).
-fn source_range_families(
-    spec: &ServiceSpec,
-    object: &Obj<'_>,
-    problems: &mut Problems,
-) -> Vec<Family> {
-    let mut families = Vec::new();
+/// `loadBalancerSourceRanges`, each truncated to its prefix (kube-proxy
+/// trims spaces, which the API server's validation lets through).
+fn source_ranges(spec: &ServiceSpec, object: &Obj<'_>, problems: &mut Problems) -> Vec<IpNet> {
+    let mut ranges = Vec::new();
     for (i, text) in spec
         .load_balancer_source_ranges
         .iter()
@@ -132,7 +136,7 @@ fn source_range_families(
         .enumerate()
     {
         match text.trim().parse::<IpNet>() {
-            Ok(net) => families.push(Family::of(net.addr())),
+            Ok(net) => ranges.push(net.trunc()),
             Err(_) => problems.push(
                 object,
                 format!("spec.loadBalancerSourceRanges[{i}]"),
@@ -140,5 +144,7 @@ fn source_range_families(
             ),
         }
     }
-    families
+    ranges.sort_unstable();
+    ranges.dedup();
+    ranges
 }

@@ -45,6 +45,8 @@ mod validate;
 
 use std::{collections::HashSet, net::IpAddr};
 
+use ipnet::IpNet;
+
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 pub use self::problem::{Kind, ObjectRef, Problem};
@@ -59,7 +61,7 @@ use self::{
     validate::{Port, first_of_its_name, namespace_and_name, ports, settings},
 };
 use crate::model::{
-    Algorithm, DesiredState, Frontend, FrontendKind, ServiceEntry, ServicePortName,
+    Algorithm, DesiredState, Frontend, FrontendKind, FrontendScope, ServiceEntry, ServicePortName,
 };
 
 /// Label joining an `EndpointSlice` to its Service (same namespace).
@@ -220,16 +222,27 @@ fn translate_service<'a>(
                 .external_local
                 .then(|| usable_backends(&endpoints, true, node));
             let frontends = frontends_of(port, cluster_ip, &external);
-            for (frontend, kind, field) in frontends {
+            for (frontend, kind, field, source_ranges) in frontends {
                 let entry = |backends| ServiceEntry {
                     name: name.clone(),
                     kind,
                     algorithm: settings.algorithm,
                     affinity_timeout_s: settings.affinity_timeout_s,
                     backends,
+                    source_ranges: source_ranges.to_vec(),
                 };
                 if kind == FrontendKind::ClusterIP {
                     insert(state, frontend, entry(internal.clone()), field, problems);
+                    continue;
+                }
+                if !source_ranges.is_empty() {
+                    // For clients from other hosts only (see `External`).
+                    let backends = node_local.as_ref().unwrap_or(&cluster_wide);
+                    let frontend = Frontend {
+                        scope: FrontendScope::External,
+                        ..frontend
+                    };
+                    insert(state, frontend, entry(backends.clone()), field, problems);
                     continue;
                 }
                 if let Some(local) = &node_local {
@@ -249,23 +262,25 @@ fn translate_service<'a>(
 
 /// The frontends of one port of a Service in the family of `cluster_ip`:
 /// the `ClusterIP`, the node port, the external addresses; each with its
-/// kind and the field it came from.
-fn frontends_of(
+/// kind, the field it came from and its source ranges.
+fn frontends_of<'e>(
     port: &Port<'_>,
     cluster_ip: IpAddr,
-    external: &[External],
-) -> Vec<(Frontend, FrontendKind, String)> {
+    external: &'e [External],
+) -> Vec<(Frontend, FrontendKind, String, &'e [IpNet])> {
     let at = |ip| Frontend::new(ip, port.number, port.protocol);
     let mut frontends = vec![(
         at(cluster_ip),
         FrontendKind::ClusterIP,
         format!("spec.ports[{}]", port.index),
+        &[][..],
     )];
     if let Some(nodeport) = port.nodeport {
         frontends.push((
             Frontend::node_port(cluster_ip, nodeport, port.protocol),
             FrontendKind::NodePort,
             format!("spec.ports[{}].nodePort", port.index),
+            &[][..],
         ));
     }
     let family = Family::of(cluster_ip);
@@ -273,7 +288,7 @@ fn frontends_of(
         external
             .iter()
             .filter(|e| Family::of(e.ip) == family)
-            .map(|e| (at(e.ip), e.kind, e.field.clone())),
+            .map(|e| (at(e.ip), e.kind, e.field.clone(), &e.source_ranges[..])),
     );
     frontends
 }

@@ -895,6 +895,7 @@ impl Pins {
                     algorithm: Algorithm::Random,
                     affinity_timeout_s: None,
                     backends: backends.iter().map(socket_addr).collect(),
+                    source_ranges: Vec::new(),
                 },
             );
         }

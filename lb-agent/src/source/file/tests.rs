@@ -40,6 +40,7 @@ fn example_file_is_one_frontend_with_three_backends() {
             .iter()
             .map(|s| s.parse().expect("addr"))
             .collect(),
+        source_ranges: Vec::new(),
     };
     let frontend = Frontend::new("10.96.0.100".parse().expect("ip"), 80, Protocol::Tcp);
     assert_eq!(loaded.state, DesiredState::from([(frontend, expected)]));

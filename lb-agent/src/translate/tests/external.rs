@@ -115,17 +115,19 @@ fn proxy_mode_and_hostname_ingress_points_are_left_to_the_load_balancer() {
 }
 
 #[test]
-fn source_ranges_leave_the_vips_of_their_family_to_the_load_balancer() {
+fn source_ranges_make_the_vips_of_their_family_for_other_hosts_only() {
     // Whether a connection may pass depends on its source address, which
-    // a socket hook does not know yet; the external IPs are not subject to
-    // the ranges (kube-proxy applies them to load-balancer VIPs only).
+    // a socket hook does not know yet: the VIP is served to clients from
+    // other hosts only (the tc programs check the ranges), and a client on
+    // the node goes to the load balancer. The external IPs are not subject
+    // to the ranges (kube-proxy applies them to load-balancer VIPs only).
     let lb = service("web")
         .type_("LoadBalancer")
         .cluster_ips(&["10.0.0.1", "fd00::1"])
         .external_ips(&["192.0.2.10"])
         .ingress("198.51.100.7", None)
         .ingress("2001:db8::7", None)
-        .source_ranges(&[" 203.0.113.0/24 "])
+        .source_ranges(&[" 203.0.113.9/24 ", "192.0.2.0/25"])
         .port(port(80));
     let t = run(&[lb], &[]);
     assert_clean(&t);
@@ -134,10 +136,22 @@ fn source_ranges_leave_the_vips_of_their_family_to_the_load_balancer() {
         [
             "10.0.0.1:80/TCP",
             "192.0.2.10:80/TCP",
+            "198.51.100.7:80/TCP (from other hosts)",
             "[2001:db8::7]:80/TCP",
             "[fd00::1]:80/TCP"
         ]
     );
+    let ranges = |f: &str| -> Vec<String> {
+        entry(&t, f).source_ranges.iter().map(ToString::to_string).collect()
+    };
+    // Sorted, truncated to their prefixes, of the VIP's family only.
+    assert_eq!(
+        ranges("198.51.100.7:80/TCP (from other hosts)"),
+        ["192.0.2.0/25", "203.0.113.0/24"]
+    );
+    for other in ["192.0.2.10:80/TCP", "[2001:db8::7]:80/TCP", "10.0.0.1:80/TCP"] {
+        assert!(ranges(other).is_empty(), "{other}");
+    }
 }
 
 #[test]
@@ -240,11 +254,11 @@ fn external_local_adds_this_nodes_endpoints_for_clients_from_other_hosts() {
             ["10.1.0.1:8080", "10.1.0.2:8080"]
         );
         // Clients from other hosts (the tc programs): node-1's only.
-        let scoped = format!("{external_address} (external, local endpoints)");
+        let scoped = format!("{external_address} (from other hosts)");
         assert_eq!(backends(&t, &scoped), ["10.1.0.1:8080"], "{scoped}");
     }
     // The ClusterIP has no such entry; a Cluster policy adds none at all.
-    assert!(!frontends(&t).contains(&"10.0.0.1:80/TCP (external, local endpoints)".to_owned()));
+    assert!(!frontends(&t).contains(&"10.0.0.1:80/TCP (from other hosts)".to_owned()));
     let t = run(&[web_lb()], &slices);
     assert!(t.state.keys().all(|f| f.scope == FrontendScope::Any));
     // No endpoint on this node: the scoped entries exist and are empty,
@@ -258,7 +272,7 @@ fn external_local_adds_this_nodes_endpoints_for_clients_from_other_hosts() {
     let scoped: Vec<_> = t
         .state
         .iter()
-        .filter(|(f, _)| f.scope == FrontendScope::ExternalLocal)
+        .filter(|(f, _)| f.scope == FrontendScope::External)
         .collect();
     assert_eq!(scoped.len(), 3);
     assert!(scoped.iter().all(|(_, e)| e.backends.is_empty()));
@@ -286,7 +300,7 @@ fn the_external_local_entry_follows_the_owner_of_its_address() {
         owners,
         [
             (FrontendScope::Any, "web".to_owned()),
-            (FrontendScope::ExternalLocal, "web".to_owned())
+            (FrontendScope::External, "web".to_owned())
         ]
     );
 }
