@@ -15,6 +15,7 @@ mod proxier;
 mod service;
 
 use std::{
+    io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -35,6 +36,9 @@ use crate::{model::HealthChecks, source::Desired};
 /// kube-proxy's is twice its sync period, 2 x 30 s by default.
 const HEALTH_TIMEOUT: Duration = Duration::from_mins(1);
 
+/// How long after a failed listen (a port in use) it is tried again.
+const LISTEN_RETRY: Duration = Duration::from_secs(5);
+
 /// The health endpoints of a running agent.
 pub(crate) struct Health {
     pub(crate) proxier: Arc<ProxierHealth>,
@@ -46,17 +50,12 @@ impl Health {
     /// starts the `healthCheckNodePort` listeners, on every node address.
     ///
     /// # Errors
-    /// When `healthz_addr` cannot be listened on.
+    /// When `healthz_addr` cannot be listened on, for another reason than
+    /// another process having it.
     pub(crate) fn start(healthz_addr: Option<SocketAddr>) -> anyhow::Result<Self> {
         let proxier = Arc::new(ProxierHealth::new(HEALTH_TIMEOUT));
         if let Some(addr) = healthz_addr {
-            proxier::serve(addr, Arc::clone(&proxier)).with_context(|| {
-                format!(
-                    "cannot serve /healthz on {addr}; pass another --healthz-addr, or none \
-                     (is kube-proxy running on this node? it listens there too)"
-                )
-            })?;
-            tracing::info!(%addr, "serving /healthz and /livez as kube-proxy does");
+            serve_healthz(addr, &proxier)?;
         }
         let (checks, wanted) = watch::channel(HealthChecks::new());
         let every_address = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -78,6 +77,47 @@ impl Health {
     }
 }
 
+/// Serves `/healthz` and `/livez` on `addr`. While another process has
+/// the port (kube-proxy, when the agent runs beside it), it is tried again
+/// every [`LISTEN_RETRY`], so the agent takes it over when kube-proxy goes.
+///
+/// # Errors
+/// When `addr` cannot be listened on for another reason (not a local
+/// address, no permission).
+fn serve_healthz(addr: SocketAddr, proxier: &Arc<ProxierHealth>) -> anyhow::Result<()> {
+    let served = "serving /healthz and /livez as kube-proxy does";
+    match crate::http::listen(addr) {
+        Ok(listener) => {
+            proxier::serve(listener, Arc::clone(proxier));
+            tracing::info!(%addr, "{served}");
+        }
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            tracing::warn!(
+                %addr,
+                "cannot serve /healthz: the address is in use (by kube-proxy, beside the agent?); \
+                 retrying every {LISTEN_RETRY:?} (--healthz-addr none serves nothing)"
+            );
+            let proxier = Arc::clone(proxier);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LISTEN_RETRY).await;
+                    if let Ok(listener) = crate::http::listen(addr) {
+                        proxier::serve(listener, proxier);
+                        tracing::info!(%addr, "{served}");
+                        break;
+                    }
+                }
+            });
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("cannot serve /healthz on {addr}; pass another --healthz-addr, or none")
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A JSON answer with kube-proxy's headers.
 fn json(healthy: bool, body: String) -> Response {
     let status = if healthy {
@@ -96,25 +136,6 @@ fn json(healthy: bool, body: String) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     response
-}
-
-/// Test client: one HTTP/1.1 GET over a plain TCP connection, as a load
-/// balancer's probe makes it; the status code, headers and body.
-#[cfg(test)]
-pub(crate) async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_default();
-    Ok((status, head.to_owned(), body.to_owned()))
 }
 
 #[cfg(test)]

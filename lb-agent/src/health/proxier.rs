@@ -5,7 +5,6 @@
 //! for deletion (`nodeEligible`), so that load balancers drain the node.
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -104,19 +103,15 @@ impl ProxierHealth {
     }
 }
 
-/// Serves `/healthz` and `/livez` on `addr` until the task is aborted.
-///
-/// # Errors
-/// When the address cannot be listened on.
+/// Serves `/healthz` and `/livez` on `listener` until the task is aborted.
 pub(super) fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     health: Arc<ProxierHealth>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = crate::http::listen(addr)?;
-    Ok(crate::http::spawn(listener, router(health), "healthz"))
+) -> tokio::task::JoinHandle<()> {
+    crate::http::spawn(listener, router(health), "healthz")
 }
 
-pub(super) fn router(health: Arc<ProxierHealth>) -> Router {
+fn router(health: Arc<ProxierHealth>) -> Router {
     Router::new()
         .route("/healthz", any(healthz))
         .route("/livez", any(livez))

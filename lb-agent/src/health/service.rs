@@ -12,17 +12,13 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
 };
 
 use axum::{Router, extract::State, response::Response};
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{ProxierHealth, json};
+use super::{LISTEN_RETRY, ProxierHealth, json};
 use crate::model::{HealthChecks, ServiceName};
-
-/// How long after a failed listen it is tried again.
-const LISTEN_RETRY: Duration = Duration::from_secs(5);
 
 /// What one listener answers about.
 struct Served {

@@ -7,16 +7,34 @@ use std::{
     time::Duration,
 };
 
-use super::{ProxierHealth, get, proxier, service::ServiceHealthServers};
+use super::{ProxierHealth, proxier, service::ServiceHealthServers};
 use crate::model::{HealthCheck, HealthChecks, ServiceName};
 
 const LOCALHOST: std::net::IpAddr = std::net::IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Test client: one HTTP/1.1 GET over a plain TCP connection, as a load
+/// balancer's probe makes it; the status code, headers and body.
+async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_default();
+    Ok((status, head.to_owned(), body.to_owned()))
+}
 
 /// Serves `/healthz` and `/livez` of `health` on an ephemeral port.
 fn serve_proxier(health: &Arc<ProxierHealth>) -> SocketAddr {
     let listener = crate::http::listen(SocketAddr::new(LOCALHOST, 0)).expect("listen");
     let addr = listener.local_addr().expect("address");
-    crate::http::spawn(listener, proxier::router(Arc::clone(health)), "test");
+    proxier::serve(listener, Arc::clone(health));
     addr
 }
 
