@@ -7,12 +7,15 @@
 //! - [`source`]: the file of objects (and its parser) or the Kubernetes API;
 //! - `sync`: diffing desired against applied and applying it in a safe order;
 //! - [`sockets`]: closing sockets whose backend left the service;
-//! - [`node_addresses`]: the addresses node ports answer on.
+//! - [`node_addresses`]: the addresses node ports answer on;
+//! - `health`: kube-proxy's health endpoints (`/healthz`, `healthCheckNodePort`s).
 
 #![warn(unreachable_pub)]
 
 pub mod bpf;
 pub mod dataplane;
+mod health;
+mod http;
 pub mod list;
 mod metrics;
 pub mod model;

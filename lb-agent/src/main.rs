@@ -78,6 +78,10 @@ struct RunArgs {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     metrics_addr: SocketAddr,
+    /// Address for kube-proxy's /healthz and /livez (what load balancers
+    /// and probes ask a node); `none` (or "") serves neither.
+    #[arg(long, value_name = "ADDR|none", default_value = "0.0.0.0:10256", value_parser = parse_optional_addr)]
+    healthz_addr: Option<SocketAddr>,
     /// This node's name, for `internalTrafficPolicy: Local` and topology hints.
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     node_name: Option<String>,
@@ -186,6 +190,7 @@ fn dispatch(command: Command) -> Result<()> {
                 bpffs: a.bpffs,
                 algorithm: a.algorithm,
                 metrics_addr: a.metrics_addr,
+                healthz_addr: a.healthz_addr,
                 capacity: Capacity {
                     services: a.max_services,
                     backends: a.max_backends,
@@ -234,6 +239,16 @@ fn dispatch(command: Command) -> Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// An address, or `none` (or an empty value) for no address.
+fn parse_optional_addr(text: &str) -> Result<Option<SocketAddr>, String> {
+    match text {
+        "" | "none" => Ok(None),
+        _ => text.parse().map(Some).map_err(|e| {
+            format!("{e}: expected an address such as 0.0.0.0:10256 or [::]:10256, or none")
+        }),
     }
 }
 

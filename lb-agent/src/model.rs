@@ -300,6 +300,37 @@ impl fmt::Display for ServicePortName {
     }
 }
 
+/// A Service: its namespace and name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            Printable(&self.namespace),
+            Printable(&self.name)
+        )
+    }
+}
+
+/// What load balancers ask this node about a `LoadBalancer` Service with
+/// `externalTrafficPolicy: Local`: its `spec.healthCheckNodePort`, and how
+/// many ready endpoints it has on this node (by address, over all its
+/// ports, as kube-proxy's `LocalReadyEndpoints` counts them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub port: u16,
+    pub local_endpoints: usize,
+}
+
+/// The health checks this node answers, by Service.
+pub type HealthChecks = BTreeMap<ServiceName, HealthCheck>;
+
 /// Text from an object (a name, a port name) as it goes into a message or
 /// a table: control characters escaped (`\n`, `\u{1b}`), so that one
 /// message stays one line and cannot forge others.

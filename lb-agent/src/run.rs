@@ -25,7 +25,8 @@ use crate::{
         loader::{self, Capacity, PinLayout},
         tc::{AttachMode, Devices},
     },
-    dataplane::Dataplane as _,
+    dataplane::{Dataplane as _, Usage},
+    health::Health,
     metrics::{self, Metrics},
     model::Algorithm,
     node_addresses::{self, NodeAddresses, NodePortAddresses},
@@ -50,6 +51,8 @@ pub struct RunConfig {
     pub bpffs: PathBuf,
     pub algorithm: Algorithm,
     pub metrics_addr: SocketAddr,
+    /// kube-proxy's `/healthz` and `/livez`; `None`: not served.
+    pub healthz_addr: Option<SocketAddr>,
     pub capacity: Capacity,
     pub node_name: Option<String>,
     pub service_proxy_name: Option<String>,
@@ -101,30 +104,9 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
 
     conntrack::start_collector(&PinLayout::new(&cfg.bpffs), conntrack::Timeouts::default())?;
 
-    let mut metrics = Metrics::new();
-    metrics.set_features(active);
-    metrics
-        .add_datapath(&PinLayout::new(&cfg.bpffs))
-        .context("cannot export the data-path counters")?;
-    let metrics = Arc::new(metrics);
-    let usage = dataplane.usage();
-    metrics
-        .services_capacity
-        .set(i64::from(usage.services_capacity));
-    metrics
-        .backends_capacity
-        .set(i64::from(usage.backends_capacity));
-    metrics.services.set(i64::from(usage.services));
-    metrics.backends.set(i64::from(usage.backends));
-    let _server = metrics::serve(cfg.metrics_addr, Arc::clone(&metrics))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot serve metrics on {}; pass another --metrics-addr",
-                cfg.metrics_addr
-            )
-        })?;
+    let metrics = start_metrics(&cfg, active, &dataplane.usage()).await?;
 
+    let health = Health::start(cfg.healthz_addr)?;
     let closer = start_closer(&cfg, can_close, &metrics)?;
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
@@ -146,19 +128,24 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         tokio::select! {
             update = rx.recv() => {
                 let Some(update) = update else { break };
+                health.proxier.queued();
                 desired.merge(update);
                 // Merge whatever else queued up: one sync for a burst.
                 while let Ok(more) = rx.try_recv() {
                     desired.merge(more);
                 }
+                health.observe(&desired);
             }
             () = retry => {}
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
         if desired.complete {
-            retry_at = sync_once(&mut syncer, &mut desired, &metrics, closer.as_ref())
-                .then(|| tokio::time::Instant::now() + SYNC_RETRY);
+            let failed = sync_once(&mut syncer, &mut desired, &metrics, closer.as_ref());
+            retry_at = failed.then(|| tokio::time::Instant::now() + SYNC_RETRY);
+            if !failed {
+                health.proxier.updated();
+            }
         }
         if source.is_finished() {
             break;
@@ -176,6 +163,33 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     );
     drop(ebpf);
     Ok(())
+}
+
+/// The agent's metrics, served on `--metrics-addr` from now on.
+async fn start_metrics(cfg: &RunConfig, active: u32, usage: &Usage) -> Result<Arc<Metrics>> {
+    let mut metrics = Metrics::new();
+    metrics.set_features(active);
+    metrics
+        .add_datapath(&PinLayout::new(&cfg.bpffs))
+        .context("cannot export the data-path counters")?;
+    let metrics = Arc::new(metrics);
+    metrics
+        .services_capacity
+        .set(i64::from(usage.services_capacity));
+    metrics
+        .backends_capacity
+        .set(i64::from(usage.backends_capacity));
+    metrics.services.set(i64::from(usage.services));
+    metrics.backends.set(i64::from(usage.backends));
+    metrics::serve(cfg.metrics_addr, Arc::clone(&metrics))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot serve metrics on {}; pass another --metrics-addr",
+                cfg.metrics_addr
+            )
+        })?;
+    Ok(metrics)
 }
 
 /// The desired state, empty, with the node's addresses listed and followed

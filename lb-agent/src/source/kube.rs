@@ -19,6 +19,7 @@
 //!   when the probe sees the server answer again.
 //! - Objects are stripped to what translation reads before they are stored.
 
+mod node;
 mod resume;
 mod strip;
 
@@ -42,11 +43,11 @@ use kube::{
 };
 use tokio::sync::{mpsc, watch};
 
+use self::node::NodeReport;
 use super::{Published, Publisher, Update};
 use crate::{
     metrics::{Metrics, SourceLabels},
-    model::{DesiredState, Frontend, ServiceEntry},
-    node_addresses,
+    model::{DesiredState, Frontend, HealthChecks, ServiceEntry, ServiceName},
     translate::{self, Kind, NodeContext, Options},
 };
 
@@ -359,21 +360,12 @@ async fn publish_changes(
     let mut all = true;
     let mut dirty = Dirty::new();
     let mut noticed = Instant::now();
-    let mut node_ips = None;
+    let mut node_report = NodeReport::default();
+    let mut health_checks: Option<HealthChecks> = None;
     loop {
-        // The Node's addresses first: the node ports of the state that
-        // follows answer on them.
-        let now_ips = node_objects
-            .and_then(|s| s.state().into_iter().next())
-            .map(|n| node_addresses::primary_ips(&n))
-            .unwrap_or_default();
-        if node_ips.as_ref() != Some(&now_ips) {
-            node_ips = Some(now_ips.clone());
-            let update = Update {
-                change: Published::NodeIps(now_ips),
-                noticed,
-            };
-            if tx.send(update).is_err() {
+        let node = node_objects.and_then(|s| s.state().into_iter().next());
+        for change in node_report.changes(node.as_deref()) {
+            if tx.send(Update { change, noticed }).is_err() {
                 return;
             }
         }
@@ -405,6 +397,13 @@ async fn publish_changes(
                     .inc();
                 if tx.send(Update { change, noticed }).is_err() {
                     return; // The agent is shutting down.
+                }
+            }
+            if health_checks.as_ref() != Some(&translator.health_checks) {
+                health_checks = Some(translator.health_checks.clone());
+                let change = Published::HealthChecks(translator.health_checks.clone());
+                if tx.send(Update { change, noticed }).is_err() {
+                    return;
                 }
             }
             all = false;
@@ -687,6 +686,7 @@ struct Translator {
     options: Options,
     node_name: Option<String>,
     state: DesiredState,
+    health_checks: HealthChecks,
     /// The frontends of each Service, as last translated.
     by_service: HashMap<ServiceId, Vec<Frontend>>,
     /// Services whose last translation reported a problem.
@@ -708,6 +708,7 @@ impl Translator {
             options,
             node_name,
             state: DesiredState::new(),
+            health_checks: HealthChecks::new(),
             by_service: HashMap::new(),
             troubled: HashSet::new(),
             slices: ServiceSlices::default(),
@@ -770,6 +771,7 @@ impl Translator {
                 .push(*frontend);
         }
         self.state = t.state;
+        self.health_checks = t.health_checks;
         (self.state.clone(), new)
     }
 
@@ -838,6 +840,11 @@ impl Translator {
             } else {
                 self.troubled.remove(&id);
             }
+            self.health_checks.remove(&ServiceName {
+                namespace: id.0.clone(),
+                name: id.1.clone(),
+            });
+            self.health_checks.extend(t.health_checks);
             let frontends: Vec<Frontend> = t.state.keys().copied().collect();
             for (frontend, entry) in t.state {
                 if self.state.get(&frontend) != Some(&entry) {
@@ -871,22 +878,42 @@ mod tests {
         testing::{PortFields as _, endpoint, port, slice_port},
     };
 
-    fn service(name: &str, ip: &str, number: u16) -> Service {
+    /// A Service; `health_check` makes it a LoadBalancer with
+    /// `externalTrafficPolicy: Local` and that health check port.
+    fn service(name: &str, ip: &str, number: u16, health_check: Option<i32>) -> Service {
         let http = port(number.into())
             .name("http")
             .target(8080)
             .protocol("TCP");
-        translate::testing::service(name)
+        let mut s = translate::testing::service(name)
             .cluster_ip(ip)
             .cluster_ips(&[ip])
-            .port(http)
-            .build()
+            .port(http);
+        if let Some(port) = health_check {
+            s = s
+                .type_("LoadBalancer")
+                .external_traffic_policy("Local")
+                .health_check_node_port(port);
+        }
+        s.build()
     }
 
+    /// A slice whose endpoints are on this node (`node-1`) or another.
     fn slice(name: &str, service: &str, ips: &[String]) -> EndpointSlice {
+        let on = |i: usize| {
+            if i.is_multiple_of(2) {
+                "node-1"
+            } else {
+                "node-2"
+            }
+        };
         translate::testing::slice(name, service)
             .port(slice_port(8080).name("http").protocol("TCP"))
-            .endpoints(ips.iter().map(|ip| endpoint(ip)))
+            .endpoints(
+                ips.iter()
+                    .enumerate()
+                    .map(|(i, ip)| endpoint(ip).node(on(i))),
+            )
             .build()
     }
 
@@ -906,7 +933,11 @@ mod tests {
         let (slices, mut slices_w) = reflector::store::<EndpointSlice>();
         services_w.apply_watcher_event(&watcher::Event::InitDone);
         slices_w.apply_watcher_event(&watcher::Event::InitDone);
-        let mut t = Translator::new(Options::default(), None);
+        let node = NodeContext {
+            node_name: Some("node-1".to_owned()),
+            zone: None,
+        };
+        let mut t = Translator::new(Options::default(), node.node_name.clone());
         t.full(&services, &slices, None);
         let mut rng = fastrand::Rng::with_seed(seed);
         let (mut partial, mut fallbacks) = (0, 0);
@@ -925,16 +956,19 @@ mod tests {
                 match rng.u8(0..5) {
                     0 | 1 => {
                         let ip = format!("10.96.0.{}", rng.u8(1..8));
+                        let health_check = rng.bool().then(|| 32_000 + i32::from(rng.u8(0..3)));
                         services_w.apply_watcher_event(&watcher::Event::Apply(service(
                             &name,
                             &ip,
                             80 + u16::from(rng.u8(0..2)),
+                            health_check,
                         )));
                     }
                     2 => services_w.apply_watcher_event(&watcher::Event::Delete(service(
                         &name,
                         "10.96.0.1",
                         80,
+                        None,
                     ))),
                     3 => {
                         let ips: Vec<String> = (0..rng.u8(0..4))
@@ -974,10 +1008,14 @@ mod tests {
             let whole = translate::translate(
                 all_services.iter().map(AsRef::as_ref),
                 all_slices.iter().map(AsRef::as_ref),
-                &NodeContext::default(),
+                &node,
                 &Options::default(),
             );
             assert_eq!(t.state, whole.state, "seed {seed}: diverged at step {step}");
+            assert_eq!(
+                t.health_checks, whole.health_checks,
+                "seed {seed}: health checks diverged at step {step}"
+            );
         }
         assert!(
             partial > 500 && fallbacks > 20,

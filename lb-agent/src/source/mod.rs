@@ -20,7 +20,7 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
-    model::{DesiredState, Frontend, FrontendKind, ServiceEntry},
+    model::{DesiredState, Frontend, FrontendKind, HealthChecks, ServiceEntry},
     node_addresses::NodeAddresses,
 };
 
@@ -35,6 +35,11 @@ pub enum Published {
     NodeIps(Vec<IpAddr>),
     /// Every address of the node's interfaces, after a change.
     LocalAddresses(BTreeSet<IpAddr>),
+    /// Every `healthCheckNodePort` this node answers (after a change).
+    HealthChecks(HealthChecks),
+    /// Whether the Node object lets the node take traffic (false while it
+    /// is deleted or about to be: `crate::health`).
+    NodeEligible(bool),
 }
 
 /// A change and when its cause was noticed (for latency metrics).
@@ -60,6 +65,11 @@ pub struct Desired {
     /// What decides the node-port addresses, and the addresses it gave.
     addresses: NodeAddresses,
     chosen: BTreeSet<IpAddr>,
+    /// The health checks this node answers, as last published.
+    pub health_checks: HealthChecks,
+    /// What the Node object says of taking traffic; `None` before a source
+    /// has said.
+    pub node_eligible: Option<bool>,
     /// Whether a whole state has arrived yet (nothing is synced before).
     pub complete: bool,
     /// Frontends changed since the last sync; `None`: compare everything.
@@ -120,6 +130,8 @@ impl Desired {
                 self.addresses.local = local;
                 self.choose();
             }
+            Published::HealthChecks(checks) => self.health_checks = checks,
+            Published::NodeEligible(eligible) => self.node_eligible = Some(eligible),
         }
     }
 

@@ -3,13 +3,16 @@
 use std::collections::HashMap;
 
 use super::{Kind, ObjectRef, problem::Problems};
-use crate::model::{DesiredState, Frontend, FrontendScope, ServiceEntry};
+use crate::model::{DesiredState, Frontend, FrontendScope, HealthChecks, ServiceEntry};
 
 /// The desired state being built, and which field of which Service each
-/// frontend came from (to name the loser of a conflict).
+/// frontend came from (to name the loser of a conflict). Health check
+/// ports are not frontends: two Services with one are not a conflict
+/// here (the API server allocates them; the second cannot listen).
 #[derive(Default)]
 pub(super) struct State {
-    entries: DesiredState,
+    pub(super) entries: DesiredState,
+    pub(super) health_checks: HealthChecks,
     origins: HashMap<Frontend, String>,
     /// Entries for clients from other hosts under `externalTrafficPolicy:
     /// Local`, keyed by the every-client frontend they go with.

@@ -26,13 +26,15 @@
 //! job per submodule: `selection` (which objects this proxy serves),
 //! `slices` (`EndpointSlices` indexed by Service, validated once, joined to
 //! a port), `family` (address families and `ClusterIP`s), `external`
-//! (external and load-balancer addresses), `validate` (a Service's ports
+//! (external and load-balancer addresses), `health_check` (the
+//! `healthCheckNodePort` and the endpoints it counts), `validate` (a Service's ports
 //! and settings), `topology` (which endpoints are usable),
 //! `conflict` (two Services, one frontend) and `problem` ([`Problem`]).
 
 mod conflict;
 mod external;
 mod family;
+mod health_check;
 mod problem;
 mod selection;
 mod slices;
@@ -54,6 +56,7 @@ use self::{
     conflict::{State, insert},
     external::{External, external_addresses},
     family::{Family, cluster_ips},
+    health_check::{LocalReady, health_check_port},
     problem::{Obj, Problems},
     selection::wanted,
     slices::{SliceIndex, endpoints_for},
@@ -61,7 +64,8 @@ use self::{
     validate::{Port, first_of_its_name, namespace_and_name, ports, settings},
 };
 use crate::model::{
-    Algorithm, DesiredState, Frontend, FrontendKind, FrontendScope, ServiceEntry, ServicePortName,
+    Algorithm, DesiredState, Frontend, FrontendKind, FrontendScope, HealthCheck, HealthChecks,
+    ServiceEntry, ServiceName, ServicePortName,
 };
 
 /// Label joining an `EndpointSlice` to its Service (same namespace).
@@ -114,6 +118,8 @@ pub struct Options {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Translation {
     pub state: DesiredState,
+    /// The `healthCheckNodePort`s this node answers.
+    pub health_checks: HealthChecks,
     /// What was skipped, in the order found.
     pub problems: Vec<Problem>,
 }
@@ -148,6 +154,7 @@ pub fn translate<'a>(
         );
     }
     Translation {
+        health_checks: std::mem::take(&mut state.health_checks),
         state: state.finish(),
         problems: problems.0,
     }
@@ -203,6 +210,8 @@ fn translate_service<'a>(
     }
     let external = external_addresses(service, spec, &object, problems);
     let slices = index.for_service(namespace, name, problems);
+    let health_port = health_check_port(spec, &object, problems);
+    let mut local_ready = LocalReady::default();
     for port in &ports {
         let name = ServicePortName {
             namespace: namespace.to_owned(),
@@ -212,6 +221,9 @@ fn translate_service<'a>(
         for &cluster_ip in cluster_ips.iter().flatten() {
             let family = Family::of(cluster_ip);
             let endpoints = endpoints_for(&slices, family, port);
+            if health_port.is_some() {
+                local_ready.add(&endpoints, node);
+            }
             let internal = usable_backends(&endpoints, settings.local, node);
             let cluster_wide = if settings.local {
                 usable_backends(&endpoints, false, node)
@@ -257,6 +269,18 @@ fn translate_service<'a>(
                 );
             }
         }
+    }
+    if let Some(port) = health_port {
+        let service = ServiceName {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        let local_endpoints = local_ready.count();
+        let check = HealthCheck {
+            port,
+            local_endpoints,
+        };
+        state.health_checks.insert(service, check);
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 use k8s_openapi::api::discovery::v1::{EndpointSlice, ForNode, ForZone};
 
 use super::{
-    LABEL_SERVICE_NAME, Options,
+    LABEL_SERVICE_NAME, NodeContext, Options,
     family::Family,
     problem::{Kind, Obj, Problems},
     selection::{label, wanted},
@@ -49,6 +49,13 @@ impl Endpoint<'_> {
 
     pub(super) fn hinted_for_node(&self, node_name: &str) -> bool {
         self.node_hints.iter().any(|hint| hint.name == node_name)
+    }
+
+    /// Whether the endpoint runs on `node` (never when the node's name is
+    /// unknown).
+    pub(super) fn is_on(&self, node: &NodeContext) -> bool {
+        let node_name = node.node_name.as_deref().filter(|n| !n.is_empty());
+        node_name.is_some() && self.node_name == node_name
     }
 }
 

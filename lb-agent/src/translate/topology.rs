@@ -70,13 +70,10 @@ pub(super) fn usable_backends(
     };
     let fallback = |e: &Endpoint<'_>| e.serving && e.terminating;
     let mut backends = if local {
-        // An endpoint is local when its nodeName is this node's (never when
-        // the node's name is unknown). Topology does not apply.
-        let node_name = node.node_name.as_deref().filter(|n| !n.is_empty());
-        let is_local = |e: &Endpoint<'_>| node_name.is_some() && e.node_name == node_name;
-        let ready = pick(&|e| is_local(e) && e.ready);
+        // Only endpoints on this node; topology does not apply.
+        let ready = pick(&|e| e.is_on(node) && e.ready);
         if ready.is_empty() {
-            pick(&|e| is_local(e) && fallback(e))
+            pick(&|e| e.is_on(node) && fallback(e))
         } else {
             ready
         }

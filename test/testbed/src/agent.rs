@@ -107,6 +107,11 @@ impl Agent {
             "--metrics-addr".into(),
             metrics.to_string(),
         ]);
+        // kube-proxy's /healthz on loopback unless a test asks: a test
+        // opens no port on the machine's own addresses.
+        if !args.iter().any(|a| a.starts_with("--healthz-addr")) {
+            all.extend(["--healthz-addr".into(), "127.0.0.1:10256".into()]);
+        }
         let mut agent = Self {
             child: None,
             bin: bin.to_path_buf(),

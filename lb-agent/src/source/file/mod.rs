@@ -36,7 +36,7 @@ use k8s_openapi::api::core::v1::Node;
 use super::{Published, Publisher, Update};
 use crate::{
     metrics::{Metrics, SourceLabels},
-    model::DesiredState,
+    model::{DesiredState, HealthChecks},
     node_addresses,
     translate::{self, NodeContext, Options, Problem},
 };
@@ -130,6 +130,8 @@ pub struct Loaded {
     /// The primary addresses of this node's Node object in the file (empty
     /// without one: node ports then answer on the local addresses).
     pub node_ips: Vec<IpAddr>,
+    /// The `healthCheckNodePort`s this node answers.
+    pub health_checks: HealthChecks,
 }
 
 impl FileSource {
@@ -197,6 +199,7 @@ impl FileSource {
             Ok(Loaded {
                 state: t.state,
                 node_ips,
+                health_checks: t.health_checks,
             })
         } else {
             Err(Error::Invalid {
@@ -269,13 +272,21 @@ impl FileSource {
                         _ => tokio::task::block_in_place(|| self.load_bytes(&bytes)),
                     };
                     match result {
-                        Ok(Loaded { state, node_ips }) => {
+                        Ok(Loaded {
+                            state,
+                            node_ips,
+                            health_checks,
+                        }) => {
                             tracing::info!(path = %self.path.display(), services = state.len(), "loaded services file");
                             metrics.source_updates.get_or_create(&labels).inc();
                             metrics.source_stale.get_or_create(&labels).set(0);
                             // The node's addresses first: the node ports
                             // of the state answer on them.
-                            let updates = [Published::NodeIps(node_ips), Published::Full(state)];
+                            let updates = [
+                                Published::NodeIps(node_ips),
+                                Published::HealthChecks(health_checks),
+                                Published::Full(state),
+                            ];
                             for change in updates {
                                 if tx.send(Update { change, noticed }).is_err() {
                                     return Ok(()); // The agent is shutting down.

@@ -6,14 +6,15 @@
 use k8s_openapi::{
     api::{
         core::v1::{
-            LoadBalancerIngress, LoadBalancerStatus, Node, NodeStatus, Service, ServiceStatus,
+            LoadBalancerIngress, LoadBalancerStatus, Node, NodeSpec, NodeStatus, Service,
+            ServiceStatus, Taint,
         },
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use crate::translate;
+use crate::{health, translate};
 
 /// Name, namespace, labels (selection reads them), the annotations
 /// translation reads, and the resource version.
@@ -63,10 +64,25 @@ pub(super) fn slice(slice: &mut EndpointSlice) {
     metadata(&mut slice.metadata);
 }
 
-/// Name, labels (the zone) and the addresses (node ports answer there).
+/// Name, labels (the zone), the addresses (node ports answer there), and
+/// what says the node is going away: its deletion timestamp and the
+/// cluster autoscaler's taint (`/healthz` reports them).
 pub(super) fn node(node: &mut Node) {
+    let deletion_timestamp = node.metadata.deletion_timestamp.take();
     metadata(&mut node.metadata);
-    node.spec = None;
+    node.metadata.deletion_timestamp = deletion_timestamp;
+    let taints: Vec<Taint> = (node
+        .spec
+        .take()
+        .and_then(|s| s.taints)
+        .into_iter()
+        .flatten())
+    .filter(|t| t.key == health::TO_BE_DELETED_TAINT)
+    .collect();
+    node.spec = (!taints.is_empty()).then(|| NodeSpec {
+        taints: Some(taints),
+        ..NodeSpec::default()
+    });
     node.status = node.status.take().map(|s| NodeStatus {
         addresses: s.addresses,
         ..NodeStatus::default()
@@ -79,10 +95,11 @@ mod tests {
         core::v1::{Node, Service},
         discovery::v1::EndpointSlice,
     };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::json;
 
     use crate::{
-        node_addresses,
+        health, node_addresses,
         translate::{self, NodeContext, Options},
     };
 
@@ -144,7 +161,10 @@ mod tests {
                 "annotations": { "node.alpha.kubernetes.io/ttl": "0" },
                 "managedFields": [{ "manager": "kubelet", "operation": "Update" }],
             },
-            "spec": { "podCIDR": "10.244.0.0/24", "providerID": "p" },
+            "spec": {
+                "podCIDR": "10.244.0.0/24", "providerID": "p",
+                "taints": [{ "key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule" }],
+            },
             "status": {
                 "addresses": [
                     { "type": "InternalIP", "address": "192.0.2.1" },
@@ -209,5 +229,33 @@ mod tests {
         assert!(n.spec.is_none() && n.metadata.annotations.is_none());
         let status = n.status.as_ref().expect("status");
         assert!(status.images.is_none() && status.conditions.is_none());
+    }
+
+    /// A Node being deleted, or tainted for deletion, is still seen as
+    /// such once stripped.
+    #[test]
+    fn what_says_a_node_is_going_away_is_kept() {
+        let mut deleted = full_node();
+        deleted.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        let mut tainted = full_node();
+        let taint = typed(json!({ "key": health::TO_BE_DELETED_TAINT, "effect": "NoSchedule" }));
+        tainted
+            .spec
+            .get_or_insert_default()
+            .taints
+            .get_or_insert_default()
+            .push(taint);
+        for whole in [full_node(), deleted, tainted] {
+            let mut stripped = whole.clone();
+            super::node(&mut stripped);
+            assert_eq!(
+                health::node_eligible(&stripped),
+                health::node_eligible(&whole),
+                "{whole:?}"
+            );
+        }
+        let mut n = full_node();
+        super::node(&mut n);
+        assert!(health::node_eligible(&n), "an untainted node is eligible");
     }
 }

@@ -97,6 +97,13 @@ impl ServiceBuilder {
         self
     }
 
+    /// `spec.healthCheckNodePort`.
+    #[must_use]
+    pub(crate) fn health_check_node_port(mut self, port: i32) -> Self {
+        self.spec().health_check_node_port = Some(port);
+        self
+    }
+
     #[must_use]
     pub(crate) fn external_ips(mut self, ips: &[&str]) -> Self {
         self.spec().external_ips = Some(strings(ips));

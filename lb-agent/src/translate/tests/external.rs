@@ -142,14 +142,22 @@ fn source_ranges_make_the_vips_of_their_family_for_other_hosts_only() {
         ]
     );
     let ranges = |f: &str| -> Vec<String> {
-        entry(&t, f).source_ranges.iter().map(ToString::to_string).collect()
+        entry(&t, f)
+            .source_ranges
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     };
     // Sorted, truncated to their prefixes, of the VIP's family only.
     assert_eq!(
         ranges("198.51.100.7:80/TCP (from other hosts)"),
         ["192.0.2.0/25", "203.0.113.0/24"]
     );
-    for other in ["192.0.2.10:80/TCP", "[2001:db8::7]:80/TCP", "10.0.0.1:80/TCP"] {
+    for other in [
+        "192.0.2.10:80/TCP",
+        "[2001:db8::7]:80/TCP",
+        "10.0.0.1:80/TCP",
+    ] {
         assert!(ranges(other).is_empty(), "{other}");
     }
 }

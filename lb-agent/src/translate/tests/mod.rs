@@ -4,6 +4,7 @@
 mod conditions;
 mod external;
 mod generated;
+mod health_check;
 mod join;
 mod problems;
 mod services;
