@@ -29,9 +29,9 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            tcp: Duration::from_secs(6 * 3600),
+            tcp: Duration::from_hours(6),
             tcp_closing: Duration::from_secs(10),
-            udp: Duration::from_secs(60),
+            udp: Duration::from_mins(1),
         }
     }
 }
@@ -62,7 +62,11 @@ pub fn reply_key(key: &CtKey, fwd: &CtValue) -> CtKey {
 
 /// The entries to remove at `now_ns` (`CLOCK_MONOTONIC`).
 #[must_use]
-pub fn expired(entries: &HashMap<CtKey, CtValue>, now_ns: u64, t: &Timeouts) -> Vec<CtKey> {
+pub fn expired<S: std::hash::BuildHasher>(
+    entries: &HashMap<CtKey, CtValue, S>,
+    now_ns: u64,
+    t: &Timeouts,
+) -> Vec<CtKey> {
     let idle_past =
         |last: u64, limit: Duration| u128::from(now_ns.saturating_sub(last)) > limit.as_nanos();
     let limit = |p: u8, flags: u8| {

@@ -69,7 +69,7 @@ pub(super) fn read(layout: &PinLayout, flows: bool) -> Result<TcListing, Error> 
     let mut out = TcListing::default();
     if layout.map(map_names::DEVICES).exists() {
         let devices: HashMap<MapData, u32, Device> = open_pinned(&layout.map(map_names::DEVICES))?;
-        for item in devices.iter() {
+        for item in &devices {
             let (ifindex, d) =
                 item.map_err(|source| Error::map("read", map_names::DEVICES, source))?;
             out.devices.push(device_row(ifindex, &d));
@@ -92,7 +92,7 @@ pub(super) fn read(layout: &PinLayout, flows: bool) -> Result<TcListing, Error> 
             let ct: HashMap<MapData, CtKey, CtValue> =
                 open_pinned(&layout.map(map_names::CONNTRACK))?;
             let now = monotonic_ns();
-            for item in ct.iter() {
+            for item in &ct {
                 // An entry evicted while we walk the map is simply gone.
                 let Ok((k, v)) = item else { continue };
                 rows.push(flow_row(&k, &v, now));

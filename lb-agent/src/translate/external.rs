@@ -31,9 +31,10 @@ pub(super) struct External {
 /// `spec.externalIPs`, then the VIPs of the load balancer. Each address
 /// that the API server would reject is a problem and skipped.
 ///
-/// A load-balancer address is left out when
-/// - its `ipMode` is `Proxy`: the load balancer proxies to the nodes, so
-///   traffic to it must reach the load balancer (kube-proxy's `IsVIPMode`);
+/// A load-balancer address is left out when its `ipMode` is `Proxy`: the
+/// load balancer proxies to the nodes, so traffic to it must reach the load
+/// balancer (kube-proxy's `IsVIPMode`).
+///
 /// A VIP of a family that has `loadBalancerSourceRanges` carries them:
 /// whether a connection is allowed depends on its source address, which a
 /// socket hook does not know before the connection is routed, so only the

@@ -45,7 +45,10 @@ mod tests;
 mod topology;
 mod validate;
 
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+};
 
 use ipnet::IpNet;
 
@@ -61,7 +64,7 @@ use self::{
     selection::wanted,
     slices::{SliceIndex, endpoints_for},
     topology::usable_backends,
-    validate::{Port, first_of_its_name, namespace_and_name, ports, settings},
+    validate::{Port, Settings, first_of_its_name, namespace_and_name, ports, settings},
 };
 use crate::model::{
     Algorithm, DesiredState, Frontend, FrontendKind, FrontendScope, HealthCheck, HealthChecks,
@@ -225,49 +228,19 @@ fn translate_service<'a>(
                 local_ready.add(&endpoints, node);
             }
             let internal = usable_backends(&endpoints, settings.local, node);
-            let cluster_wide = if settings.local {
-                usable_backends(&endpoints, false, node)
-            } else {
-                internal.clone()
+            let backends = PortBackends {
+                cluster_wide: if settings.local {
+                    usable_backends(&endpoints, false, node)
+                } else {
+                    internal.clone()
+                },
+                internal,
+                node_local: settings
+                    .external_local
+                    .then(|| usable_backends(&endpoints, true, node)),
             };
-            let node_local = settings
-                .external_local
-                .then(|| usable_backends(&endpoints, true, node));
             let frontends = frontends_of(port, cluster_ip, &external);
-            for (frontend, kind, field, source_ranges) in frontends {
-                let entry = |backends| ServiceEntry {
-                    name: name.clone(),
-                    kind,
-                    algorithm: settings.algorithm,
-                    affinity_timeout_s: settings.affinity_timeout_s,
-                    backends,
-                    source_ranges: source_ranges.to_vec(),
-                };
-                if kind == FrontendKind::ClusterIP {
-                    insert(state, frontend, entry(internal.clone()), field, problems);
-                    continue;
-                }
-                if !source_ranges.is_empty() {
-                    // For clients from other hosts only (see `External`).
-                    let backends = node_local.as_ref().unwrap_or(&cluster_wide);
-                    let frontend = Frontend {
-                        scope: FrontendScope::External,
-                        ..frontend
-                    };
-                    insert(state, frontend, entry(backends.clone()), field, problems);
-                    continue;
-                }
-                if let Some(local) = &node_local {
-                    state.scoped(frontend, entry(local.clone()));
-                }
-                insert(
-                    state,
-                    frontend,
-                    entry(cluster_wide.clone()),
-                    field,
-                    problems,
-                );
-            }
+            insert_frontends(state, problems, &name, &settings, &backends, frontends);
         }
     }
     if let Some(port) = health_port {
@@ -281,6 +254,68 @@ fn translate_service<'a>(
             local_endpoints,
         };
         state.health_checks.insert(service, check);
+    }
+}
+
+/// The usable endpoints of one port of a Service in one family, for each
+/// kind of client.
+struct PortBackends {
+    /// For the `ClusterIP` (`internalTrafficPolicy`).
+    internal: Vec<SocketAddr>,
+    /// For the external addresses.
+    cluster_wide: Vec<SocketAddr>,
+    /// For the external addresses from other hosts, under
+    /// `externalTrafficPolicy: Local`.
+    node_local: Option<Vec<SocketAddr>>,
+}
+
+/// Adds the entries of one port's frontends: the cluster-wide endpoints for
+/// every client, and where clients from other hosts get something else
+/// (`externalTrafficPolicy: Local`, source ranges) an entry for them.
+fn insert_frontends(
+    state: &mut State,
+    problems: &mut Problems,
+    name: &ServicePortName,
+    settings: &Settings,
+    backends: &PortBackends,
+    frontends: Vec<(Frontend, FrontendKind, String, &[IpNet])>,
+) {
+    for (frontend, kind, field, source_ranges) in frontends {
+        let entry = |backends: &Vec<SocketAddr>| ServiceEntry {
+            name: name.clone(),
+            kind,
+            algorithm: settings.algorithm,
+            affinity_timeout_s: settings.affinity_timeout_s,
+            backends: backends.clone(),
+            source_ranges: source_ranges.to_vec(),
+        };
+        if kind == FrontendKind::ClusterIP {
+            insert(state, frontend, entry(&backends.internal), field, problems);
+            continue;
+        }
+        if !source_ranges.is_empty() {
+            // For clients from other hosts only (see `External`).
+            let chosen = backends
+                .node_local
+                .as_ref()
+                .unwrap_or(&backends.cluster_wide);
+            let frontend = Frontend {
+                scope: FrontendScope::External,
+                ..frontend
+            };
+            insert(state, frontend, entry(chosen), field, problems);
+            continue;
+        }
+        if let Some(local) = &backends.node_local {
+            state.scoped(frontend, entry(local));
+        }
+        insert(
+            state,
+            frontend,
+            entry(&backends.cluster_wide),
+            field,
+            problems,
+        );
     }
 }
 
