@@ -81,7 +81,7 @@ struct RunArgs {
     /// Address for kube-proxy's /healthz and /livez (what load balancers
     /// and probes ask a node); `none` (or "") serves neither.
     #[arg(long, value_name = "ADDR|none", default_value = "0.0.0.0:10256", value_parser = parse_optional_addr)]
-    healthz_addr: Option<SocketAddr>,
+    healthz_addr: OptionalAddr,
     /// This node's name, for `internalTrafficPolicy: Local` and topology hints.
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     node_name: Option<String>,
@@ -190,7 +190,7 @@ fn dispatch(command: Command) -> Result<()> {
                 bpffs: a.bpffs,
                 algorithm: a.algorithm,
                 metrics_addr: a.metrics_addr,
-                healthz_addr: a.healthz_addr,
+                healthz_addr: a.healthz_addr.0,
                 capacity: Capacity {
                     services: a.max_services,
                     backends: a.max_backends,
@@ -243,10 +243,15 @@ fn dispatch(command: Command) -> Result<()> {
 }
 
 /// An address, or `none` (or an empty value) for no address.
-fn parse_optional_addr(text: &str) -> Result<Option<SocketAddr>, String> {
+/// An address, or none (`none` or empty on the command line). A type of its
+/// own: clap reads an `Option` field as "the flag may be absent".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct OptionalAddr(Option<SocketAddr>);
+
+fn parse_optional_addr(text: &str) -> Result<OptionalAddr, String> {
     match text {
-        "" | "none" => Ok(None),
-        _ => text.parse().map(Some).map_err(|e| {
+        "" | "none" => Ok(OptionalAddr(None)),
+        _ => text.parse().map(|a| OptionalAddr(Some(a))).map_err(|e| {
             format!("{e}: expected an address such as 0.0.0.0:10256 or [::]:10256, or none")
         }),
     }
@@ -260,5 +265,45 @@ fn write_stdout(text: &str) -> Result<()> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         result => Ok(result?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Command, OptionalAddr};
+
+    fn run_args(extra: &[&str]) -> Box<super::RunArgs> {
+        let args = [&["lb-agent", "run"][..], extra].concat();
+        match Cli::try_parse_from(args).expect("parses").command {
+            Command::Run(a) => a,
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn every_run_flag_parses_into_its_field() {
+        assert_eq!(
+            run_args(&[]).healthz_addr,
+            OptionalAddr(Some("0.0.0.0:10256".parse().expect("addr")))
+        );
+        assert_eq!(
+            run_args(&["--healthz-addr", "none"]).healthz_addr,
+            OptionalAddr(None)
+        );
+        let a = run_args(&[
+            "--healthz-addr",
+            "127.0.0.1:10256",
+            "--devices",
+            "eth0,eth1",
+            "--tc-attach",
+            "clsact",
+            "--max-flows",
+            "1024",
+        ]);
+        assert_eq!(a.healthz_addr.0.map(|s| s.port()), Some(10256));
+        assert_eq!(a.max_flows, 1024);
+        assert!(Cli::try_parse_from(["lb-agent", "run", "--devices", "a/b"]).is_err());
     }
 }
