@@ -451,6 +451,13 @@ struct Chosen {
 /// flow in both directions, translate.
 #[inline(never)]
 fn new_flow(ctx: &TcContext, s: &mut Scratch) -> i32 {
+    // Only a SYN starts a TCP flow: a segment of a connection this node
+    // did not see begin (one kube-proxy's conntrack carries while the
+    // agent takes over, say) is left to the stack rather than sent to a
+    // backend that never heard of it.
+    if s.p.proto == proto::TCP && !s.p.is_syn() {
+        return OK;
+    }
     let chosen = match choose(s) {
         Ok(c) => c,
         Err(verdict) => return verdict,
