@@ -279,13 +279,14 @@ impl Packet {
         } else {
             0
         };
-        if self.v6 {
-            rewrite_addr6(ctx, csum, mangled, &self.saddr, &to.saddr, IP6_SADDR)?;
-            rewrite_addr6(ctx, csum, mangled, &self.daddr, &to.daddr, IP6_DADDR)?;
+        let (src_at, dst_at) = if self.v6 {
+            (IP6_SADDR, IP6_DADDR)
         } else {
-            rewrite_addr4(ctx, csum, mangled, &self.saddr, &to.saddr, IP4_SADDR)?;
-            rewrite_addr4(ctx, csum, mangled, &self.daddr, &to.daddr, IP4_DADDR)?;
-        }
+            (IP4_SADDR, IP4_DADDR)
+        };
+        let how = (self.v6, csum, mangled);
+        rewrite_addr(ctx, how, &self.saddr, &to.saddr, src_at)?;
+        rewrite_addr(ctx, how, &self.daddr, &to.daddr, dst_at)?;
         if self.sport_be != to.sport_be {
             ctx.l4_csum_replace(
                 csum,
@@ -308,13 +309,12 @@ impl Packet {
     }
 }
 
-/// One IPv4 address: the IP header checksum and the TCP/UDP one (whose
-/// pseudo-header holds the address).
+/// One address: the TCP/UDP checksum, whose pseudo-header holds it, and
+/// for IPv4 the IP header checksum (IPv6 has none).
 #[inline(always)]
-fn rewrite_addr4(
+fn rewrite_addr(
     ctx: &TcContext,
-    csum: usize,
-    mangled: u64,
+    (v6, csum, mangled): (bool, usize, u64),
     old: &[u8; 16],
     new: &[u8; 16],
     at: usize,
@@ -322,38 +322,25 @@ fn rewrite_addr4(
     if same(old, new) {
         return Ok(());
     }
-    let (old, new) = (lb_common::addr::v4_be(old), lb_common::addr::v4_be(new));
-    ctx.l3_csum_replace(ETH_HLEN + IP4_CSUM, u64::from(old), u64::from(new), 4)?;
-    let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled | 4;
-    ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags)?;
-    ctx.store(ETH_HLEN + at, &new, 0)
-}
-
-/// One IPv6 address (no IP header checksum; the TCP/UDP one by the
-/// difference of the two addresses).
-#[inline(always)]
-fn rewrite_addr6(
-    ctx: &TcContext,
-    csum: usize,
-    mangled: u64,
-    old: &[u8; 16],
-    new: &[u8; 16],
-    at: usize,
-) -> Result<(), i64> {
-    if same(old, new) {
-        return Ok(());
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR) | mangled;
+    if v6 {
+        let mut from = lb_common::addr::words(old);
+        let mut into = lb_common::addr::words(new);
+        // SAFETY: two 16-byte stack buffers, sizes as given.
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, into.as_mut_ptr(), 16, 0) };
+        if diff < 0 {
+            return Err(diff);
+        }
+        // Size 0 in the flags: `to` is a checksum difference.
+        #[expect(clippy::cast_sign_loss, reason = "checked non-negative")]
+        ctx.l4_csum_replace(csum, 0, diff as u64, pseudo)?;
+        ctx.store(ETH_HLEN + at, new, 0)
+    } else {
+        let (old, new) = (lb_common::addr::v4_be(old), lb_common::addr::v4_be(new));
+        ctx.l3_csum_replace(ETH_HLEN + IP4_CSUM, u64::from(old), u64::from(new), 4)?;
+        ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), pseudo | 4)?;
+        ctx.store(ETH_HLEN + at, &new, 0)
     }
-    let mut from = lb_common::addr::words(old);
-    let mut into = lb_common::addr::words(new);
-    // SAFETY: two 16-byte stack buffers, sizes as given.
-    let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, into.as_mut_ptr(), 16, 0) };
-    if diff < 0 {
-        return Err(diff);
-    }
-    // Size 0 in the flags: `to` is a checksum difference.
-    #[expect(clippy::cast_sign_loss, reason = "checked non-negative")]
-    ctx.l4_csum_replace(csum, 0, diff as u64, u64::from(BPF_F_PSEUDO_HDR) | mangled)?;
-    ctx.store(ETH_HLEN + at, new, 0)
 }
 
 /// Rewrites a packet by `s.to` and sends it on: to the stack when its

@@ -10,9 +10,28 @@ use crate::{
     model::{FrontendKind, FrontendScope},
     translate::Options,
     translate::testing::{
-        Metadata as _, PortFields as _, endpoint, port, ready, service, terminating,
+        Metadata as _, PortFields as _, SliceBuilder, endpoint, port, ready, service, terminating,
     },
 };
+
+/// The external addresses of [`web_lb`]'s port (the node port as its
+/// placeholder).
+const WEB_LB_EXTERNAL: [&str; 3] = [
+    "0.0.0.0:30080/TCP",
+    "192.0.2.10:80/TCP",
+    "198.51.100.7:80/TCP",
+];
+
+/// One endpoint of `web` on node-1 (this node in `run`), one on node-2.
+fn one_here_one_there() -> [SliceBuilder; 1] {
+    [web_slice(
+        "web-1",
+        [
+            endpoint("10.1.0.1").node("node-1"),
+            endpoint("10.1.0.2").node("node-2"),
+        ],
+    )]
+}
 
 /// `web` of type LoadBalancer: node port 30080, an external IP, a VIP.
 fn web_lb() -> crate::translate::testing::ServiceBuilder {
@@ -195,13 +214,7 @@ fn each_family_gets_its_own_node_port_and_addresses() {
 
 #[test]
 fn external_addresses_use_the_cluster_wide_endpoints_whatever_the_policies() {
-    let slices = [web_slice(
-        "web-1",
-        [
-            endpoint("10.1.0.1").node("node-1"),
-            endpoint("10.1.0.2").node("node-2"),
-        ],
-    )];
+    let slices = one_here_one_there();
     // internalTrafficPolicy: Local governs the ClusterIP only
     // (UsesClusterEndpoints is true for an externally accessible port);
     // externalTrafficPolicy: Local is short-circuited for clients on the
@@ -226,11 +239,7 @@ fn external_addresses_use_the_cluster_wide_endpoints_whatever_the_policies() {
             cluster_ip,
             "{internal}/{external}"
         );
-        for external_address in [
-            "0.0.0.0:30080/TCP",
-            "192.0.2.10:80/TCP",
-            "198.51.100.7:80/TCP",
-        ] {
+        for external_address in WEB_LB_EXTERNAL {
             assert_eq!(
                 backends(&t, external_address),
                 ["10.1.0.1:8080", "10.1.0.2:8080"],
@@ -242,20 +251,10 @@ fn external_addresses_use_the_cluster_wide_endpoints_whatever_the_policies() {
 
 #[test]
 fn external_local_adds_this_nodes_endpoints_for_clients_from_other_hosts() {
-    let slices = [web_slice(
-        "web-1",
-        [
-            endpoint("10.1.0.1").node("node-1"),
-            endpoint("10.1.0.2").node("node-2"),
-        ],
-    )];
+    let slices = one_here_one_there();
     let t = run(&[web_lb().external_traffic_policy("Local")], &slices);
     assert_clean(&t);
-    for external_address in [
-        "0.0.0.0:30080/TCP",
-        "192.0.2.10:80/TCP",
-        "198.51.100.7:80/TCP",
-    ] {
+    for external_address in WEB_LB_EXTERNAL {
         // Clients on the node: every endpoint (the short circuit).
         assert_eq!(
             backends(&t, external_address),
