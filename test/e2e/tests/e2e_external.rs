@@ -32,6 +32,8 @@ use serde_json::Value;
 
 const NODE_PORT: u16 = 30_080;
 const NODE_PORT_UDP: u16 = 30_090;
+/// `spec.healthCheckNodePort` of the `externalTrafficPolicy: Local` tests.
+const HEALTH_CHECK_PORT: u16 = 32_000;
 /// An external IP and a load-balancer IP, in the ranges the client routes
 /// to node-a (`two_nodes::VIPS4`, `VIPS6`).
 const EXTERNAL_IP: &str = "10.97.0.10";
@@ -296,6 +298,31 @@ fn local_policy_uses_local_endpoints_keeps_the_client_address_and_drops_elsewher
     assert_dropped(world.b.addr4(NODE_PORT));
     assert_dropped(world.b.addr6(NODE_PORT));
     assert_eq!(answers(world.a.addr4(NODE_PORT), 2).len(), 2);
+}
+
+/// A load balancer checks `healthCheckNodePort` to send only to nodes with
+/// local endpoints: kube-proxy answers 200 and the count of local
+/// endpoints there, 503 on a node without one.
+#[test]
+#[ignore = "needs the healthCheckNodePort server (issue 12)"]
+fn health_check_node_port_answers_200_with_local_endpoints_and_503_without() {
+    let world = running(2, |world| {
+        let mut items = web(
+            "LoadBalancer",
+            "Local",
+            &endpoints(world, &["pod-a1", "pod-a2"]),
+        );
+        items[0]["spec"]["healthCheckNodePort"] = HEALTH_CHECK_PORT.into();
+        items
+    });
+    let (status, body) = client::http_get(world.a.addr4(HEALTH_CHECK_PORT), "/")
+        .expect("node-a's health check port");
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("kube-proxy's JSON answer");
+    assert_eq!(body["localEndpoints"], 2, "{body}");
+    let (status, body) = client::http_get(world.b.addr4(HEALTH_CHECK_PORT), "/")
+        .expect("node-b's health check port");
+    assert_eq!(status, 503, "{body}");
 }
 
 /// External and load-balancer IPs, routed to node-a by the client, are

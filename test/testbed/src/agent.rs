@@ -111,17 +111,10 @@ impl Agent {
         agent
     }
 
-    /// [`Agent::start`] in the network namespace called `netns` (also
+    /// [`Agent::spawn_bin`] in the network namespace called `netns` (also
     /// after a restart); its metrics address is that namespace's.
-    pub fn start_in(netns: &str, cgroup: &Path, args: &[&str]) -> Self {
-        let mut agent = Self::spawn_in(netns, cgroup, args);
-        agent.wait_ready();
-        agent
-    }
-
-    /// [`Agent::spawn`] in the network namespace called `netns`.
-    pub fn spawn_in(netns: &str, cgroup: &Path, args: &[&str]) -> Self {
-        Self::spawn_with(&bin(), Some(netns), cgroup, args)
+    pub fn spawn_bin_in(bin: &Path, netns: &str, cgroup: &Path, args: &[&str]) -> Self {
+        Self::spawn_with(bin, Some(netns), cgroup, args)
     }
 
     /// [`Agent::spawn`] with the agent binary at `bin`.

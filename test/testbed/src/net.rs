@@ -39,20 +39,27 @@ impl Netns {
         netns_path(&self.name)
     }
 
-    /// Sets sysctls (`net.ipv4.ip_forward=1`, ...) in this namespace.
-    pub fn sysctl(&self, settings: &[&str]) {
-        let out = self
-            .command("sysctl")
-            .arg("-qw")
-            .args(settings)
-            .output()
-            .expect("run sysctl");
-        assert!(
-            out.status.success(),
-            "sysctl {settings:?} in {}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+    /// Sets sysctls (`("net.ipv4.ip_forward", "1")`, ...) of this
+    /// namespace, from a thread inside it (`/proc/sys/net` is the calling
+    /// thread's namespace's); no `sysctl` program needed.
+    pub fn sysctl(&self, settings: &[(&str, &str)]) {
+        let settings: Vec<(PathBuf, String)> = settings
+            .iter()
+            .map(|(key, value)| {
+                let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+                (path, (*value).to_owned())
+            })
+            .collect();
+        let name = self.name.clone();
+        spawn_in(&self.path(), move || {
+            for (path, value) in settings {
+                fs::write(&path, &value).unwrap_or_else(|e| {
+                    panic!("write {value} to {} in {name}: {e}", path.display())
+                });
+            }
+        })
+        .join()
+        .expect("sysctl thread");
     }
 
     /// `program` run in this namespace and nothing else: unlike `ip netns

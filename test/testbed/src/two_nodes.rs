@@ -31,13 +31,13 @@
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use serde_json::Value;
 
 use super::{
-    agent::Agent,
+    agent::{self, Agent},
     apiserver::{self, ApiServer},
     cluster::{Cluster, Node, Pod, Subnet},
     manifests::{self, Endpoint, ready},
@@ -90,7 +90,10 @@ impl ClusterNode {
         let node = Node::with_subnet(Netns::new(name), pods_subnet);
         let (ip4, ip6) = UNDERLAY.host(index);
         underlay.plug(&node, name, ip4, Some(ip6));
-        node.sysctl(&["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
+        node.sysctl(&[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+        ]);
         Self {
             name,
             ip4,
@@ -264,7 +267,7 @@ impl TwoNodes {
 
     /// Starts `node`'s agent and waits until it is ready.
     pub fn agent(&self, node: &ClusterNode, extra: &[&str]) -> Agent {
-        let mut agent = self.spawn_agent(node, extra);
+        let mut agent = self.spawn_agent(&agent::bin(), node, extra);
         agent.wait_ready();
         agent
     }
@@ -272,16 +275,21 @@ impl TwoNodes {
     /// Starts both agents at once and waits until both are ready:
     /// node-a's, node-b's.
     pub fn agents(&self, extra: &[&str]) -> [Agent; 2] {
-        let mut agents = self.nodes().map(|node| self.spawn_agent(node, extra));
+        self.agents_bin(&agent::bin(), extra)
+    }
+
+    /// [`TwoNodes::agents`] with the agent binary at `bin`.
+    pub fn agents_bin(&self, bin: &Path, extra: &[&str]) -> [Agent; 2] {
+        let mut agents = self.nodes().map(|node| self.spawn_agent(bin, node, extra));
         for agent in &mut agents {
             agent.wait_ready();
         }
         agents
     }
 
-    fn spawn_agent(&self, node: &ClusterNode, extra: &[&str]) -> Agent {
+    fn spawn_agent(&self, bin: &Path, node: &ClusterNode, extra: &[&str]) -> Agent {
         let args = self.agent_args(node, extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Agent::spawn_in(&node.netns().name, &node.cgroup.path, &args)
+        Agent::spawn_bin_in(bin, &node.netns().name, &node.cgroup.path, &args)
     }
 }
