@@ -13,7 +13,11 @@ use nix::{
     unistd::Pid,
 };
 
-use super::{client::http_get, unique, wait_for};
+use super::{
+    client::http_get,
+    net::{in_netns, netns_path, spawn_in},
+    unique, wait_for,
+};
 
 /// The agent binary: `LB_AGENT_BIN` (VM runs, benchmarks), else the one
 /// cargo built beside the running test (`target/<profile>/lb-agent`; `cargo
@@ -60,6 +64,17 @@ pub fn run_cli(args: &[&str]) -> Output {
         .expect("run lb-agent")
 }
 
+/// `http_get` from the network namespace `netns` (`None`: this thread's).
+fn get_in(netns: Option<&str>, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let Some(netns) = netns else {
+        return http_get(addr, path);
+    };
+    let path = path.to_owned();
+    spawn_in(&netns_path(netns), move || http_get(addr, &path))
+        .join()
+        .expect("GET thread")
+}
+
 /// A running agent with its own pin directory, cleaned up on drop.
 pub struct Agent {
     child: Option<Child>,
@@ -67,6 +82,9 @@ pub struct Agent {
     pub bpffs: PathBuf,
     pub metrics: SocketAddr,
     pub log: PathBuf,
+    /// The network namespace it runs in (by name); `None`: the one of the
+    /// thread that started it.
+    netns: Option<String>,
     args: Vec<String>,
     starts: u32,
     _dir: tempfile::TempDir,
@@ -93,8 +111,18 @@ impl Agent {
         agent
     }
 
+    /// [`Agent::spawn_bin`] in the network namespace called `netns` (also
+    /// after a restart); its metrics address is that namespace's.
+    pub fn spawn_bin_in(bin: &Path, netns: &str, cgroup: &Path, args: &[&str]) -> Self {
+        Self::spawn_with(bin, Some(netns), cgroup, args)
+    }
+
     /// [`Agent::spawn`] with the agent binary at `bin`.
     pub fn spawn_bin(bin: &Path, cgroup: &Path, args: &[&str]) -> Self {
+        Self::spawn_with(bin, None, cgroup, args)
+    }
+
+    fn spawn_with(bin: &Path, netns: Option<&str>, cgroup: &Path, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("lb-test-"));
         let metrics: SocketAddr = "127.0.0.1:9464".parse().expect("addr");
@@ -118,6 +146,7 @@ impl Agent {
             bpffs,
             metrics,
             log: dir.path().join("agent.log"),
+            netns: netns.map(str::to_owned),
             args: all,
             starts: 0,
             _dir: dir,
@@ -132,7 +161,11 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("open agent log");
-        let child = Command::new(&self.bin)
+        let mut command = match &self.netns {
+            Some(netns) => in_netns(netns, &self.bin),
+            None => Command::new(&self.bin),
+        };
+        let child = command
             .arg("run")
             .args(&self.args)
             .env("RUST_LOG", "info")
@@ -146,7 +179,7 @@ impl Agent {
 
     /// Waits for `/readyz` to answer 200.
     pub fn wait_ready(&mut self) {
-        let metrics = self.metrics;
+        let (netns, metrics) = (self.netns.clone(), self.metrics);
         let mut exited = None;
         wait_for("the agent to be ready", Duration::from_secs(30), || {
             if let Some(status) = self
@@ -157,7 +190,7 @@ impl Agent {
                 exited = Some(status);
                 return true;
             }
-            matches!(http_get(metrics, "/readyz"), Ok((200, _)))
+            matches!(get_in(netns.as_deref(), metrics, "/readyz"), Ok((200, _)))
         });
         if let Some(status) = exited {
             panic!(
@@ -174,7 +207,12 @@ impl Agent {
 
     /// `/metrics` text.
     pub fn metrics(&self) -> String {
-        http_get(self.metrics, "/metrics").expect("GET /metrics").1
+        self.get("/metrics").expect("GET /metrics").1
+    }
+
+    /// GET `path` from the metrics address, in the agent's namespace.
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        get_in(self.netns.as_deref(), self.metrics, path)
     }
 
     /// The value of an unlabelled metric line `NAME VALUE`.

@@ -125,6 +125,9 @@ pub struct Options {
     pub bookmark_interval: Duration,
     /// Bearer token required from clients; `None` accepts anyone.
     pub token: Option<String>,
+    /// The address to listen on, in the network namespace of the thread
+    /// that starts (and restarts) the server.
+    pub address: Ipv4Addr,
 }
 
 impl Default for Options {
@@ -133,6 +136,7 @@ impl Default for Options {
             history: DEFAULT_HISTORY,
             bookmark_interval: Duration::from_secs(1),
             token: Some(TOKEN.to_owned()),
+            address: Ipv4Addr::LOCALHOST,
         }
     }
 }
@@ -209,7 +213,7 @@ impl fmt::Display for RequestRecord {
 /// Dropping it stops the server.
 pub struct ApiServer {
     shared: Arc<Shared>,
-    port: u16,
+    addr: SocketAddr,
     running: Mutex<Option<Running>>,
 }
 
@@ -220,12 +224,13 @@ impl ApiServer {
         Self::start_with(Options::default())
     }
 
-    /// Starts a server on `127.0.0.1` with an ephemeral port.
+    /// Starts a server on `options.address` with an ephemeral port.
     pub fn start_with(options: Options) -> io::Result<Self> {
         let Options {
             history,
             bookmark_interval,
             token,
+            address,
         } = options;
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new(default_types(), history)),
@@ -238,21 +243,21 @@ impl ApiServer {
             counters: Counters::default(),
             requests: Mutex::new(Vec::new()),
         });
-        let (port, running) = Running::spawn(Arc::clone(&shared), 0)?;
+        let (addr, running) = Running::spawn(Arc::clone(&shared), (address, 0).into())?;
         Ok(Self {
             shared,
-            port,
+            addr,
             running: Mutex::new(Some(running)),
         })
     }
 
-    /// `http://127.0.0.1:PORT`; stays the same across [`Self::restart`].
+    /// `http://ADDRESS:PORT`; stays the same across [`Self::restart`].
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.addr)
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
     }
 
     /// A kubeconfig naming this server and a token user.
@@ -428,7 +433,7 @@ impl ApiServer {
     /// first if running).
     pub fn restart(&self) -> io::Result<()> {
         self.stop();
-        let (_, running) = Running::spawn(Arc::clone(&self.shared), self.port)?;
+        let (_, running) = Running::spawn(Arc::clone(&self.shared), self.addr)?;
         *lock(&self.running) = Some(running);
         Ok(())
     }
@@ -1400,11 +1405,12 @@ struct Running {
 }
 
 impl Running {
-    /// Binds `127.0.0.1:port` and serves on a thread of its own with its own
-    /// runtime. Returns the bound port.
-    fn spawn(shared: Arc<Shared>, port: u16) -> io::Result<(u16, Self)> {
-        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<u16>>();
+    /// Binds `addr` (port 0: an ephemeral one) and serves on a thread of
+    /// its own with its own runtime. Returns the bound address.
+    fn spawn(shared: Arc<Shared>, addr: SocketAddr) -> io::Result<(SocketAddr, Self)> {
+        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<SocketAddr>>();
         let (stop, stop_rx) = oneshot::channel::<()>();
+        let port = addr.port();
         let thread = thread::Builder::new()
             .name(format!("apiserver:{port}"))
             .spawn(move || {
@@ -1419,14 +1425,14 @@ impl Running {
                     }
                 };
                 runtime.block_on(async move {
-                    let listener = match bind(port).await {
+                    let listener = match bind(addr).await {
                         Ok(listener) => listener,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
                             return;
                         }
                     };
-                    let _ = ready_tx.send(listener.local_addr().map(|addr| addr.port()));
+                    let _ = ready_tx.send(listener.local_addr());
                     let router = Router::new().fallback(handle).with_state(shared);
                     tokio::select! {
                         result = axum::serve(listener, router).into_future() => {
@@ -1442,7 +1448,7 @@ impl Running {
                 drop(runtime);
             })?;
         match ready_rx.recv() {
-            Ok(Ok(port)) => Ok((port, Self { stop, thread })),
+            Ok(Ok(addr)) => Ok((addr, Self { stop, thread })),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -1467,8 +1473,7 @@ impl Running {
 
 /// Binds with `SO_REUSEADDR` (so that a restart can take the port back from
 /// connections in `TIME_WAIT`), retrying a busy port for a while.
-async fn bind(port: u16) -> io::Result<TcpListener> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let attempt = (|| {
@@ -1480,7 +1485,7 @@ async fn bind(port: u16) -> io::Result<TcpListener> {
         match attempt {
             Err(e)
                 if e.kind() == io::ErrorKind::AddrInUse
-                    && port != 0
+                    && addr.port() != 0
                     && Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(50)).await;

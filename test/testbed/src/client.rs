@@ -6,6 +6,8 @@ use std::{
     time::Duration,
 };
 
+use super::cluster::Echo;
+
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What a TCP client saw.
@@ -19,8 +21,14 @@ pub struct Reply {
 
 /// Connects, reads the reply to EOF.
 pub fn tcp(addr: SocketAddr) -> io::Result<Reply> {
-    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
+    tcp_within(addr, TIMEOUT)
+}
+
+/// [`tcp`], giving up on the connection and on the reply after `timeout`
+/// each: a dropped SYN is `TimedOut` after `timeout`.
+pub fn tcp_within(addr: SocketAddr, timeout: Duration) -> io::Result<Reply> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
     let peer = s.peer_addr()?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
@@ -58,6 +66,27 @@ pub fn udp_unconnected(addr: SocketAddr) -> io::Result<(String, SocketAddr)> {
     let mut buf = [0u8; 256];
     let (n, from) = s.recv_from(&mut buf)?;
     Ok((String::from_utf8_lossy(&buf[..n]).trim().to_owned(), from))
+}
+
+/// A TCP request to a pod's [`crate::cluster::POD_ECHO_PORT`] (or a service
+/// translated to it): which pod answered and the source it saw.
+pub fn tcp_echo(addr: SocketAddr) -> io::Result<Echo> {
+    parse_echo(&tcp(addr)?.body)
+}
+
+/// [`tcp_echo`] over unconnected UDP; the reply must come from `addr`.
+pub fn udp_echo(addr: SocketAddr) -> io::Result<Echo> {
+    let (body, from) = udp_unconnected(addr)?;
+    if from != addr {
+        return Err(io::Error::other(format!(
+            "the reply came from {from}, not from {addr}"
+        )));
+    }
+    parse_echo(&body)
+}
+
+fn parse_echo(body: &str) -> io::Result<Echo> {
+    Echo::parse(body).ok_or_else(|| io::Error::other(format!("not an echo answer: {body:?}")))
 }
 
 fn unspecified(addr: SocketAddr) -> SocketAddr {

@@ -1,10 +1,12 @@
 //! A one-node "cluster" in network namespaces: a [`Node`] (a namespace with
 //! a bridge) and pods (each its own namespace, joined to the bridge by a
 //! veth pair) running servers that answer with the pod's name. The bench
-//! builds its own world on [`Node`] too.
+//! and the two-node world ([`crate::two_nodes`]) are built on [`Node`] and
+//! [`Cluster`] too.
 //!
-//! Addresses: node bridge `10.200.0.1/24` and `fd00:200::1/64`; pod `i`
-//! (from 1) `10.200.0.(10+i)` and `fd00:200::(10+i)`.
+//! Addresses ([`Subnet::ONE_NODE`]): node bridge `10.200.0.1/24` and
+//! `fd00:200::1/64`; pod `i` (from 1) `10.200.0.(10+i)` and
+//! `fd00:200::(10+i)`.
 
 use std::{
     io::{Read as _, Write as _},
@@ -26,6 +28,78 @@ pub const POD_PORTS: [u16; 2] = [8080, 9090];
 /// A TCP port every pod serves with connections that stay open: each line
 /// the client sends is answered with the pod's name.
 pub const POD_HOLD_PORT: u16 = 7070;
+/// A port every pod serves, TCP and UDP, answering with its name and the
+/// source address it saw ([`Echo`]): what a translation did to the client.
+pub const POD_ECHO_PORT: u16 = 6060;
+
+/// A pod's answer on [`POD_ECHO_PORT`]: `NAME SOURCE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Echo {
+    pub pod: String,
+    /// The peer address the pod's socket saw (IPv4 as IPv4, not mapped).
+    pub source: SocketAddr,
+}
+
+impl Echo {
+    fn answer(pod: &str, source: SocketAddr) -> String {
+        let source = SocketAddr::new(source.ip().to_canonical(), source.port());
+        format!("{pod} {source}")
+    }
+
+    /// Reads an answer; `None` if `text` is not one.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (pod, source) = text.trim().split_once(' ')?;
+        Some(Self {
+            pod: pod.to_owned(),
+            source: source.parse().ok()?,
+        })
+    }
+}
+
+/// A bridge network: the bridge's addresses (the gateway of everything
+/// attached) and where hosts on it live. Host `i` is `i` in the last IPv4
+/// octet and the decimal digits of `i` read as hex in the last IPv6 group,
+/// so that pod 1 is `.11` and `::11`.
+#[derive(Clone, Copy, Debug)]
+pub struct Subnet {
+    pub gateway4: Ipv4Addr,
+    pub prefix4: u8,
+    /// In a `/64`.
+    pub gateway6: Ipv6Addr,
+}
+
+impl Subnet {
+    /// The one-node world's pod network.
+    pub const ONE_NODE: Self = Self {
+        gateway4: Ipv4Addr::new(10, 200, 0, 1),
+        prefix4: 24,
+        gateway6: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1),
+    };
+
+    /// Host `i`'s addresses (see the type's docs).
+    pub fn host(&self, i: u8) -> (Ipv4Addr, Ipv6Addr) {
+        let [a, b, c, _] = self.gateway4.octets();
+        let mut groups = self.gateway6.segments();
+        groups[7] = u16::from_str_radix(&i.to_string(), 16).expect("decimal digits are hex");
+        (Ipv4Addr::new(a, b, c, i), Ipv6Addr::from(groups))
+    }
+
+    /// `a.b.c.d/len`.
+    pub fn cidr4(&self) -> String {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix4))
+            .unwrap_or(0);
+        let network = Ipv4Addr::from(u32::from(self.gateway4) & mask);
+        format!("{network}/{}", self.prefix4)
+    }
+
+    /// `x:y::/64`.
+    pub fn cidr6(&self) -> String {
+        let mut groups = self.gateway6.segments();
+        groups[4..].fill(0);
+        format!("{}/64", Ipv6Addr::from(groups))
+    }
+}
 
 pub struct Pod {
     pub name: String,
@@ -62,30 +136,70 @@ impl Drop for Pod {
 /// on the bridge are the gateway of everything attached.
 pub struct Node {
     pub netns: Netns,
-    /// IPv4 prefix length of the bridge network.
-    prefix4: u8,
+    pub subnet: Subnet,
 }
 
 impl Node {
     /// The node namespace `netns` with `br0` at `10.200.0.1/<prefix4>` and
     /// `fd00:200::1/64`.
     pub fn new(netns: Netns, prefix4: u8) -> Self {
+        Self::with_subnet(
+            netns,
+            Subnet {
+                prefix4,
+                ..Subnet::ONE_NODE
+            },
+        )
+    }
+
+    /// The namespace `netns` with `br0` at the gateway addresses of `subnet`.
+    pub fn with_subnet(netns: Netns, subnet: Subnet) -> Self {
         netns.ip(&["link", "add", "br0", "type", "bridge"]);
         netns.ip(&[
             "addr",
             "add",
-            &format!("10.200.0.1/{prefix4}"),
+            &format!("{}/{}", subnet.gateway4, subnet.prefix4),
             "dev",
             "br0",
         ]);
-        netns.ip(&["addr", "add", "fd00:200::1/64", "dev", "br0", "nodad"]);
+        netns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/64", subnet.gateway6),
+            "dev",
+            "br0",
+            "nodad",
+        ]);
         netns.ip(&["link", "set", "br0", "up"]);
-        Self { netns, prefix4 }
+        Self { netns, subnet }
     }
 
     /// Joins `ns` to the bridge: a veth pair (`host_if` on the node, `eth0`
     /// in `ns`), the addresses, and default routes via the node.
     pub fn attach(&self, ns: &Netns, host_if: &str, ip4: Ipv4Addr, ip6: Option<Ipv6Addr>) {
+        self.plug(ns, host_if, ip4, ip6);
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.subnet.gateway4.to_string(),
+        ]);
+        if ip6.is_some() {
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &self.subnet.gateway6.to_string(),
+            ]);
+        }
+    }
+
+    /// [`Node::attach`] without the default routes: `eth0` in `ns` reaches
+    /// the bridge's network and nothing else.
+    pub fn plug(&self, ns: &Netns, host_if: &str, ip4: Ipv4Addr, ip6: Option<Ipv6Addr>) {
         self.netns.ip(&[
             "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
         ]);
@@ -94,7 +208,7 @@ impl Node {
         ns.ip(&[
             "addr",
             "add",
-            &format!("{ip4}/{}", self.prefix4),
+            &format!("{ip4}/{}", self.subnet.prefix4),
             "dev",
             "eth0",
         ]);
@@ -102,10 +216,6 @@ impl Node {
             ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
         }
         ns.ip(&["link", "set", "eth0", "up"]);
-        ns.ip(&["route", "add", "default", "via", "10.200.0.1"]);
-        if ip6.is_some() {
-            ns.ip(&["-6", "route", "add", "default", "via", "fd00:200::1"]);
-        }
     }
 }
 
@@ -126,12 +236,17 @@ pub struct Cluster {
 impl Cluster {
     /// A node with `pods` pods named `pod-1` ... `pod-N`.
     pub fn new(pods: usize) -> Self {
+        Self::on(Node::new(Netns::new("node"), 24), "pod-", pods)
+    }
+
+    /// `node` with `pods` pods named `<prefix>1` ... `<prefix>N`.
+    pub fn on(node: Node, prefix: &str, pods: usize) -> Self {
         let mut cluster = Self {
-            node: Node::new(Netns::new("node"), 24),
+            node,
             pods: Vec::new(),
         };
         for i in 1..=pods {
-            cluster.add_pod(&format!("pod-{i}"));
+            cluster.add_pod(&format!("{prefix}{i}"));
         }
         cluster
     }
@@ -140,27 +255,29 @@ impl Cluster {
     pub fn add_pod(&mut self, name: &str) -> &Pod {
         let index = u8::try_from(self.pods.len() + 1).expect("at most 200 pods");
         let netns = Netns::new("pod");
-        let ip4 = Ipv4Addr::new(10, 200, 0, 10 + index);
-        let ip6: Ipv6Addr = format!("fd00:200::{}", 10 + u16::from(index))
-            .parse()
-            .expect("ipv6");
+        let (ip4, ip6) = self.node.subnet.host(10 + index);
         self.node
             .attach(&netns, &format!("v{index}"), ip4, Some(ip6));
 
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
-        for port in POD_PORTS {
+        let name_only = |name: &str, _: SocketAddr| name.to_owned();
+        let servers = POD_PORTS
+            .map(|port| (port, name_only as Answer))
+            .into_iter()
+            .chain([(POD_ECHO_PORT, Echo::answer as Answer)]);
+        for (port, answer) in servers {
             let (reply, s, c) = (name.to_owned(), Arc::clone(&stop), Arc::clone(&served));
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             threads.push(spawn_in(&netns.path(), move || {
-                serve_tcp(port, &reply, &s, &c, &ready_tx);
+                serve_tcp(port, |peer| answer(&reply, peer), &s, &c, &ready_tx);
             }));
             ready_rx.recv().expect("tcp server started");
             let (reply, s, c) = (name.to_owned(), Arc::clone(&stop), Arc::clone(&served));
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             threads.push(spawn_in(&netns.path(), move || {
-                serve_udp(port, &reply, &s, &c, &ready_tx);
+                serve_udp(port, |peer| answer(&reply, peer), &s, &c, &ready_tx);
             }));
             ready_rx.recv().expect("udp server started");
         }
@@ -190,6 +307,9 @@ impl Cluster {
     }
 }
 
+/// What a pod server answers: from the pod's name and the client's address.
+type Answer = fn(&str, SocketAddr) -> String;
+
 /// Waits up to 50 ms for `fd` to be readable; false on timeout.
 fn readable(fd: &impl std::os::fd::AsFd) -> bool {
     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
@@ -218,15 +338,18 @@ fn accept_until(
 
 fn serve_tcp(
     port: u16,
-    reply: &str,
+    reply: impl Fn(SocketAddr) -> String,
     stop: &AtomicBool,
     served: &AtomicU64,
     ready: &std::sync::mpsc::Sender<()>,
 ) {
     accept_until(port, stop, ready, |mut stream| {
         served.fetch_add(1, Ordering::Relaxed);
+        let Ok(peer) = stream.peer_addr() else {
+            return;
+        };
         let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-        let _ = stream.write_all(format!("{reply}\n").as_bytes());
+        let _ = stream.write_all(format!("{}\n", reply(peer)).as_bytes());
         // Drain whatever the client sent, then close.
         let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
         let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -266,7 +389,7 @@ fn serve_held_tcp(
 
 fn serve_udp(
     port: u16,
-    reply: &str,
+    reply: impl Fn(SocketAddr) -> String,
     stop: &AtomicBool,
     served: &AtomicU64,
     ready: &std::sync::mpsc::Sender<()>,
@@ -280,7 +403,7 @@ fn serve_udp(
         }
         if let Ok((_, from)) = socket.recv_from(&mut buf) {
             served.fetch_add(1, Ordering::Relaxed);
-            let _ = socket.send_to(reply.as_bytes(), from);
+            let _ = socket.send_to(reply(from).as_bytes(), from);
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod env;
 pub mod manifests;
 pub mod net;
 pub mod podman;
+pub mod two_nodes;
 
 use std::{
     fs::OpenOptions,

@@ -3,7 +3,10 @@
 
 use std::path::Path;
 
+use k8s_openapi::api::{core::v1, discovery::v1::EndpointSlice};
 use serde_json::{Value, json};
+
+use super::apiserver::ApiServer;
 
 /// A service port: name, port, targetPort (number or name), protocol.
 #[derive(Clone, Debug)]
@@ -122,6 +125,25 @@ impl Endpoint {
 /// A JSON object as a typed Kubernetes object.
 pub fn typed<T: serde::de::DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).expect("a valid object")
+}
+
+/// Stores `items` (Services, EndpointSlices, Nodes as built here) in the
+/// test API server, in order.
+pub fn apply(api: &ApiServer, items: &[Value]) {
+    for item in items {
+        match item["kind"].as_str() {
+            Some("Service") => {
+                api.apply(&typed::<v1::Service>(item.clone()));
+            }
+            Some("EndpointSlice") => {
+                api.apply(&typed::<EndpointSlice>(item.clone()));
+            }
+            Some("Node") => {
+                api.apply(&typed::<v1::Node>(item.clone()));
+            }
+            other => panic!("the test API server is not given {other:?} objects here"),
+        }
+    }
 }
 
 /// An EndpointSlice for `service` with `ports` = (name, port, protocol).

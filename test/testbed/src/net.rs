@@ -36,7 +36,30 @@ impl Netns {
     }
 
     pub fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
+        netns_path(&self.name)
+    }
+
+    /// Sets sysctls (`("net.ipv4.ip_forward", "1")`, ...) of this
+    /// namespace, from a thread inside it (`/proc/sys/net` is the calling
+    /// thread's namespace's); no `sysctl` program needed.
+    pub fn sysctl(&self, settings: &[(&str, &str)]) {
+        let settings: Vec<(PathBuf, String)> = settings
+            .iter()
+            .map(|(key, value)| {
+                let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+                (path, (*value).to_owned())
+            })
+            .collect();
+        let name = self.name.clone();
+        spawn_in(&self.path(), move || {
+            for (path, value) in settings {
+                fs::write(&path, &value).unwrap_or_else(|e| {
+                    panic!("write {value} to {} in {name}: {e}", path.display())
+                });
+            }
+        })
+        .join()
+        .expect("sysctl thread");
     }
 
     /// `program` run in this namespace and nothing else: unlike `ip netns
@@ -82,13 +105,18 @@ impl Drop for Entered {
     }
 }
 
+/// Where `ip netns add NAME` pins the namespace.
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new("/run/netns").join(name)
+}
+
 /// `program` run in the network namespace called `name` (see
 /// [`Netns::command`]).
 pub fn in_netns(name: &str, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut net = std::ffi::OsString::from("--net=");
+    net.push(netns_path(name));
     let mut cmd = std::process::Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{name}"))
-        .arg("--")
-        .arg(program);
+    cmd.arg(net).arg("--").arg(program);
     cmd
 }
 
@@ -139,6 +167,14 @@ impl Cgroup {
         }
     }
 
+    /// A child cgroup `name` of this one (for one of several agents),
+    /// removed on drop.
+    pub fn child(&self, name: &str) -> ChildCgroup {
+        let path = self.path.join(name);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        ChildCgroup { path }
+    }
+
     /// Moves the whole test process into this cgroup.
     pub fn join(&self) {
         fs::write(
@@ -171,6 +207,23 @@ impl Drop for Cgroup {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         eprintln!("warning: could not remove cgroup {}", self.path.display());
+    }
+}
+
+/// A cgroup below a [`Cgroup`] that no process joins: programs attached
+/// here see only the sockets of processes moved into it.
+pub struct ChildCgroup {
+    pub path: PathBuf,
+}
+
+impl Drop for ChildCgroup {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir(&self.path) {
+            eprintln!(
+                "warning: could not remove cgroup {}: {e}",
+                self.path.display()
+            );
+        }
     }
 }
 
