@@ -564,3 +564,88 @@ fn ask(reader: &mut std::io::BufReader<std::net::TcpStream>) -> String {
     reader.read_line(&mut line).expect("an answer");
     line.trim().to_owned()
 }
+
+/// 1,000 endpoint changes while clients connect continuously to both
+/// nodes' node ports: no connection fails; once the last change (the
+/// toggled backends gone for good) is programmed on both nodes, no new
+/// connection reaches them.
+#[test]
+fn churn_with_external_clients_fails_no_connection() {
+    const CHANGES: usize = 1_000;
+    let world = running(2, cluster_policy);
+    let slices = |pods: &[&str]| {
+        let mut items = web("NodePort", "Cluster", &endpoints(&world, pods));
+        items.remove(0);
+        items
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = world
+        .nodes()
+        .map(|node| {
+            let (dialled, stop) = (node.addr4(NODE_PORT), std::sync::Arc::clone(&stop));
+            // Spawned from the test thread: in the client's namespace.
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0usize, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match tcp_echo(dialled) {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(format!("{dialled}: {e}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .into();
+    let toggled = [
+        ["pod-a1", "pod-b1", "pod-a2"],
+        ["pod-a1", "pod-b1", "pod-b2"],
+    ];
+    for i in 0..CHANGES {
+        world.apply(&slices(&toggled[i % 2]));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    world.apply(&slices(&["pod-a1", "pod-b1"]));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for client in clients {
+        let (ok, failed) = client.join().expect("client thread");
+        assert!(
+            failed.is_empty(),
+            "{} failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        total += ok;
+    }
+    assert!(total > 100, "only {total} connections during the churn");
+    // The last change on both nodes, then never the removed backends.
+    for agent in &world.agents {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while agent.frontends("NodePort").is_empty() || backends_listed(agent) != 2 {
+            assert!(Instant::now() < deadline, "last change not programmed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for node in world.nodes() {
+        let answers = answers(node.addr4(NODE_PORT), 40);
+        let pods: Vec<&String> = answers.keys().collect();
+        assert_eq!(pods, ["pod-a1", "pod-b1"], "{}", node.name);
+    }
+}
+
+/// The backends `lb-agent list` shows for the IPv4 TCP node port.
+fn backends_listed(agent: &Agent) -> usize {
+    agent.list()["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|row| {
+            row["kind"] == "NodePort"
+                && row["protocol"] == "TCP"
+                && row["scope"] == "any"
+                && row["frontend"]
+                    .as_str()
+                    .is_some_and(|f| !f.starts_with('['))
+        })
+        .map_or(0, |row| row["backends"].as_array().map_or(0, Vec::len))
+}
