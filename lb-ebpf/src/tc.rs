@@ -118,11 +118,15 @@ pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
     let Some(s) = scratch(&ctx) else {
         return OK;
     };
-    if lookup(s, DIR_INGRESS) {
-        send(&ctx, s)
-    } else {
-        new_flow(&ctx, s)
+    // `new_flow` returns rather than calling `send` itself, so that no
+    // chain of calls is more than three deep: kernels before 6.x round
+    // each frame up and sum the chain against the 512-byte stack.
+    if !lookup(s, DIR_INGRESS) {
+        if let Err(verdict) = new_flow(&ctx, s) {
+            return verdict;
+        }
     }
+    send(&ctx, s)
 }
 
 #[classifier]
@@ -434,21 +438,19 @@ struct Chosen {
     id: u32,
 }
 
-/// The first packet of a flow to a frontend: pick a backend, record the
-/// flow in both directions, translate.
+/// The first packet of a flow to a frontend: pick a backend and record the
+/// flow in both directions; `Ok` when the packet is to be sent by `s.to`,
+/// else the verdict.
 #[inline(never)]
-fn new_flow(ctx: &TcContext, s: &mut Scratch) -> i32 {
+fn new_flow(ctx: &TcContext, s: &mut Scratch) -> Result<(), i32> {
     // Only a SYN starts a TCP flow: a segment of a connection this node
     // did not see begin (one kube-proxy's conntrack carries while the
     // agent takes over, say) is left to the stack rather than sent to a
     // backend that never heard of it.
     if s.p.proto == proto::TCP && !s.p.is_syn() {
-        return OK;
+        return Err(OK);
     }
-    let chosen = match choose(s) {
-        Ok(c) => c,
-        Err(verdict) => return verdict,
-    };
+    let chosen = choose(s)?;
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let p = &s.p;
@@ -476,7 +478,7 @@ fn new_flow(ctx: &TcContext, s: &mut Scratch) -> i32 {
         && ret != BPF_FIB_LKUP_RET_NOT_FWDED
     {
         count(TC_DROP_NO_ROUTE);
-        return SHOT;
+        return Err(SHOT);
     }
     // A backend reached through a device the programs run on is on another
     // node: its replies come back here only if they are addressed to this
@@ -494,14 +496,14 @@ fn new_flow(ctx: &TcContext, s: &mut Scratch) -> i32 {
     };
     if let Err(reason) = recorded {
         count(reason);
-        return SHOT;
+        return Err(SHOT);
     }
     if CT.insert(&s.p.key(DIR_INGRESS), &s.to, 0).is_err() {
         count(TC_DROP_ERROR);
-        return SHOT;
+        return Err(SHOT);
     }
     count(TC_NEW_FLOW);
-    send(ctx, s)
+    Ok(())
 }
 
 /// The frontend `s.p` is addressed to and a backend of it, into `s.to`'s
