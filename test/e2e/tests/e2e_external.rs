@@ -509,7 +509,7 @@ fn client_ip_affinity_keeps_a_client_on_one_backend() {
     }
 }
 
-/// The agent SIGKILLed: established flows through the node keep flowing
+/// The agent killed with SIGKILL: established flows through the node keep flowing
 /// (to a local and to a remote, masqueraded, backend), and new ones are
 /// still translated, since the programs, links and maps stay.
 #[test]
