@@ -53,7 +53,10 @@ pub struct CtValue {
     pub pad: [u8; 3],
     /// The service whose frontend the flow was sent to.
     pub service_id: u32,
-    pub pad2: [u8; 4],
+    /// On a TCP flow's forward entry: the sequence number (as on the wire)
+    /// of the SYN that opened it, so that a retransmitted SYN is known
+    /// from a new connection on the same addresses and ports.
+    pub syn_seq: u32,
     /// `bpf_ktime_get_ns()` of the last packet (for expiry).
     pub last_seen_ns: u64,
 }

@@ -168,10 +168,15 @@ fn lookup(s: &mut Scratch, dir: u8) -> bool {
         return false;
     };
     // SAFETY: valid pointer from the lookup; plain fields. Racing writers
-    // only ever store a newer time or set a flag.
+    // only ever store a newer time, set a flag or record the latest
+    // SYN's sequence number.
     unsafe {
         let flags = (*entry).flags;
-        let opening = s.p.is_syn() || s.p.proto == proto::UDP;
+        // A retransmitted SYN (the sequence number the flow began with) is
+        // the same connection: it stays with the backend whose SYN-ACK
+        // may be on its way, or the client would complete its handshake
+        // with one backend and talk to another.
+        let opening = (s.p.is_syn() && s.p.seq != (*entry).syn_seq) || s.p.proto == proto::UDP;
         if dir == DIR_INGRESS
             && flags & CT_FORWARD != 0
             && opening
@@ -181,6 +186,9 @@ fn lookup(s: &mut Scratch, dir: u8) -> bool {
             return false;
         }
         (*entry).last_seen_ns = bpf_ktime_get_ns();
+        if dir == DIR_INGRESS && s.p.is_syn() {
+            (*entry).syn_seq = s.p.seq;
+        }
         if s.p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             (*entry).flags |= CT_CLOSING;
         }
@@ -201,6 +209,8 @@ struct Packet {
     dport_be: u16,
     /// TCP flags (0 for UDP).
     tcp_flags: u8,
+    /// TCP sequence number as on the wire (0 for UDP).
+    seq: u32,
 }
 
 impl Packet {
@@ -246,10 +256,13 @@ impl Packet {
         }
         self.sport_be = ctx.load(self.l4).ok()?;
         self.dport_be = ctx.load(self.l4 + 2).ok()?;
-        self.tcp_flags = if self.proto == proto::TCP {
-            ctx.load::<u8>(self.l4 + 13).ok()?
+        (self.tcp_flags, self.seq) = if self.proto == proto::TCP {
+            (
+                ctx.load::<u8>(self.l4 + 13).ok()?,
+                ctx.load::<u32>(self.l4 + 4).ok()?,
+            )
         } else {
-            0
+            (0, 0)
         };
         Some(())
     }
@@ -459,7 +472,7 @@ fn new_flow(ctx: &TcContext, s: &mut Scratch) -> Result<(), i32> {
     s.to.flags = CT_FORWARD;
     s.to.pad = [0; 3];
     s.to.service_id = chosen.id;
-    s.to.pad2 = [0; 4];
+    s.to.syn_seq = p.seq;
     s.to.last_seen_ns = now;
     s.reply = CtValue {
         saddr: p.daddr,
@@ -469,7 +482,7 @@ fn new_flow(ctx: &TcContext, s: &mut Scratch) -> Result<(), i32> {
         flags: 0,
         pad: [0; 3],
         service_id: chosen.id,
-        pad2: [0; 4],
+        syn_seq: 0,
         last_seen_ns: now,
     };
     let ret = route(ctx, s, false);

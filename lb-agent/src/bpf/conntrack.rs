@@ -188,7 +188,7 @@ mod tests {
             flags: CT_FORWARD | if masquerade { CT_SNAT } else { 0 },
             pad: [0; 3],
             service_id: 7,
-            pad2: [0; 4],
+            syn_seq: 0,
             last_seen_ns: fwd_seen,
         };
         let reply = CtValue {
