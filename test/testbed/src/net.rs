@@ -76,6 +76,34 @@ impl Netns {
         sh("ip", &full)
     }
 
+    /// Waits until every link here that is up has a carrier and the kernel
+    /// has acted on it (operational state `UP`). The kernel does that from
+    /// its link watcher, batched up to a second after the carrier comes;
+    /// until then an IPv6 address on the link has not joined its
+    /// solicited-node group, and neighbour solicitations for it are lost.
+    ///
+    /// # Panics
+    /// After 5 s with a link still not up.
+    pub fn wait_links_up(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let links = self.ip(&["-o", "link", "show", "up"]);
+            let waiting: Vec<&str> = links
+                .lines()
+                .filter(|l| !l.contains(" state UP ") && !l.contains("LOOPBACK"))
+                .collect();
+            if waiting.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "links in {} not up after 5 s: {waiting:?}",
+                self.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Moves the calling thread into this namespace until the guard drops.
     /// Threads and processes started by it meanwhile inherit the namespace.
     pub fn enter(&self) -> Entered {

@@ -199,6 +199,8 @@ impl TwoNodes {
             client.ip(&["route", "add", cidr4, "via", &node.ip4.to_string()]);
             client.ip(&["-6", "route", "add", cidr6, "via", &node.ip6.to_string()]);
         };
+        client.wait_links_up();
+        underlay.wait_links_up();
         via(&a, VIPS4, VIPS6);
         for node in [&a, &b] {
             let subnet = node.cluster.node.subnet;
