@@ -63,7 +63,7 @@ pub const TC_DROP_NO_PORT: u32 = 5;
 pub const TC_DROP_NO_ROUTE: u32 = 6;
 /// Dropped: the packet could not be rewritten or the flow recorded.
 pub const TC_DROP_ERROR: u32 = 7;
-/// A new connection found its old flow's backend gone and picked anew.
+/// A UDP datagram found its flow's backend gone and picked anew.
 pub const TC_RESELECTED: u32 = 8;
 /// A new flow went to its client's backend (`sessionAffinity: ClientIP`).
 pub const TC_AFFINITY_HIT: u32 = 9;

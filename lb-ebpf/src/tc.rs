@@ -156,11 +156,20 @@ fn scratch(ctx: &TcContext) -> Option<&'static mut Scratch> {
 }
 
 /// Looks the packet up in `lb_ct`; a hit is refreshed, copied to `s.to`
-/// and answered `true`. On ingress, a new connection (or any UDP datagram) on a flow
-/// whose backend is no longer an endpoint is reported as no entry, so that
-/// it picks again: no new connection reaches a removed backend. An
-/// established TCP connection stays with it, as under kube-proxy's
-/// conntrack.
+/// and answered `true`. On ingress, two hits on a client's entry are
+/// reported as no entry, so that the packet starts a new flow:
+/// - a SYN with another sequence number than the one that opened the
+///   flow: a new connection on reused addresses and ports (the old one's
+///   entries, closing, may not have expired yet). It picks a backend and
+///   gets entries of its own, not the old connection's closing state. A
+///   retransmitted SYN (the same number) stays with the backend whose
+///   SYN-ACK may be on its way, or the client would complete its
+///   handshake with one backend and talk to another;
+/// - a UDP datagram on a flow whose backend is no longer an endpoint: no
+///   new traffic reaches a removed backend.
+///
+/// An established TCP connection stays with its backend, as under
+/// kube-proxy's conntrack.
 #[inline(never)]
 fn lookup(s: &mut Scratch, dir: u8) -> bool {
     let key = s.p.key(dir);
@@ -168,27 +177,20 @@ fn lookup(s: &mut Scratch, dir: u8) -> bool {
         return false;
     };
     // SAFETY: valid pointer from the lookup; plain fields. Racing writers
-    // only ever store a newer time, set a flag or record the latest
-    // SYN's sequence number.
+    // only ever store a newer time or set a flag.
     unsafe {
-        let flags = (*entry).flags;
-        // A retransmitted SYN (the sequence number the flow began with) is
-        // the same connection: it stays with the backend whose SYN-ACK
-        // may be on its way, or the client would complete its handshake
-        // with one backend and talk to another.
-        let opening = (s.p.is_syn() && s.p.seq != (*entry).syn_seq) || s.p.proto == proto::UDP;
-        if dir == DIR_INGRESS
-            && flags & CT_FORWARD != 0
-            && opening
-            && !is_member((*entry).service_id, &(*entry).daddr, (*entry).dport_be)
-        {
-            count(TC_RESELECTED);
-            return false;
+        if dir == DIR_INGRESS && (*entry).flags & CT_FORWARD != 0 {
+            if s.p.is_syn() && s.p.seq != (*entry).syn_seq {
+                return false;
+            }
+            if s.p.proto == proto::UDP
+                && !is_member((*entry).service_id, &(*entry).daddr, (*entry).dport_be)
+            {
+                count(TC_RESELECTED);
+                return false;
+            }
         }
         (*entry).last_seen_ns = bpf_ktime_get_ns();
-        if dir == DIR_INGRESS && s.p.is_syn() {
-            (*entry).syn_seq = s.p.seq;
-        }
         if s.p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             (*entry).flags |= CT_CLOSING;
         }

@@ -124,7 +124,19 @@ pub fn start_collector(layout: &PinLayout, timeouts: Timeouts) -> Result<(), Err
                 // Entries that vanish (LRU eviction) while we walk are skipped.
                 let entries: HashMap<CtKey, CtValue> = map.iter().filter_map(Result::ok).collect();
                 let gone = expired(&entries, monotonic_ns(), &timeouts);
-                let removed = gone.iter().filter(|k| map.remove(k).is_ok()).count();
+                // An entry a packet refreshed or a new flow replaced since
+                // the walk read it is not the one found expired: it stays.
+                let removed = gone
+                    .iter()
+                    .filter(|k| {
+                        let unchanged = map.get(k, 0).ok().is_some_and(|now| {
+                            entries
+                                .get(k)
+                                .is_some_and(|then| then.last_seen_ns == now.last_seen_ns)
+                        });
+                        unchanged && map.remove(k).is_ok()
+                    })
+                    .count();
                 if removed > 0 {
                     tracing::debug!(removed, tracked = entries.len(), "expired flows");
                 }
