@@ -129,11 +129,9 @@ pub fn start_collector(layout: &PinLayout, timeouts: Timeouts) -> Result<(), Err
                 let removed = gone
                     .iter()
                     .filter(|k| {
-                        let unchanged = map.get(k, 0).ok().is_some_and(|now| {
-                            entries
-                                .get(k)
-                                .is_some_and(|then| then.last_seen_ns == now.last_seen_ns)
-                        });
+                        let unchanged = map
+                            .get(k, 0)
+                            .is_ok_and(|now| now.last_seen_ns == entries[k].last_seen_ns);
                         unchanged && map.remove(k).is_ok()
                     })
                     .count();

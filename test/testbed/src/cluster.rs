@@ -246,28 +246,22 @@ impl Cluster {
             pods: Vec::new(),
         };
         for i in 1..=pods {
-            cluster.spawn_pod(&format!("{prefix}{i}"));
+            cluster.add_pod(&format!("{prefix}{i}"));
         }
         cluster.wait_links_up();
         cluster
     }
 
-    /// Adds a pod with the next address, its links up.
-    pub fn add_pod(&mut self, name: &str) -> &Pod {
-        self.spawn_pod(name);
-        self.wait_links_up();
-        self.pods.last().expect("just added")
-    }
-
     /// [`Netns::wait_links_up`] on the node and every pod.
-    pub fn wait_links_up(&self) {
+    fn wait_links_up(&self) {
         self.node.wait_links_up();
         for pod in &self.pods {
             pod.netns.wait_links_up();
         }
     }
 
-    fn spawn_pod(&mut self, name: &str) {
+    /// Adds a pod with the next address (its links perhaps not up yet).
+    fn add_pod(&mut self, name: &str) {
         let index = u8::try_from(self.pods.len() + 1).expect("at most 200 pods");
         let netns = Netns::new("pod");
         let (ip4, ip6) = self.node.subnet.host(10 + index);

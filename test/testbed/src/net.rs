@@ -85,23 +85,12 @@ impl Netns {
     /// # Panics
     /// After 5 s with a link still not up.
     pub fn wait_links_up(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let links = self.ip(&["-o", "link", "show", "up"]);
-            let waiting: Vec<&str> = links
+        let what = format!("every link in {} up (`ip -o link show up`)", self.name);
+        crate::wait_for(&what, std::time::Duration::from_secs(5), || {
+            self.ip(&["-o", "link", "show", "up"])
                 .lines()
-                .filter(|l| !l.contains(" state UP ") && !l.contains("LOOPBACK"))
-                .collect();
-            if waiting.is_empty() {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "links in {} not up after 5 s: {waiting:?}",
-                self.name
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+                .all(|l| l.contains(" state UP ") || l.contains("LOOPBACK"))
+        });
     }
 
     /// Moves the calling thread into this namespace until the guard drops.
