@@ -20,7 +20,11 @@
 //!   `nft -f` of what kube-proxy's partial sync writes) to the first
 //!   connection that reaches the new pod;
 //! - the agent's resident memory and its maps' kernel memory, and its
-//!   programming time for N services with `--program-endpoints` endpoints.
+//!   programming time for N services with `--program-endpoints` endpoints;
+//! - then, in sections of their own: endpoint changes through the
+//!   Kubernetes API ([`api`]), closing the sockets of a removed backend
+//!   ([`sockets`]), and traffic from outside the node to a node port in the
+//!   two-node world ([`nodeport`]).
 //!
 //! Results go to `target/bench/<UTC time>/`: `results.md` (tables),
 //! `results.json` (everything), `bench.svg` (latency and programming time
@@ -29,6 +33,7 @@
 mod agent;
 mod api;
 mod ignored;
+mod nodeport;
 mod report;
 mod sockets;
 mod stats;
@@ -122,12 +127,20 @@ pub struct Args {
     pub no_api: bool,
     /// Closing the sockets of a removed backend: measure it after the rest
     /// (`run`), not at all (`skip`), or alone (`only`).
-    #[arg(long, value_enum, default_value_t = SocketsSection::Run)]
-    pub sockets: SocketsSection,
+    #[arg(long, value_enum, default_value_t = Section::Run)]
+    pub sockets: Section,
+    /// Traffic from outside the node to a node port, in the two-node world:
+    /// after the rest (`run`), not at all (`skip`), or alone (`only`).
+    #[arg(long, value_enum, default_value_t = Section::Run)]
+    pub nodeport: Section,
+    /// Numbers of services programmed for the node-port section.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000")]
+    pub nodeport_sizes: Vec<usize>,
 }
 
+/// Whether a section of its own is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SocketsSection {
+pub enum Section {
     Run,
     Skip,
     Only,
@@ -247,12 +260,20 @@ pub fn run(args: &Args) -> Result<()> {
     let settings = settings(args);
 
     let agent_bin = agent_binary(args)?;
-    if args.sockets == SocketsSection::Only {
-        return sockets_only(args, &agent_bin);
+    if args.sockets == Section::Only {
+        return section_only(args, "closing the sockets of a removed backend", |out| {
+            sockets::run(socket_cases(args), &agent_bin, out)
+        });
     }
     let client_bin = build_client()?;
     ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
         .context("failed to handle Ctrl-C")?;
+    if args.nodeport == Section::Only {
+        let options = nodeport_options(args, &agent_bin, &client_bin);
+        return section_only(args, "traffic from outside the node", |out| {
+            nodeport::run(&options, out)
+        });
+    }
 
     let started = report::utc_now();
     let out = args.out.clone().unwrap_or_else(|| {
@@ -310,14 +331,9 @@ pub fn run(args: &Args) -> Result<()> {
     };
     if !results.is_empty() {
         let mut written = report::write(&out, &meta, &results)?;
-        if !args.no_api && failure.is_none() && !interrupted() {
-            failure = add_api_section(args, &sizes, &agent_bin, &out, &mut written).err();
-        }
-        if args.sockets == SocketsSection::Run && failure.is_none() && !interrupted() {
-            failure = add_section(&out, &mut written, || {
-                sockets::run(socket_cases(args), &agent_bin, &out)
-            })
-            .err();
+        if failure.is_none() && !interrupted() {
+            let bins = (agent_bin.as_path(), client_bin.as_path());
+            failure = add_sections(args, &sizes, bins, &out, &mut written).err();
         }
         println!("{written}");
         eprintln!("bench: results in {}", out.display());
@@ -357,6 +373,32 @@ fn check_tools() -> Result<()> {
     Ok(())
 }
 
+/// The sections after the main tables, as `args` asks: API, sockets, node
+/// port. `bins`: the agent and `bench-client`.
+fn add_sections(
+    args: &Args,
+    sizes: &[usize],
+    (agent_bin, client_bin): (&Path, &Path),
+    out: &Path,
+    written: &mut String,
+) -> Result<()> {
+    if !args.no_api {
+        add_api_section(args, sizes, agent_bin, out, written)?;
+    }
+    if args.sockets == Section::Run {
+        check_interrupted()?;
+        add_section(out, written, || {
+            sockets::run(socket_cases(args), agent_bin, out)
+        })?;
+    }
+    if args.nodeport == Section::Run {
+        check_interrupted()?;
+        let options = nodeport_options(args, agent_bin, client_bin);
+        add_section(out, written, || nodeport::run(&options, out))?;
+    }
+    Ok(())
+}
+
 /// Measures endpoint changes through the Kubernetes API and adds them to
 /// `results.md`.
 fn add_api_section(
@@ -391,27 +433,42 @@ const fn socket_cases(args: &Args) -> &'static str {
     }
 }
 
-/// `--sockets only`: the socket-closing section alone.
-fn sockets_only(args: &Args, agent_bin: &Path) -> Result<()> {
+/// `--sockets only` or `--nodeport only`: one section alone, `measure`d
+/// into the results directory it is given.
+fn section_only(
+    args: &Args,
+    title: &str,
+    measure: impl FnOnce(&Path) -> Result<String>,
+) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
         workspace_root()
             .join("target/bench")
             .join(report::utc_now().replace(':', ""))
     });
     fs::create_dir_all(&out).with_context(|| format!("failed to create {}", out.display()))?;
-    eprintln!(
-        "bench: closing the sockets of a removed backend; results go to {}",
-        out.display()
-    );
-    let mut written = format!(
-        "# lb-agent: closing sockets of a removed backend\n\n{}\n",
-        report::command_line()
-    );
-    add_section(&out, &mut written, || {
-        sockets::run(socket_cases(args), agent_bin, &out)
-    })?;
+    eprintln!("bench: {title}; results go to {}", out.display());
+    let mut written = format!("# lb-agent: {title}\n\n{}\n", report::command_line());
+    add_section(&out, &mut written, || measure(&out))?;
     println!("{written}");
     Ok(())
+}
+
+/// The node-port section's settings.
+fn nodeport_options(args: &Args, agent_bin: &Path, client_bin: &Path) -> nodeport::Options {
+    let s = settings(args);
+    let mut sizes = args.nodeport_sizes.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    nodeport::Options {
+        sizes,
+        peers: args.peers.clone(),
+        rounds: s.rounds,
+        latency_count: s.latency_per_batch,
+        batch_ms: s.rate_batch_ms,
+        budget: Duration::from_secs(args.budget),
+        agent_bin: agent_bin.to_path_buf(),
+        client_bin: client_bin.to_path_buf(),
+    }
 }
 
 /// How much to measure, from the flags.
@@ -1094,13 +1151,19 @@ fn timed(mut cmd: Command, budget: Duration) -> Result<Option<Duration>> {
 /// Runs `bench-client ARGS` as `run`'s client and parses its JSON line.
 fn client_json(world: &World, run: &PeerRun, args: &[String]) -> Result<Value> {
     let client = run.client.as_ref().context("client namespace")?;
-    let mut cmd = in_netns(&client.name, &world.client_bin);
-    if let Some(cg) = &run.cgroup {
+    bench_client(&world.client_bin, &client.name, run.cgroup.as_deref(), args)
+        .with_context(|| format!("for {}", run.peer.name()))
+}
+
+/// Runs `bench-client [--cgroup CGROUP] ARGS` in the namespace `ns` and
+/// parses the JSON line it prints last.
+fn bench_client(bin: &Path, ns: &str, cgroup: Option<&Path>, args: &[String]) -> Result<Value> {
+    let mut cmd = in_netns(ns, bin);
+    if let Some(cg) = cgroup {
         cmd.arg("--cgroup").arg(cg);
     }
     cmd.args(args);
-    let text = cmd_output(&mut cmd)
-        .with_context(|| format!("bench-client {} for {}", args.join(" "), run.peer.name()))?;
+    let text = cmd_output(&mut cmd).with_context(|| format!("bench-client {}", args.join(" ")))?;
     let line = text.lines().last().unwrap_or_default();
     serde_json::from_str(line).with_context(|| format!("bench-client printed {line:?}"))
 }

@@ -11,10 +11,12 @@
 //! - `measured`: the three real pods, last in every list, so last in
 //!   iptables' `KUBE-SERVICES` (the slowest place for it to be found).
 //!
-//! So size N programs N + 1 services. The structure of the rule sets
+//! So size N programs N + 1 services. For the bench's traffic from outside
+//! the node, [`Workload::with_node_port`] makes `measured` a `NodePort`
+//! service on one remote pod. The structure of the rule sets
 //! follows kube-proxy's proxiers (`pkg/proxy/iptables`, `pkg/proxy/nftables`):
 //! the same chains, maps, matches and jumps for `ClusterIP` services with a
-//! cluster CIDR; chain names hash the service port and endpoint as
+//! cluster CIDR, and for a node port with `externalTrafficPolicy: Cluster`; chain names hash the service port and endpoint as
 //! kube-proxy does, with a different (non-cryptographic) hash.
 
 use std::{
@@ -40,6 +42,8 @@ pub struct Service {
     pub name: String,
     pub vip: Ipv4Addr,
     pub endpoints: Vec<SocketAddrV4>,
+    /// `type: NodePort` with this node port (TCP, `externalTrafficPolicy: Cluster`).
+    pub node_port: Option<u16>,
 }
 
 impl Service {
@@ -78,12 +82,14 @@ impl Workload {
                 name: format!("svc-{i:06}"),
                 vip,
                 endpoints: eps,
+                node_port: None,
             });
         }
         services.push(Service {
             name: "churn".to_owned(),
             vip: CHURN_VIP,
             endpoints: vec![SocketAddrV4::new(pods[0], TARGET_PORT)],
+            node_port: None,
         });
         services.push(Service {
             name: "measured".to_owned(),
@@ -92,8 +98,19 @@ impl Workload {
                 .iter()
                 .map(|&ip| SocketAddrV4::new(ip, TARGET_PORT))
                 .collect(),
+            node_port: None,
         });
         Self { services }
+    }
+
+    /// Makes `measured` a node port `node_port` whose only endpoint is
+    /// `endpoint`.
+    #[must_use]
+    pub fn with_node_port(mut self, node_port: u16, endpoint: SocketAddrV4) -> Self {
+        let measured = self.services.last_mut().expect("measured is always there");
+        measured.node_port = Some(node_port);
+        measured.endpoints = vec![endpoint];
+        self
     }
 
     fn churn_index(&self) -> usize {
@@ -121,13 +138,21 @@ impl Workload {
             }
             let name = &svc.name;
             let vip = svc.vip;
+            // Every endpoint of a service listens on the same port.
+            let target = svc
+                .endpoints
+                .first()
+                .map_or(TARGET_PORT, SocketAddrV4::port);
+            let (kind, node_port) = svc.node_port.map_or(("ClusterIP", String::new()), |p| {
+                ("NodePort", format!(",\"nodePort\":{p}"))
+            });
             let _ = write!(
                 s,
                 "\n{{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{{\"name\":\"{name}\",\"namespace\":\"{NAMESPACE}\",\
-                 \"resourceVersion\":\"{i}\"}},\"spec\":{{\"type\":\"ClusterIP\",\"clusterIP\":\"{vip}\",\"clusterIPs\":[\"{vip}\"],\
+                 \"resourceVersion\":\"{i}\"}},\"spec\":{{\"type\":\"{kind}\",\"clusterIP\":\"{vip}\",\"clusterIPs\":[\"{vip}\"],\
                  \"ipFamilies\":[\"IPv4\"],\"ipFamilyPolicy\":\"SingleStack\",\"internalTrafficPolicy\":\"Cluster\",\
                  \"sessionAffinity\":\"None\",\"ports\":[{{\"name\":\"http\",\"port\":{SERVICE_PORT},\"protocol\":\"TCP\",\
-                 \"targetPort\":{TARGET_PORT}}}]}}}},\
+                 \"targetPort\":{target}{node_port}}}]}}}},\
                  \n{{\"apiVersion\":\"discovery.k8s.io/v1\",\"kind\":\"EndpointSlice\",\"metadata\":{{\"name\":\"{name}-x7k2q\",\
                  \"namespace\":\"{NAMESPACE}\",\"labels\":{{\"kubernetes.io/service-name\":\"{name}\",\
                  \"endpointslice.kubernetes.io/managed-by\":\"endpointslice-controller.k8s.io\"}}}},\"addressType\":\"IPv4\",\"endpoints\":["
@@ -145,7 +170,7 @@ impl Workload {
             }
             let _ = write!(
                 s,
-                "],\"ports\":[{{\"name\":\"http\",\"port\":{TARGET_PORT},\"protocol\":\"TCP\"}}]}}"
+                "],\"ports\":[{{\"name\":\"http\",\"port\":{target},\"protocol\":\"TCP\"}}]}}"
             );
         }
         s.push_str("\n]}\n");
@@ -228,9 +253,26 @@ impl Workload {
             "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in \
              this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n",
         );
+        // KUBE-NODEPORTS is rewritten in full with KUBE-SERVICES.
+        for svc in &self.services {
+            if let Some(port) = svc.node_port {
+                let _ = writeln!(
+                    s,
+                    "-A KUBE-NODEPORTS -m comment --comment {} -m tcp -p tcp --dport {port} -j {}",
+                    svc.port_name(),
+                    ext_chain(svc)
+                );
+            }
+        }
     }
 
     // ---- kube-proxy, nftables mode ------------------------------------------
+
+    /// What kube-proxy adds to [`Workload::nft_full`] on a node whose
+    /// node-port address (`--nodeport-addresses primary`) is `ip`.
+    pub fn nft_nodeport_ip(ip: Ipv4Addr) -> String {
+        format!("add element ip kube-proxy nodeport-ips {{ {ip} }}\n")
+    }
 
     /// kube-proxy's first sync in nftables mode, for `nft -f`.
     pub fn nft_full(&self) -> String {
@@ -311,6 +353,9 @@ const IPTABLES_NAT_COMMON: &str = "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0
 
 fn iptables_chains(s: &mut String, svc: &Service) {
     let _ = writeln!(s, ":{} - [0:0]", svc_chain(svc));
+    if svc.node_port.is_some() {
+        let _ = writeln!(s, ":{} - [0:0]", ext_chain(svc));
+    }
     for ep in &svc.endpoints {
         let _ = writeln!(s, ":{} - [0:0]", sep_chain(svc, *ep));
     }
@@ -322,6 +367,15 @@ fn iptables_rules(s: &mut String, svc: &Service) {
         s,
         "-A {chain} -m comment --comment \"{name} cluster IP\" -m tcp -p tcp -d {vip} --dport {SERVICE_PORT} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ"
     );
+    if svc.node_port.is_some() {
+        // externalTrafficPolicy: Cluster: everything from outside is masqueraded.
+        let ext = ext_chain(svc);
+        let _ = writeln!(
+            s,
+            "-A {ext} -m comment --comment \"masquerade traffic for {name} external destinations\" -j KUBE-MARK-MASQ\n\
+             -A {ext} -j {chain}"
+        );
+    }
     let n = svc.endpoints.len();
     for (i, ep) in svc.endpoints.iter().enumerate() {
         let sep = sep_chain(svc, *ep);
@@ -356,6 +410,13 @@ fn iptables_rules(s: &mut String, svc: &Service) {
 fn svc_chain(svc: &Service) -> String {
     format!(
         "KUBE-SVC-{}",
+        hash32(&format!("{}tcp", svc.port_name()), 16)
+    )
+}
+
+fn ext_chain(svc: &Service) -> String {
+    format!(
+        "KUBE-EXT-{}",
         hash32(&format!("{}tcp", svc.port_name()), 16)
     )
 }
@@ -417,6 +478,16 @@ add rule ip kube-proxy service-endpoints-check ip daddr . meta l4proto . th dpor
 
 fn nft_service(s: &mut String, svc: &Service) {
     nft_service_chains(s, svc, false);
+    if let Some(port) = svc.node_port {
+        let (ext, chain) = (nft_external_chain(svc), nft_service_chain(svc));
+        let _ = writeln!(
+            s,
+            "add chain ip kube-proxy {ext}\n\
+             add rule ip kube-proxy {ext} jump mark-for-masquerade\n\
+             add rule ip kube-proxy {ext} goto {chain}\n\
+             add element ip kube-proxy service-nodeports {{ tcp . {port} : goto {ext} }}"
+        );
+    }
     let _ = writeln!(s, "add element ip kube-proxy cluster-ips {{ {} }}", svc.vip);
     let _ = writeln!(
         s,
@@ -471,6 +542,14 @@ fn nft_service_chains(s: &mut String, svc: &Service, flush: bool) {
 fn nft_service_chain(svc: &Service) -> String {
     format!(
         "service-{}-{NAMESPACE}/{}/tcp/http",
+        hash32(&format!("{}tcp", svc.port_name()), 8),
+        svc.name
+    )
+}
+
+fn nft_external_chain(svc: &Service) -> String {
+    format!(
+        "external-{}-{NAMESPACE}/{}/tcp/http",
         hash32(&format!("{}tcp", svc.port_name()), 8),
         svc.name
     )
@@ -559,6 +638,30 @@ mod tests {
             .collect();
         let unique: std::collections::BTreeSet<&str> = declared.iter().copied().collect();
         assert_eq!(declared.len(), unique.len());
+    }
+
+    #[test]
+    fn node_port_reaches_the_service_chain_through_its_external_chain() {
+        let endpoint = SocketAddrV4::new(Ipv4Addr::new(10, 201, 2, 11), 5001);
+        let w = Workload::new(3, 2, &pods()).with_node_port(30080, endpoint);
+        let measured = w.services.last().expect("measured");
+        let ipt = w.iptables_full();
+        let ext = ext_chain(measured);
+        assert!(ipt.contains(&format!(":{ext} - [0:0]")));
+        assert!(ipt.contains(&format!("--dport 30080 -j {ext}\n")));
+        assert!(ipt.contains(&format!("-A {ext} -j {}\n", svc_chain(measured))));
+        assert!(ipt.contains(&format!("--to-destination {endpoint}\n")));
+        let nft = w.nft_full();
+        assert!(nft.contains(&format!(
+            "tcp . 30080 : goto {}",
+            nft_external_chain(measured)
+        )));
+        let v: serde_json::Value = serde_json::from_str(&w.services_file()).expect("json");
+        let spec = &v["items"][6]["spec"];
+        assert_eq!(spec["type"], "NodePort");
+        assert_eq!(spec["ports"][0]["nodePort"], 30080);
+        assert_eq!(spec["ports"][0]["targetPort"], 5001);
+        assert_eq!(v["items"][7]["ports"][0]["port"], 5001);
     }
 
     #[test]

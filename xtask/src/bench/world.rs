@@ -87,21 +87,8 @@ impl World {
                 &format!("lbbp{}", i + 1),
                 *pod,
             )?;
-            let mut server = in_netns(&ns, &world.client_bin)
-                .args(["serve", "--ports", POD_PORTS, "--threads", "2"])
-                .stdout(Stdio::piped())
-                .spawn()
-                .with_context(|| format!("failed to start the bench server in {ns}"))?;
-            let stdout = server.stdout.take().context("server stdout")?;
+            let server = serve(&ns, &world.client_bin, POD_PORTS)?;
             world.servers.push(server);
-            let mut line = String::new();
-            BufReader::new(stdout)
-                .read_line(&mut line)
-                .with_context(|| format!("the bench server in {ns} did not start"))?;
-            ensure!(
-                line.trim() == "ready",
-                "the bench server in {ns} did not start: {line:?}"
-            );
         }
         Ok(world)
     }
@@ -157,6 +144,28 @@ impl Drop for World {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Starts the bench server on `ports` (`8080,8081`) in the namespace
+/// called `ns` and waits until it listens. The caller kills it.
+pub fn serve(ns: &str, client_bin: &Path, ports: &str) -> Result<Child> {
+    let mut server = in_netns(ns, client_bin)
+        .args(["serve", "--ports", ports, "--threads", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("failed to start the bench server in {ns}"))?;
+    let mut line = String::new();
+    let read = server
+        .stdout
+        .take()
+        .context("server stdout")
+        .and_then(|out| Ok(BufReader::new(out).read_line(&mut line)?));
+    if read.is_err() || line.trim() != "ready" {
+        let _ = server.kill();
+        let _ = server.wait();
+        bail!("the bench server in {ns} did not start: {line:?}");
+    }
+    Ok(server)
 }
 
 /// Namespaces, cgroup and pins named `lb-bench*` from an interrupted run.

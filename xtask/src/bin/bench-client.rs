@@ -16,6 +16,10 @@
 //!   one request in flight on each.
 //! - `probe`: connects again and again until a reply comes from `--expect`,
 //!   and prints the `CLOCK_MONOTONIC` time that connect started.
+//! - `bulk`: bulk throughput: one connection per thread, opened with
+//!   [`BULK_HELLO`] (the server then reads and never answers), written to
+//!   as fast as the path takes it; bytes are counted as the kernel accepts
+//!   them (the socket's send buffer, a few MiB, bounds the error).
 //!
 //! Every client closes with `SO_LINGER` 0 (a reset), so that no `TIME_WAIT`
 //! is left to run the client out of ports. Results are one JSON object on
@@ -46,6 +50,8 @@ use serde_json::json;
 const REQUEST: [u8; 16] = *b"bench-request\r\n\n";
 /// Reply: IPv4 address (4 bytes) and port (2 bytes), network order.
 const REPLY_LEN: usize = 6;
+/// The first bytes of a `bulk` connection: the server answers nothing on it.
+const BULK_HELLO: &[u8] = b"bench-bulk\n";
 
 #[derive(Parser)]
 #[command(name = "bench-client", about = "Measuring side of `cargo xtask bench`")]
@@ -79,6 +85,8 @@ enum Command {
     ConnRate(Load),
     /// Requests per second on kept-alive connections, one per thread.
     Rps(Load),
+    /// Bytes per second written on one connection per thread (`ok`: bytes).
+    Bulk(Load),
     /// Connect to ADDR until EXPECT answers; prints `ready` after the first answer.
     Probe {
         #[arg(long)]
@@ -146,6 +154,7 @@ fn run(command: Command) -> Result<()> {
         } => latency(&addrs, count, warmup),
         Command::ConnRate(load) => load.run(conn_loop),
         Command::Rps(load) => load.run(rps_loop),
+        Command::Bulk(load) => load.run(bulk_loop),
         Command::Probe {
             addr,
             expect,
@@ -422,6 +431,35 @@ fn rps_loop(addrs: &[SocketAddrV4], thread: usize, stop: &AtomicBool) -> Tally {
     tally
 }
 
+/// `bulk`: `ok` counts bytes.
+fn bulk_loop(addrs: &[SocketAddrV4], thread: usize, stop: &AtomicBool) -> Tally {
+    const CHUNK: usize = 256 * 1024;
+    let mut tally = Tally::default();
+    let addr = addrs[thread % addrs.len()];
+    let fd = match client_socket().and_then(|fd| connect(&fd, addr).map(|()| fd)) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tally.error(&e);
+            return tally;
+        }
+    };
+    if let Err(e) = write_all(fd.as_raw_fd(), BULK_HELLO) {
+        tally.error(&e);
+        return tally;
+    }
+    let chunk = vec![0x5a_u8; CHUNK];
+    while !stop.load(Ordering::Relaxed) {
+        match write_all(fd.as_raw_fd(), &chunk) {
+            Ok(()) => tally.ok += CHUNK as u64,
+            Err(e) => {
+                tally.error(&e);
+                return tally;
+            }
+        }
+    }
+    tally
+}
+
 fn probe(
     addr: SocketAddrV4,
     expect: SocketAddrV4,
@@ -573,9 +611,10 @@ fn serve_loop(listeners: &[OwnedFd]) -> Result<()> {
             LISTENER_TAG | i as u64,
         )?;
     }
-    let mut conns: HashMap<RawFd, (OwnedFd, [u8; REPLY_LEN])> = HashMap::new();
+    // A connection and its reply (`None`: a `bulk` one, never answered).
+    let mut conns: HashMap<RawFd, (OwnedFd, Option<[u8; REPLY_LEN]>)> = HashMap::new();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
-    let mut buf = [0u8; 4096];
+    let mut buf = vec![0u8; 256 * 1024];
     loop {
         // SAFETY: events is valid for its length.
         let n = unsafe {
@@ -605,15 +644,22 @@ fn serve_loop(listeners: &[OwnedFd]) -> Result<()> {
             let Ok(fd) = RawFd::try_from(data) else {
                 continue;
             };
-            let Some((conn, reply)) = conns.get(&fd) else {
+            let Some((conn, reply)) = conns.get_mut(&fd) else {
                 continue;
             };
-            // SAFETY: buf is valid for its length.
-            let got = unsafe { libc::read(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            let keep = match got {
-                0 => false,
-                n if n < 0 => io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock,
-                _ => write_all(conn.as_raw_fd(), reply).is_ok(),
+            // Requests are small: a short read keeps request and reply in step.
+            let want = if reply.is_some() { 4096 } else { buf.len() };
+            // SAFETY: buf is valid for `want` bytes.
+            let got = unsafe { libc::read(conn.as_raw_fd(), buf.as_mut_ptr().cast(), want) };
+            let keep = match (usize::try_from(got), *reply) {
+                (Ok(0), _) => false,
+                (Err(_), _) => io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock,
+                (Ok(n), Some(_)) if buf[..n].starts_with(BULK_HELLO) => {
+                    *reply = None;
+                    true
+                }
+                (Ok(_), Some(reply)) => write_all(conn.as_raw_fd(), &reply).is_ok(),
+                (Ok(_), None) => true,
             };
             if !keep {
                 let _ = epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0);
@@ -623,10 +669,11 @@ fn serve_loop(listeners: &[OwnedFd]) -> Result<()> {
     }
 }
 
+/// Accepts every pending connection.
 fn accept_all(
     epfd: RawFd,
     listener: RawFd,
-    conns: &mut HashMap<RawFd, (OwnedFd, [u8; REPLY_LEN])>,
+    conns: &mut HashMap<RawFd, (OwnedFd, Option<[u8; REPLY_LEN]>)>,
 ) {
     loop {
         // SAFETY: null address pointers are allowed by accept4.
@@ -651,7 +698,7 @@ fn accept_all(
             &one,
             "TCP_NODELAY",
         );
-        let reply = local_reply(fd);
+        let reply = Some(local_reply(fd));
         let data = u64::try_from(fd).unwrap_or(0);
         if epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, data).is_ok() {
             conns.insert(fd, (owned, reply));
