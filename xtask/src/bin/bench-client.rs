@@ -407,15 +407,20 @@ fn conn_loop(addrs: &[SocketAddrV4], thread: usize, stop: &AtomicBool) -> Tally 
     tally
 }
 
+/// Thread `thread`'s one connection of a kept-alive load over `addrs`;
+/// `None` (the error tallied) if it could not connect.
+fn kept_alive(addrs: &[SocketAddrV4], thread: usize, tally: &mut Tally) -> Option<OwnedFd> {
+    let connected = client_socket().and_then(|fd| {
+        connect(&fd, addrs[thread % addrs.len()])?;
+        Ok(fd)
+    });
+    connected.map_err(|e| tally.error(&e)).ok()
+}
+
 fn rps_loop(addrs: &[SocketAddrV4], thread: usize, stop: &AtomicBool) -> Tally {
     let mut tally = Tally::default();
-    let addr = addrs[thread % addrs.len()];
-    let fd = match client_socket().and_then(|fd| connect(&fd, addr).map(|()| fd)) {
-        Ok(fd) => fd,
-        Err(e) => {
-            tally.error(&e);
-            return tally;
-        }
+    let Some(fd) = kept_alive(addrs, thread, &mut tally) else {
+        return tally;
     };
     while !stop.load(Ordering::Relaxed) {
         for _ in 0..64 {
@@ -435,13 +440,8 @@ fn rps_loop(addrs: &[SocketAddrV4], thread: usize, stop: &AtomicBool) -> Tally {
 fn bulk_loop(addrs: &[SocketAddrV4], thread: usize, stop: &AtomicBool) -> Tally {
     const CHUNK: usize = 256 * 1024;
     let mut tally = Tally::default();
-    let addr = addrs[thread % addrs.len()];
-    let fd = match client_socket().and_then(|fd| connect(&fd, addr).map(|()| fd)) {
-        Ok(fd) => fd,
-        Err(e) => {
-            tally.error(&e);
-            return tally;
-        }
+    let Some(fd) = kept_alive(addrs, thread, &mut tally) else {
+        return tally;
     };
     if let Err(e) = write_all(fd.as_raw_fd(), BULK_HELLO) {
         tally.error(&e);
