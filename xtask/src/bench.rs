@@ -764,15 +764,7 @@ impl SizeBench<'_> {
                 )?;
                 let run = &mut runs[i];
                 run.result.latency_errors += v["errors"].as_u64().unwrap_or(0);
-                if let Some(samples) = v["samples_ns"].as_array() {
-                    #[expect(clippy::cast_precision_loss, reason = "nanoseconds fit an f64")]
-                    run.latency.extend(
-                        samples
-                            .iter()
-                            .filter_map(Value::as_u64)
-                            .map(|ns| ns as f64 / 1000.0),
-                    );
-                }
+                run.latency.extend(latency_samples_us(&v));
                 self.progress.inc(1);
             }
             for (what, threads) in [("conn-rate", 1), ("conn-rate", 2), ("rps", 1)] {
@@ -791,9 +783,7 @@ impl SizeBench<'_> {
                     )?;
                     let run = &mut runs[i];
                     run.result.rate_errors += v["errors"].as_u64().unwrap_or(0);
-                    #[expect(clippy::cast_precision_loss, reason = "counts fit an f64")]
-                    let rate =
-                        v["ok"].as_u64().unwrap_or(0) as f64 / v["seconds"].as_f64().unwrap_or(1.0);
+                    let rate = per_second(&v);
                     match (what, threads) {
                         ("rps", _) => run.rps.push(rate),
                         (_, 1) => run.conn1.push(rate),
@@ -1153,6 +1143,23 @@ fn client_json(world: &World, run: &PeerRun, args: &[String]) -> Result<Value> {
     let client = run.client.as_ref().context("client namespace")?;
     bench_client(&world.client_bin, &client.name, run.cgroup.as_deref(), args)
         .with_context(|| format!("for {}", run.peer.name()))
+}
+
+/// The `connect()` times of a `bench-client latency` result, in µs.
+fn latency_samples_us(v: &Value) -> Vec<f64> {
+    #[expect(clippy::cast_precision_loss, reason = "nanoseconds fit an f64")]
+    let us = |ns: u64| ns as f64 / 1000.0;
+    v["samples_ns"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).map(us).collect())
+        .unwrap_or_default()
+}
+
+/// The rate of a `bench-client` load result: `ok` per second.
+fn per_second(v: &Value) -> f64 {
+    #[expect(clippy::cast_precision_loss, reason = "counts fit an f64")]
+    let ok = v["ok"].as_u64().unwrap_or(0) as f64;
+    ok / v["seconds"].as_f64().unwrap_or(1.0)
 }
 
 /// Runs `bench-client [--cgroup CGROUP] ARGS` in the namespace `ns` and

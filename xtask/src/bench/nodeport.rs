@@ -41,7 +41,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    Peer, bench_client, check_interrupted, flush_rules, load_command,
+    Peer, bench_client, check_interrupted, flush_rules, latency_samples_us, load_command,
+    per_second,
     stats::{Percentiles, median},
     timed,
     workload::Workload,
@@ -344,16 +345,7 @@ fn measure(o: &Options, ns: &str, target: SocketAddrV4, backend: SocketAddrV4) -
         o.latency_count.to_string(),
     ])?;
     tally(&latency);
-    #[expect(clippy::cast_precision_loss, reason = "nanoseconds fit an f64")]
-    let latency_us: Vec<f64> = latency["samples_ns"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_u64)
-                .map(|ns| ns as f64 / 1000.0)
-                .collect()
-        })
-        .unwrap_or_default();
+    let latency_us = latency_samples_us(&latency);
     let mut rate = |command: &str, threads: usize| -> Result<f64> {
         let v = client(&[
             arg(command),
@@ -365,9 +357,7 @@ fn measure(o: &Options, ns: &str, target: SocketAddrV4, backend: SocketAddrV4) -
             o.batch_ms.to_string(),
         ])?;
         tally(&v);
-        #[expect(clippy::cast_precision_loss, reason = "counts fit an f64")]
-        let per_s = v["ok"].as_u64().unwrap_or(0) as f64 / v["seconds"].as_f64().unwrap_or(1.0);
-        Ok(per_s)
+        Ok(per_second(&v))
     };
     let conn_rate_1 = rate("conn-rate", 1)?;
     let conn_rate_2 = rate("conn-rate", 2)?;
