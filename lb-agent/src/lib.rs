@@ -17,6 +17,7 @@ pub mod dataplane;
 mod health;
 mod http;
 pub mod list;
+mod memory;
 mod metrics;
 pub mod model;
 pub mod node_addresses;

@@ -307,6 +307,11 @@ fn sync_once(
     let result = tokio::task::block_in_place(|| syncer.sync(&desired.state, touched.as_ref()));
     match result {
         Ok(outcome) => {
+            // A whole state replaced the one before: that one, and what
+            // the source parsed on the way, are free now.
+            if touched.is_none() {
+                tokio::task::spawn_blocking(crate::memory::release_free_memory);
+            }
             if let Some(closer) = closer {
                 closer.submit(&outcome.departed);
             }

@@ -35,6 +35,7 @@ mod api;
 mod ignored;
 mod nodeport;
 mod report;
+mod scale;
 mod sockets;
 mod stats;
 mod workload;
@@ -136,6 +137,14 @@ pub struct Args {
     /// Numbers of services programmed for the node-port section.
     #[arg(long, value_delimiter = ',', default_value = "1,1000")]
     pub nodeport_sizes: Vec<usize>,
+    /// The agent at scale, from a services file and from the API (ready,
+    /// steady and peak memory, reloads, catch-up after an outage): after
+    /// the rest (`run`), not at all (`skip`), or alone (`only`).
+    #[arg(long, value_enum, default_value_t = Section::Run)]
+    pub scale: Section,
+    /// Numbers of services for the scale section.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    pub scale_sizes: Vec<usize>,
 }
 
 /// Whether a section of its own is measured.
@@ -246,7 +255,7 @@ pub fn run(args: &Args) -> Result<()> {
     );
     ensure!(!args.sizes.is_empty(), "--sizes is empty");
     ensure!(
-        args.sizes.iter().all(|&n| n >= 1),
+        args.sizes.iter().chain(&args.scale_sizes).all(|&n| n >= 1),
         "every size must be at least 1"
     );
     ensure!(
@@ -263,6 +272,11 @@ pub fn run(args: &Args) -> Result<()> {
     if args.sockets == Section::Only {
         return section_only(args, "closing the sockets of a removed backend", |out| {
             sockets::run(socket_cases(args), &agent_bin, out)
+        });
+    }
+    if args.scale == Section::Only {
+        return section_only(args, "the agent at scale", |out| {
+            scale::run(&scale_sizes(args), &agent_bin, out)
         });
     }
     let client_bin = build_client()?;
@@ -391,6 +405,12 @@ fn add_sections(
             sockets::run(socket_cases(args), agent_bin, out)
         })?;
     }
+    if args.scale == Section::Run {
+        check_interrupted()?;
+        add_section(out, written, || {
+            scale::run(&scale_sizes(args), agent_bin, out)
+        })?;
+    }
     if args.nodeport == Section::Run {
         check_interrupted()?;
         let options = nodeport_options(args, agent_bin, client_bin);
@@ -451,6 +471,14 @@ fn section_only(
     add_section(&out, &mut written, || measure(&out))?;
     println!("{written}");
     Ok(())
+}
+
+/// The scale section's sizes: sorted, once each.
+fn scale_sizes(args: &Args) -> Vec<usize> {
+    let mut sizes = args.scale_sizes.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
 }
 
 /// The node-port section's settings.

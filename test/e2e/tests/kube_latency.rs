@@ -161,27 +161,6 @@ fn measure(services: usize, changes: usize) {
 /// `count` other Services with 10 endpoints each.
 fn add_fillers(api: &ApiServer, count: usize) {
     for i in 0..count {
-        let name = format!("filler-{i}");
-        let ip = format!("10.{}.{}.{}", 96 + i / 62_500, (i / 250) % 250, i % 250 + 1);
-        let eps: Vec<_> = (0..10)
-            .map(|j| {
-                ready(format!(
-                    "10.200.{}.{}",
-                    1 + (i * 10 + j) / 250 % 250,
-                    (i * 10 + j) % 250 + 1
-                ))
-            })
-            .collect();
-        api.apply(&typed::<Service>(service(
-            &name,
-            &[&ip],
-            &[manifests::tcp("http", 80, 8080)],
-        )));
-        api.apply(&typed::<EndpointSlice>(slice(
-            &name,
-            &format!("{name}-1"),
-            &eps,
-            &[("http", 8080, "TCP")],
-        )));
+        manifests::apply(api, &manifests::filler(i, 0));
     }
 }

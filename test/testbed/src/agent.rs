@@ -179,9 +179,15 @@ impl Agent {
 
     /// Waits for `/readyz` to answer 200.
     pub fn wait_ready(&mut self) {
+        self.wait_ready_within(Duration::from_secs(30));
+    }
+
+    /// [`Agent::wait_ready`] for up to `timeout` (a first load of 100,000s
+    /// of Services).
+    pub fn wait_ready_within(&mut self, timeout: Duration) {
         let (netns, metrics) = (self.netns.clone(), self.metrics);
         let mut exited = None;
-        wait_for("the agent to be ready", Duration::from_secs(30), || {
+        wait_for("the agent to be ready", timeout, || {
             if let Some(status) = self
                 .child
                 .as_mut()

@@ -210,6 +210,21 @@ pub fn http(name: &str, cluster_ip: &str, endpoints: &[Endpoint]) -> [Value; 2] 
     ]
 }
 
+/// Filler Service `filler-I` for the benchmarks: [`http`] on a ClusterIP of
+/// its own (unique for a million Services) with ten ready endpoints that
+/// nothing answers on (10.200.0.0/16); `shift` moves them along, so that a
+/// state built with another `shift` changes every filler.
+pub fn filler(i: usize, shift: usize) -> [Value; 2] {
+    let ip = format!("10.{}.{}.{}", 96 + i / 62_500, (i / 250) % 250, i % 250 + 1);
+    let endpoints: Vec<_> = (0..10)
+        .map(|j| {
+            let k = i * 10 + j + shift;
+            ready(format!("10.200.{}.{}", 1 + k / 250 % 250, k % 250 + 1))
+        })
+        .collect();
+    http(&format!("filler-{i}"), &ip, &endpoints)
+}
+
 /// The demo Service `web`: [`http`] with this algorithm.
 pub fn web(vip: &str, algorithm: &str, endpoints: &[Endpoint]) -> [Value; 2] {
     let [svc, slice] = http("web", vip, endpoints);

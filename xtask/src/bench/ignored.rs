@@ -46,7 +46,8 @@ fn build(target: &str) -> Result<PathBuf> {
 
 /// Runs the ignored test `test` of `target` with `env` and returns the JSON
 /// rows it printed, also written to `out/name` (next to `results.md`). Fails
-/// if the test failed, saying how many rows it printed first.
+/// if the test failed, saying how many rows it printed first (they are in
+/// `out/name` all the same).
 pub fn run(
     target: &str,
     test: &str,
@@ -73,14 +74,16 @@ pub fn run(
         .filter_map(|l| l.find('{').map(|i| &l[i..]))
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    ensure!(
-        output.status.success(),
-        "the {target} benchmark failed (after {} result rows)",
-        rows.len()
-    );
+    // Written also when the test failed: the rows before the failure.
     let path = out.join(name);
     fs::write(&path, serde_json::to_string_pretty(&rows)?)
         .with_context(|| format!("failed to write {}", path.display()))?;
+    ensure!(
+        output.status.success(),
+        "the {target} benchmark failed (after {} result rows, in {})",
+        rows.len(),
+        path.display()
+    );
     Ok(rows)
 }
 
