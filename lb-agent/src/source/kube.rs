@@ -373,7 +373,7 @@ async fn publish_changes(
             // Translating takes a while for a large cluster: off the
             // async workers, so the watches and /metrics keep going.
             let (change, new_problems) = tokio::task::block_in_place(|| {
-                let partial = (!all && dirty.len() <= MAX_PARTIAL)
+                let partial = (!all && dirty.len() <= translator.partial_limit())
                     .then(|| translator.partial(&dirty, services, slices, node_objects))
                     .flatten();
                 if let Some((delta, n)) = partial {
@@ -698,7 +698,11 @@ struct Translator {
     reported: HashSet<String>,
 }
 
-/// More changed Services than this in one burst: translate everything.
+/// A burst that changes more Services than this, and more than an eighth
+/// of those translated, is translated whole: past that a whole translation
+/// costs less than one per Service. (With a fixed limit, the catch-up after
+/// an outage at 100,000 Services was a series of whole translations of 3 s
+/// each, for bursts of a few hundred changes.)
 const MAX_PARTIAL: usize = 256;
 
 impl Translator {
@@ -714,6 +718,11 @@ impl Translator {
             slices: ServiceSlices::default(),
             reported: HashSet::new(),
         }
+    }
+
+    /// The largest burst translated Service by Service.
+    fn partial_limit(&self) -> usize {
+        MAX_PARTIAL.max(self.by_service.len() / 8)
     }
 
     fn node(&self, node: Option<&Store<Node>>) -> NodeContext {

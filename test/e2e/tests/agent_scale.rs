@@ -20,7 +20,8 @@
 //! Needs root. Run by `cargo xtask bench`, or:
 //! `sudo cargo test --release -p lb-e2e --test agent_scale -- --ignored --nocapture`
 //! (`LB_BENCH_SIZES=1000,10000` sets the sizes, `LB_BENCH_SOURCES=file,api`
-//! the sources, `LB_AGENT_BIN` the agent).
+//! the sources, `LB_AGENT_BIN` the agent; with `LB_BENCH_VERBOSE` set, the
+//! API agent's log is printed after the catch-up).
 
 use std::{
     fs,
@@ -274,6 +275,9 @@ fn api(n: usize) -> Value {
     std::thread::sleep(OUTAGE);
     api.restart().expect("restart the API server");
     let catch_up = world.until_on(0, "the catch-up");
+    if std::env::var_os("LB_BENCH_VERBOSE").is_some() {
+        eprintln!("{}", agent.log());
+    }
     row(
         "api",
         n,
