@@ -107,15 +107,21 @@ impl World {
         manifests::http("measured", VIP, &[ready(self.cluster.pods[pod].ip4)])
     }
 
-    /// Starts the agent with `args` and returns it with the time to ready.
-    fn start(&self, args: &[&str]) -> (Agent, Duration) {
+    /// Starts the agent with `args`, waits until the measured Service is on
+    /// pod 0 and the agent has settled; returns it with the time to ready and
+    /// its memory then (RSS and heap, MiB).
+    fn start_settled(&self, args: &[&str], what: &str) -> (Agent, Duration, (f64, f64)) {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--node-name", "node-1"]);
         all.extend(self.sizes.iter().map(String::as_str));
         let started = Instant::now();
         let mut agent = Agent::spawn(&self.cgroup.path, &all);
         agent.wait_ready_within(Duration::from_mins(5));
-        (agent, started.elapsed())
+        let ready = started.elapsed();
+        self.until_on(0, what);
+        std::thread::sleep(SETTLE);
+        let memory = (memory_mib(&agent, "VmRSS"), memory_mib(&agent, "RssAnon"));
+        (agent, ready, memory)
     }
 
     /// Polls until a `connect()` to the measured Service reaches pod `pod`;
@@ -185,11 +191,8 @@ fn file(n: usize) -> Value {
     manifests::write(&path, &items(&world, n, 0, 0));
     let file_mib = file_mib(&path);
     let path_arg = path.display().to_string();
-    let (agent, ready) = world.start(&["--services-file", &path_arg]);
-    world.until_on(0, "the first load");
-    std::thread::sleep(SETTLE);
-    let steady = memory_mib(&agent, "VmRSS");
-    let steady_anon = memory_mib(&agent, "RssAnon");
+    let (agent, ready, (steady, steady_anon)) =
+        world.start_settled(&["--services-file", &path_arg], "the first load");
 
     // Staged beside it first: the clock starts at the rename.
     let staged = world.dir.path().join("staged.json");
@@ -234,11 +237,8 @@ fn api(n: usize) -> Value {
     }
     manifests::apply(&api, &world.measured(0));
     let kubeconfig = kubeconfig.display().to_string();
-    let (agent, ready) = world.start(&["--kubeconfig", &kubeconfig]);
-    world.until_on(0, "the first list");
-    std::thread::sleep(SETTLE);
-    let steady = memory_mib(&agent, "VmRSS");
-    let steady_anon = memory_mib(&agent, "RssAnon");
+    let (agent, ready, (steady, steady_anon)) =
+        world.start_settled(&["--kubeconfig", &kubeconfig], "the first list");
 
     // Every filler moved, the watches expired: the watchers relist all of
     // it. The measured change comes after the relist, so it is programmed

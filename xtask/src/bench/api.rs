@@ -7,30 +7,24 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use super::ignored;
 
 /// Runs the measurement for `sizes` and returns a Markdown section (also
 /// written to `out/api.json`).
 pub fn run(sizes: &[usize], changes: usize, agent_bin: &Path, out: &Path) -> Result<String> {
-    let sizes_arg = sizes
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let rows = ignored::run(
-        "kube_latency",
-        "api_event_to_data_path_latency",
-        &[
-            ("LB_BENCH_SIZES", sizes_arg.clone()),
-            ("LB_BENCH_CHANGES", changes.to_string()),
-            ("LB_AGENT_BIN", agent_bin.display().to_string()),
-        ],
+    let rows = ignored::Ignored {
+        target: "kube_latency",
+        test: "api_event_to_data_path_latency",
+        json: "api.json",
+    }
+    .run_sizes(
+        sizes,
+        &[("LB_BENCH_CHANGES", changes.to_string())],
+        agent_bin,
         out,
-        "api.json",
-    )
-    .with_context(|| format!("API event latency for sizes {sizes_arg}"))?;
+    )?;
 
     let mut md = String::from(
         "\n## Endpoint change through the Kubernetes API\n\n\

@@ -44,6 +44,39 @@ fn build(target: &str) -> Result<PathBuf> {
         .with_context(|| format!("cargo did not report the {target} executable"))
 }
 
+/// The ignored test `test` of end-to-end target `target`, whose rows go to
+/// `json` in the results directory.
+pub struct Ignored<'a> {
+    pub target: &'a str,
+    pub test: &'a str,
+    pub json: &'a str,
+}
+
+impl Ignored<'_> {
+    /// Runs it for numbers of Services `sizes` (`LB_BENCH_SIZES`) with the
+    /// agent at `agent_bin` and `env` besides: see [`run`].
+    pub fn run_sizes(
+        &self,
+        sizes: &[usize],
+        env: &[(&str, String)],
+        agent_bin: &Path,
+        out: &Path,
+    ) -> Result<Vec<Value>> {
+        let sizes_arg = sizes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut all = vec![
+            ("LB_BENCH_SIZES", sizes_arg.clone()),
+            ("LB_AGENT_BIN", agent_bin.display().to_string()),
+        ];
+        all.extend_from_slice(env);
+        run(self.target, self.test, &all, out, self.json)
+            .with_context(|| format!("{} for sizes {sizes_arg}", self.test))
+    }
+}
+
 /// Runs the ignored test `test` of `target` with `env` and returns the JSON
 /// rows it printed, also written to `out/name` (next to `results.md`). Fails
 /// if the test failed, saying how many rows it printed first (they are in

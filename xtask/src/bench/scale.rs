@@ -7,7 +7,7 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use serde_json::Value;
 
 use super::ignored;
@@ -15,22 +15,12 @@ use super::ignored;
 /// Runs the measurement for `sizes` and returns a Markdown section (also
 /// written to `out/scale.json`).
 pub fn run(sizes: &[usize], agent_bin: &Path, out: &Path) -> Result<String> {
-    let sizes_arg = sizes
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let rows = ignored::run(
-        "agent_scale",
-        "agent_memory_readiness_and_catch_up",
-        &[
-            ("LB_BENCH_SIZES", sizes_arg.clone()),
-            ("LB_AGENT_BIN", agent_bin.display().to_string()),
-        ],
-        out,
-        "scale.json",
-    )
-    .with_context(|| format!("the agent at scale, sizes {sizes_arg}"))?;
+    let rows = ignored::Ignored {
+        target: "agent_scale",
+        test: "agent_memory_readiness_and_catch_up",
+        json: "scale.json",
+    }
+    .run_sizes(sizes, &[], agent_bin, out)?;
 
     let mut md = String::from(
         "\n## The agent at scale: readiness, memory, reloads, catch-up\n\n\
