@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long = "kernel", value_enum)]
     kernels: Vec<KernelChoice>,
     /// Time limit for each VM, in seconds (TCG is slow).
-    #[arg(long, default_value_t = 1200, value_name = "SECS")]
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
     timeout: u64,
     /// Time limit for each test inside the VM, in seconds.
     #[arg(long, default_value_t = 600, value_name = "SECS")]
