@@ -144,11 +144,7 @@ impl World {
 /// `VmRSS` or `VmHWM` of `agent`, in MiB.
 fn memory_mib(agent: &Agent, field: &str) -> f64 {
     let pid = agent.pid().expect("agent running");
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    let kib = lb_testbed::proc_status_kib(pid, field)
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
     #[expect(clippy::cast_precision_loss, reason = "memory sizes fit an f64")]
     let mib = kib as f64 / 1024.0;

@@ -76,6 +76,16 @@ pub fn monotonic_ns() -> u64 {
         + u64::try_from(ts.tv_nsec()).unwrap_or(0)
 }
 
+/// A memory field of `/proc/PID/status` (`VmRSS`, `VmHWM`, `RssAnon`...) in
+/// KiB; `None` if the process or the field is not there.
+pub fn proc_status_kib(pid: impl std::fmt::Display, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// Runs a command, panicking with its output if it fails.
 pub fn sh(program: &str, args: &[&str]) -> String {
     let out = std::process::Command::new(program)

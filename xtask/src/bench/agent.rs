@@ -172,14 +172,8 @@ impl Agent {
     /// Resident memory and the kernel memory of the maps it holds.
     pub fn memory(&self) -> Result<Memory> {
         let pid = self.pid().context("the agent is not running")?;
-        let status_path = format!("/proc/{pid}/status");
-        let status = fs::read_to_string(&status_path)
-            .with_context(|| format!("failed to read {status_path}"))?;
-        let rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
+        let rss_kib = lb_testbed::proc_status_kib(pid, "VmRSS")
+            .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
         let mut seen = std::collections::BTreeSet::new();
         let mut memlock = 0u64;
         let fd_dir = format!("/proc/{pid}/fd");
