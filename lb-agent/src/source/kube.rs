@@ -17,7 +17,8 @@
 //!   `lb_source_stale{source="kubernetes"}` gauge is 1 and a log line says
 //!   so; the watchers retry with backoff, and all of them resume at once
 //!   when the probe sees the server answer again.
-//! - Objects are stripped to what translation reads before they are stored.
+//! - Objects are stripped to what translation reads before they are stored;
+//!   slices are kept in the compact form [`Slice`].
 
 mod node;
 mod resume;
@@ -30,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{Stream, StreamExt as _};
+use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
     Api, Client, Config,
@@ -48,7 +49,7 @@ use super::{Published, Publisher, Update};
 use crate::{
     metrics::{Metrics, SourceLabels},
     model::{DesiredState, Frontend, HealthChecks, ServiceEntry, ServiceName},
-    translate::{self, Kind, NodeContext, Options},
+    translate::{self, Kind, NodeContext, Options, Slice},
 };
 
 /// How often everything is translated again whatever the events said.
@@ -189,7 +190,7 @@ enum Signal {
 /// The reflector caches.
 struct Stores {
     services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    slices: Store<Slice>,
     node: Option<Store<Node>>,
 }
 
@@ -284,8 +285,8 @@ impl KubeSource {
             service_scope,
         ));
 
-        let (slices, writer) = reflector::store::<EndpointSlice>();
-        let stream = watcher(self.api::<EndpointSlice>(), config).modify(strip::slice);
+        let (slices, writer) = reflector::store::<Slice>();
+        let stream = watcher(self.api::<EndpointSlice>(), config).map_ok(compact);
         let stream = resume::backoff(stream, resume.clone());
         tokio::spawn(drive(
             Watch::Slices,
@@ -566,7 +567,7 @@ fn service_scope(event: &watcher::Event<Service>) -> Option<Scope> {
     })
 }
 
-fn slice_scope(event: &watcher::Event<EndpointSlice>) -> Option<Scope> {
+fn slice_scope(event: &watcher::Event<Slice>) -> Option<Scope> {
     event_scope(event, |s| {
         let service = service_of(s)?;
         Some(Scope::Service {
@@ -587,7 +588,7 @@ struct ServiceSlices {
 }
 
 impl ServiceSlices {
-    fn insert(&mut self, slice: &EndpointSlice) {
+    fn insert(&mut self, slice: &Slice) {
         let meta = &slice.metadata;
         if let (Some(namespace), Some(name), Some(service)) =
             (&meta.namespace, &meta.name, service_of(slice))
@@ -622,8 +623,8 @@ impl ServiceSlices {
         &mut self,
         id: &ServiceId,
         named: &BTreeSet<String>,
-        store: &Store<EndpointSlice>,
-    ) -> Vec<Arc<EndpointSlice>> {
+        store: &Store<Slice>,
+    ) -> Vec<Arc<Slice>> {
         let (namespace, service) = id;
         let known = self.by_service.remove(id).unwrap_or_default();
         let mut current = BTreeSet::new();
@@ -655,12 +656,19 @@ impl ServiceSlices {
 }
 
 /// The Service an `EndpointSlice` belongs to, by its label.
-fn service_of(slice: &EndpointSlice) -> Option<&String> {
-    slice
-        .metadata
-        .labels
-        .as_ref()?
-        .get(translate::LABEL_SERVICE_NAME)
+fn service_of(slice: &Slice) -> Option<&String> {
+    slice.service.as_ref()
+}
+
+/// A slice event with the slice in the form the store keeps.
+fn compact(event: watcher::Event<EndpointSlice>) -> watcher::Event<Slice> {
+    match event {
+        watcher::Event::Apply(s) => watcher::Event::Apply(s.into()),
+        watcher::Event::Delete(s) => watcher::Event::Delete(s.into()),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(s) => watcher::Event::InitApply(s.into()),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
 }
 
 fn node_scope(event: &watcher::Event<Node>) -> Option<Scope> {
@@ -746,7 +754,7 @@ impl Translator {
     fn full(
         &mut self,
         services: &Store<Service>,
-        slices: &Store<EndpointSlice>,
+        slices: &Store<Slice>,
         node: Option<&Store<Node>>,
     ) -> (DesiredState, u64) {
         let ctx = self.node(node);
@@ -790,7 +798,7 @@ impl Translator {
         &mut self,
         dirty: &Dirty,
         services: &Store<Service>,
-        slices: &Store<EndpointSlice>,
+        slices: &Store<Slice>,
         node: Option<&Store<Node>>,
     ) -> Option<(BTreeMap<Frontend, Option<ServiceEntry>>, u64)> {
         // A slice that moved here from a Service not in this burst changes
@@ -799,7 +807,7 @@ impl Translator {
             return None;
         }
         let ctx = self.node(node);
-        let their_slices: HashMap<&ServiceId, Vec<Arc<EndpointSlice>>> = dirty
+        let their_slices: HashMap<&ServiceId, Vec<Arc<Slice>>> = dirty
             .iter()
             .map(|(id, named)| (id, self.slices.refresh(id, named, slices)))
             .collect();
@@ -878,12 +886,12 @@ impl Translator {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+    use k8s_openapi::api::core::v1::Service;
     use kube::runtime::{reflector, watcher};
 
     use super::{Dirty, Translator, service_of};
     use crate::translate::{
-        self, NodeContext, Options,
+        self, NodeContext, Options, Slice,
         testing::{PortFields as _, endpoint, port, slice_port},
     };
 
@@ -908,7 +916,7 @@ mod tests {
     }
 
     /// A slice whose endpoints are on this node (`node-1`) or another.
-    fn slice(name: &str, service: &str, ips: &[String]) -> EndpointSlice {
+    fn slice(name: &str, service: &str, ips: &[String]) -> Slice {
         let on = |i: usize| {
             if i.is_multiple_of(2) {
                 "node-1"
@@ -939,7 +947,7 @@ mod tests {
 
     fn incremental_equals_whole(seed: u64) {
         let (services, mut services_w) = reflector::store::<Service>();
-        let (slices, mut slices_w) = reflector::store::<EndpointSlice>();
+        let (slices, mut slices_w) = reflector::store::<Slice>();
         services_w.apply_watcher_event(&watcher::Event::InitDone);
         slices_w.apply_watcher_event(&watcher::Event::InitDone);
         let node = NodeContext {

@@ -24,13 +24,14 @@
 //!
 //! Here: the public types, [`translate`] and the steps of one Service. One
 //! job per submodule: `selection` (which objects this proxy serves),
-//! `slices` (`EndpointSlices` indexed by Service, validated once, joined to
-//! a port), `family` (address families and `ClusterIP`s), `external`
+//! `compact` (what is kept of an `EndpointSlice`: [`Slice`]), `slices`
+//! (`EndpointSlices` indexed by Service, validated once, joined to a port), `family` (address families and `ClusterIP`s), `external`
 //! (external and load-balancer addresses), `health_check` (the
 //! `healthCheckNodePort` and the endpoints it counts), `validate` (a Service's ports
 //! and settings), `topology` (which endpoints are usable),
 //! `conflict` (two Services, one frontend) and `problem` ([`Problem`]).
 
+mod compact;
 mod conflict;
 mod external;
 mod family;
@@ -52,8 +53,9 @@ use std::{
 
 use ipnet::IpNet;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 
+pub use self::compact::{Address, Slice, SliceEndpoint};
 pub use self::problem::{Kind, ObjectRef, Problem};
 use self::{
     conflict::{State, insert},
@@ -127,19 +129,19 @@ pub struct Translation {
     pub problems: Vec<Problem>,
 }
 
-/// Translates Services and `EndpointSlices` into the frontends this node
-/// serves. Pure and linear in the size of the objects.
+/// Translates Services and `EndpointSlices` (as [`Slice`]s) into the
+/// frontends this node serves. Pure and linear in the size of the objects.
 ///
 /// Takes references so that callers holding `Arc`s (reflector stores) need
 /// not clone objects: pass `&vec` or `store.iter().map(AsRef::as_ref)`.
 #[must_use]
 pub fn translate<'a>(
     services: impl IntoIterator<Item = &'a Service>,
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    slices: impl IntoIterator<Item = &'a Slice>,
     node: &NodeContext,
     opts: &Options,
 ) -> Translation {
-    let slices: Vec<&'a EndpointSlice> = slices.into_iter().collect();
+    let slices: Vec<&'a Slice> = slices.into_iter().collect();
     let services = services.into_iter();
     let mut problems = Problems::default();
     let mut index = SliceIndex::new(&slices, opts, &mut problems);

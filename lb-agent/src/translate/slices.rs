@@ -7,13 +7,14 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use k8s_openapi::api::discovery::v1::{EndpointSlice, ForNode, ForZone};
+use k8s_openapi::api::discovery::v1::{ForNode, ForZone};
 
 use super::{
     LABEL_SERVICE_NAME, NodeContext, Options,
+    compact::{Address, Slice},
     family::Family,
     problem::{Kind, Obj, Problems},
-    selection::{label, wanted},
+    selection::wanted_labels,
     validate::{Port, first_of_its_name, namespace_and_name, parse_port, parse_protocol},
 };
 use crate::model::Protocol;
@@ -73,17 +74,13 @@ enum SliceState<'a> {
 
 /// The `EndpointSlices` by Service, each validated once, when first needed.
 pub(super) struct SliceIndex<'a> {
-    slices: &'a [&'a EndpointSlice],
+    slices: &'a [&'a Slice],
     states: Vec<Option<SliceState<'a>>>,
     by_service: HashMap<(&'a str, &'a str), Vec<usize>>,
 }
 
 impl<'a> SliceIndex<'a> {
-    pub(super) fn new(
-        slices: &'a [&'a EndpointSlice],
-        opts: &Options,
-        problems: &mut Problems,
-    ) -> Self {
+    pub(super) fn new(slices: &'a [&'a Slice], opts: &Options, problems: &mut Problems) -> Self {
         let mut by_service: HashMap<(&str, &str), Vec<usize>> =
             HashMap::with_capacity(slices.len());
         let mut states = Vec::with_capacity(slices.len());
@@ -91,7 +88,7 @@ impl<'a> SliceIndex<'a> {
         for (index, slice) in slices.iter().enumerate() {
             states.push(None);
             let metadata = &slice.metadata;
-            if !wanted(metadata, opts) {
+            if !wanted_labels(slice.headless, slice.proxy_name.as_deref(), opts) {
                 continue;
             }
             let object = Obj {
@@ -103,8 +100,7 @@ impl<'a> SliceIndex<'a> {
                 continue;
             };
             // kube-proxy cannot key a slice without this label (endpointSliceCacheKeys).
-            let Some(service) = label(metadata, LABEL_SERVICE_NAME).filter(|s| !s.is_empty())
-            else {
+            let Some(service) = slice.service.as_deref().filter(|s| !s.is_empty()) else {
                 problems.push(
                     &object,
                     format!("metadata.labels[{LABEL_SERVICE_NAME:?}]"),
@@ -175,7 +171,7 @@ impl<'a> SliceIndex<'a> {
 }
 
 fn prepare_slice<'a>(
-    slice: &'a EndpointSlice,
+    slice: &'a Slice,
     family: Family,
     problems: &mut Problems,
 ) -> PreparedSlice<'a> {
@@ -184,7 +180,7 @@ fn prepare_slice<'a>(
         metadata: &slice.metadata,
     };
     let mut ports = Vec::new();
-    for (i, port) in slice.ports.iter().flatten().enumerate() {
+    for (i, port) in slice.ports.iter().enumerate() {
         // kube-proxy ignores (and logs) ports without a name or number.
         let Some(name) = port.name.as_deref() else {
             problems.push(
@@ -214,28 +210,22 @@ fn prepare_slice<'a>(
             Err(message) => problems.push(&object, format!("ports[{i}].protocol"), message),
         }
     }
-    let listed = slice.endpoints.as_deref().unwrap_or_default();
-    let mut endpoints = Vec::with_capacity(listed.len());
-    for (i, endpoint) in listed.iter().enumerate() {
-        // Only the first address is used, as kube-proxy does.
-        let Some(address) = endpoint.addresses.first() else {
-            problems.push(&object, format!("endpoints[{i}].addresses"), "empty");
-            continue;
-        };
-        let ip = match address.parse::<IpAddr>() {
-            Ok(ip) if Family::of(ip) == family => ip,
-            Ok(_) => {
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
+    for (i, endpoint) in slice.endpoints.iter().enumerate() {
+        let ip = match &endpoint.address {
+            Address::Ip(ip) if Family::of(*ip) == family => *ip,
+            Address::Ip(ip) => {
                 problems.push(
                     &object,
                     format!("endpoints[{i}].addresses[0]"),
                     format!(
-                        "{address} is not an {} address (the slice's addressType)",
+                        "{ip} is not an {} address (the slice's addressType)",
                         family.name()
                     ),
                 );
                 continue;
             }
-            Err(_) => {
+            Address::Invalid(address) => {
                 problems.push(
                     &object,
                     format!("endpoints[{i}].addresses[0]"),
@@ -243,14 +233,17 @@ fn prepare_slice<'a>(
                 );
                 continue;
             }
+            Address::Missing => {
+                problems.push(&object, format!("endpoints[{i}].addresses"), "empty");
+                continue;
+            }
         };
-        let conditions = endpoint.conditions.as_ref();
-        let hints = endpoint.hints.as_ref();
+        let hints = endpoint.hints.as_deref();
         endpoints.push(Endpoint {
             ip,
-            ready: conditions.and_then(|c| c.ready).unwrap_or(true),
-            serving: conditions.and_then(|c| c.serving).unwrap_or(true),
-            terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+            ready: endpoint.ready.unwrap_or(true),
+            serving: endpoint.serving.unwrap_or(true),
+            terminating: endpoint.terminating.unwrap_or(false),
             node_name: endpoint.node_name.as_deref(),
             zone_hints: hints
                 .and_then(|h| h.for_zones.as_deref())

@@ -249,12 +249,12 @@ impl Model {
     /// The desired state, translated as the agent translates it.
     fn desired(&self) -> DesiredState {
         let mut services: Vec<Service> = Vec::new();
-        let mut slices: Vec<EndpointSlice> = Vec::new();
+        let mut slices: Vec<translate::Slice> = Vec::new();
         for item in self.objects() {
             if item["kind"] == "Service" {
                 services.push(manifests::typed(item));
             } else {
-                slices.push(manifests::typed(item));
+                slices.push(manifests::typed::<EndpointSlice>(item).into());
             }
         }
         let t = translate::translate(
@@ -1084,9 +1084,14 @@ fn listed(list: &Value) -> Listed {
 fn file_says(file: &Path) -> Listed {
     let text = std::fs::read_to_string(file).expect("read the services file");
     let objects = source::file::parse(&text, file).expect("the file parses");
+    let slices: Vec<translate::Slice> = objects
+        .endpoint_slices
+        .into_iter()
+        .map(translate::Slice::from)
+        .collect();
     let t = translate::translate(
         &objects.services,
-        &objects.endpoint_slices,
+        &slices,
         &NodeContext::default(),
         &Options::default(),
     );

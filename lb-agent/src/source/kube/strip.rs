@@ -1,42 +1,57 @@
-//! Watched objects stripped to what translation reads, before the
-//! reflectors store them: managed fields, other controllers' annotations,
-//! status conditions and the rest of a Node are most of an object's size
-//! and none of the translation's input.
+//! Watched Services and Nodes stripped to what translation reads, before
+//! the reflectors store them: managed fields, other controllers'
+//! annotations, status conditions and the rest of a Node are most of an
+//! object's size and none of the translation's input. (`EndpointSlices`
+//! are stored as [`translate::Slice`]s.)
 
 use k8s_openapi::{
-    api::{
-        core::v1::{
-            LoadBalancerIngress, LoadBalancerStatus, Node, NodeSpec, NodeStatus, Service,
-            ServiceStatus, Taint,
-        },
-        discovery::v1::EndpointSlice,
+    api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, Node, NodeSpec, NodeStatus, Service,
+        ServiceStatus, Taint,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
 use crate::{health, translate};
 
-/// Name, namespace, labels (selection reads them), the annotations
-/// translation reads, and the resource version.
-fn metadata(meta: &mut ObjectMeta) {
+/// Name, namespace, the labels in `labels` (a label map costs half a
+/// kilobyte even with one entry), the annotations translation reads, and
+/// the resource version.
+fn metadata(meta: &mut ObjectMeta, labels: &[&str]) {
     let mut annotations = meta.annotations.take();
     if let Some(a) = &mut annotations {
         a.retain(|key, _| key == translate::ANNOTATION_ALGORITHM);
     }
+    let mut kept = meta.labels.take();
+    if let Some(l) = &mut kept {
+        l.retain(|key, _| labels.contains(&key.as_str()));
+    }
     *meta = ObjectMeta {
         name: meta.name.take(),
         namespace: meta.namespace.take(),
-        labels: meta.labels.take(),
+        labels: kept.filter(|l| !l.is_empty()),
         annotations: annotations.filter(|a| !a.is_empty()),
         resource_version: meta.resource_version.take(),
         ..ObjectMeta::default()
     };
 }
 
-/// The spec whole; of the status, the load balancer's ingress IPs and
-/// their `ipMode` (a hostname is for DNS, not for us).
+/// The labels selection reads; the spec but its `selector` (the
+/// EndpointSlice controller's business) and `externalName` (not proxied);
+/// of the status, the load balancer's ingress IPs and their `ipMode` (a
+/// hostname is for DNS, not for us).
 pub(super) fn service(service: &mut Service) {
-    metadata(&mut service.metadata);
+    metadata(
+        &mut service.metadata,
+        &[
+            translate::LABEL_HEADLESS,
+            translate::LABEL_SERVICE_PROXY_NAME,
+        ],
+    );
+    if let Some(spec) = &mut service.spec {
+        spec.selector = None;
+        spec.external_name = None;
+    }
     let ingress = service
         .status
         .take()
@@ -59,17 +74,12 @@ pub(super) fn service(service: &mut Service) {
     });
 }
 
-/// Endpoints and ports whole.
-pub(super) fn slice(slice: &mut EndpointSlice) {
-    metadata(&mut slice.metadata);
-}
-
 /// Name, labels (the zone), the addresses (node ports answer there), and
 /// what says the node is going away: its deletion timestamp and the
 /// cluster autoscaler's taint (`/healthz` reports them).
 pub(super) fn node(node: &mut Node) {
     let deletion_timestamp = node.metadata.deletion_timestamp.take();
-    metadata(&mut node.metadata);
+    metadata(&mut node.metadata, &[translate::LABEL_ZONE]);
     node.metadata.deletion_timestamp = deletion_timestamp;
     let taints: Vec<Taint> = (node
         .spec
@@ -100,7 +110,7 @@ mod tests {
 
     use crate::{
         health, node_addresses,
-        translate::{self, NodeContext, Options},
+        translate::{self, NodeContext, Options, Slice},
     };
 
     fn typed<K: serde::de::DeserializeOwned>(value: serde_json::Value) -> K {
@@ -111,7 +121,7 @@ mod tests {
         typed(json!({
             "metadata": {
                 "name": "web", "namespace": "default", "resourceVersion": "7",
-                "labels": { "app": "web" },
+                "labels": { "app": "web", "service.kubernetes.io/service-proxy-name": "lb-agent" },
                 "annotations": {
                     "lb-agent.io/algorithm": "round-robin",
                     "kubectl.kubernetes.io/last-applied-configuration": "{\"big\": true}",
@@ -121,6 +131,7 @@ mod tests {
             },
             "spec": {
                 "type": "LoadBalancer", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                "selector": { "app": "web" },
                 "externalIPs": ["192.0.2.7"],
                 "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30080 }],
             },
@@ -139,7 +150,10 @@ mod tests {
         typed(json!({
             "metadata": {
                 "name": "web-1", "namespace": "default",
-                "labels": { "kubernetes.io/service-name": "web", "endpointslice.kubernetes.io/managed-by": "x" },
+                "labels": {
+                    "kubernetes.io/service-name": "web", "endpointslice.kubernetes.io/managed-by": "x",
+                    "service.kubernetes.io/service-proxy-name": "lb-agent",
+                },
                 "annotations": { "endpoints.kubernetes.io/last-change-trigger-time": "2026-01-01T00:00:00Z" },
                 "managedFields": [{ "manager": "kube-controller-manager", "operation": "Update" }],
                 "ownerReferences": [{ "apiVersion": "v1", "kind": "Service", "name": "web", "uid": "u" }],
@@ -182,14 +196,18 @@ mod tests {
     #[test]
     fn stripped_objects_translate_as_the_whole_ones() {
         let (service, slice, node) = (full_service(), full_slice(), full_node());
-        let (mut s, mut e, mut n) = (service.clone(), slice.clone(), node.clone());
+        let (mut s, mut n) = (service.clone(), node.clone());
         super::service(&mut s);
-        super::slice(&mut e);
         super::node(&mut n);
+        let compact = Slice::from(slice.clone());
 
-        let translate = |service: &Service, slice: &EndpointSlice, node: &Node| {
+        let translate = |service: &Service, node: &Node| {
             let ctx = NodeContext::of(Some("node-1".to_owned()), Some(node));
-            let t = translate::translate([service], [slice], &ctx, &Options::default());
+            let opts = Options {
+                service_proxy_name: Some("lb-agent".to_owned()),
+                ..Options::default()
+            };
+            let t = translate::translate([service], [&compact], &ctx, &opts);
             (
                 t.state,
                 t.problems
@@ -198,21 +216,30 @@ mod tests {
                     .collect::<Vec<_>>(),
             )
         };
-        let whole = translate(&service, &slice, &node);
+        let whole = translate(&service, &node);
         assert!(!whole.0.is_empty(), "the example translates to something");
-        assert_eq!(translate(&s, &e, &n), whole);
+        assert_eq!(translate(&s, &n), whole);
         assert_eq!(
             node_addresses::primary_ips(&n),
             node_addresses::primary_ips(&node)
         );
 
-        assert!(s.metadata.managed_fields.is_none() && e.metadata.managed_fields.is_none());
+        assert!(s.metadata.managed_fields.is_none() && compact.metadata.managed_fields.is_none());
+        let labels = s.metadata.labels.as_ref().expect("the proxy name");
+        assert_eq!(
+            labels.keys().collect::<Vec<_>>(),
+            [translate::LABEL_SERVICE_PROXY_NAME]
+        );
+        assert!(s.spec.as_ref().is_some_and(|spec| spec.selector.is_none()));
         let annotations = s.metadata.annotations.as_ref().expect("the algorithm");
         assert_eq!(
             annotations.keys().collect::<Vec<_>>(),
             [translate::ANNOTATION_ALGORITHM]
         );
-        assert!(e.metadata.annotations.is_none() && e.metadata.owner_references.is_none());
+        assert!(
+            compact.metadata.annotations.is_none() && compact.metadata.owner_references.is_none()
+        );
+        assert_eq!(compact.service.as_deref(), Some("web"));
         let status = s.status.as_ref().expect("status");
         assert!(status.conditions.is_none());
         let ingress = status

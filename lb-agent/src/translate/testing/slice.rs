@@ -8,7 +8,7 @@ use k8s_openapi::{
 };
 
 use super::{Metadata, PortFields, metadata, set, strings};
-use crate::translate::LABEL_SERVICE_NAME;
+use crate::translate::{LABEL_SERVICE_NAME, Slice};
 
 /// An `EndpointSlice` `default/name` of `service` (its label), of IPv4
 /// addresses, without ports or endpoints.
@@ -34,8 +34,9 @@ impl Metadata for SliceBuilder {
 
 impl SliceBuilder {
     #[must_use]
-    pub(crate) fn build(self) -> EndpointSlice {
-        self.0
+    /// The slice as translation keeps it.
+    pub(crate) fn build(self) -> Slice {
+        self.0.into()
     }
 
     #[must_use]

@@ -2,18 +2,18 @@
 
 use std::time::Instant;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 
 use super::{assert_clean, http, node};
 use crate::translate::{
-    Options,
+    Options, Slice,
     testing::{Metadata as _, PortFields as _, port, ready, service, slice},
     translate,
 };
 
 /// `n` services, each with one slice of `endpoints` endpoints, as a
 /// cluster has them (see `generate_yaml` in the file parser's tests).
-fn generate(n: usize, endpoints: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
+fn generate(n: usize, endpoints: usize) -> (Vec<Service>, Vec<Slice>) {
     (0..n)
         .map(|i| {
             // Unique addresses up to 2^17 services: 10.96.0.0/15 and 10.100.0.0/11.

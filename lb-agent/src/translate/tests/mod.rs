@@ -10,10 +10,10 @@ mod problems;
 mod services;
 mod topology;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 
 use super::{
-    NodeContext, Options, Translation,
+    NodeContext, Options, Slice, Translation,
     testing::{
         EndpointBuilder, PortFields as _, ServiceBuilder, SliceBuilder, SlicePortBuilder, port,
         service, slice, slice_port,
@@ -40,7 +40,7 @@ fn run_with(
         .cloned()
         .map(ServiceBuilder::build)
         .collect();
-    let slices: Vec<EndpointSlice> = slices.iter().cloned().map(SliceBuilder::build).collect();
+    let slices: Vec<Slice> = slices.iter().cloned().map(SliceBuilder::build).collect();
     translate(&services, &slices, node, opts)
 }
 
