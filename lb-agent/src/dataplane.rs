@@ -2,7 +2,7 @@
 //! the BPF maps (`crate::bpf::dataplane::BpfDataplane`) or, in unit tests,
 //! memory ([`MemoryDataplane`]).
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use crate::model::{DesiredState, Frontend, ServiceEntry, ServicePortName};
 
@@ -10,7 +10,7 @@ use crate::model::{DesiredState, Frontend, ServiceEntry, ServicePortName};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change<'a> {
     /// Program this frontend as `entry` (new, or different from before).
-    Upsert(Frontend, &'a ServiceEntry),
+    Upsert(Frontend, &'a Arc<ServiceEntry>),
     /// Stop translating this frontend.
     Remove(Frontend),
 }

@@ -10,6 +10,7 @@ use std::{
     fmt,
     net::{IpAddr, SocketAddr},
     str::FromStr,
+    sync::Arc,
 };
 
 use ipnet::IpNet;
@@ -367,8 +368,13 @@ pub struct ServiceEntry {
 }
 
 /// The whole desired state, keyed by frontend (sorted, so diffs and listings
-/// are deterministic).
-pub type DesiredState = BTreeMap<Frontend, ServiceEntry>;
+/// are deterministic). Entries are shared: the translator, the sync loop
+/// and the dataplane each hold the whole state, and at 100,000 Services an
+/// entry copied three times is about 100 MiB.
+pub type DesiredState = BTreeMap<Frontend, Arc<ServiceEntry>>;
+
+/// Changes to a [`DesiredState`]: `None` removes the frontend.
+pub type StateDelta = BTreeMap<Frontend, Option<Arc<ServiceEntry>>>;
 
 #[cfg(test)]
 mod tests {

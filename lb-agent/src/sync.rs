@@ -220,7 +220,7 @@ const fn may_fit(reason: &RejectReason, usage: &Usage) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeSet, net::SocketAddr};
+    use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 
     use super::Syncer;
     use crate::{
@@ -236,8 +236,8 @@ mod tests {
         )
     }
 
-    fn entry(name: &str, backends: &[&str]) -> ServiceEntry {
-        ServiceEntry {
+    fn entry(name: &str, backends: &[&str]) -> Arc<ServiceEntry> {
+        Arc::new(ServiceEntry {
             name: ServicePortName {
                 namespace: "default".into(),
                 name: name.into(),
@@ -251,10 +251,10 @@ mod tests {
                 .map(|b| b.parse::<SocketAddr>().expect("addr"))
                 .collect(),
             source_ranges: Vec::new(),
-        }
+        })
     }
 
-    fn state(items: &[(Frontend, ServiceEntry)]) -> DesiredState {
+    fn state(items: &[(Frontend, Arc<ServiceEntry>)]) -> DesiredState {
         items.iter().cloned().collect()
     }
 
@@ -279,16 +279,19 @@ mod tests {
 
     #[test]
     fn algorithm_or_affinity_change_is_a_change() {
-        let mut changed = entry("a", &["10.0.0.1:80"]);
-        let applied = state(&[(fe(1, 80), changed.clone())]);
+        let mut changed = (*entry("a", &["10.0.0.1:80"])).clone();
+        let applied = state(&[(fe(1, 80), Arc::new(changed.clone()))]);
         changed.algorithm = Algorithm::RoundRobin;
         assert_eq!(
-            diff(&applied, &state(&[(fe(1, 80), changed.clone())])).len(),
+            diff(&applied, &state(&[(fe(1, 80), Arc::new(changed.clone()))])).len(),
             1
         );
         changed.algorithm = Algorithm::Random;
         changed.affinity_timeout_s = Some(10);
-        assert_eq!(diff(&applied, &state(&[(fe(1, 80), changed)])).len(), 1);
+        assert_eq!(
+            diff(&applied, &state(&[(fe(1, 80), Arc::new(changed))])).len(),
+            1
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     ops::Range,
+    sync::Arc,
 };
 
 use aya::maps::lpm_trie::Key;
@@ -158,7 +159,7 @@ impl BpfDataplane {
                             range,
                         },
                     );
-                    dp.applied.insert(frontend, entry);
+                    dp.applied.insert(frontend, Arc::new(entry));
                 }
                 Err(why) => adopted.discarded.push(why),
             }
@@ -329,7 +330,11 @@ impl BpfDataplane {
     /// Stages one upsert: allocates its id and range and writes what no
     /// program can see yet (backends into a fresh range, zeroed counters
     /// for a new id). Nothing is published.
-    fn stage(&mut self, frontend: Frontend, entry: &ServiceEntry) -> Result<Staged, UpsertError> {
+    fn stage(
+        &mut self,
+        frontend: Frontend,
+        entry: &Arc<ServiceEntry>,
+    ) -> Result<Staged, UpsertError> {
         let previous = self.slots.get(&frontend).cloned();
         let previous_entry = self.applied.get(&frontend);
         let backends_changed = previous_entry.is_none_or(|p| p.backends != entry.backends);
@@ -408,8 +413,14 @@ impl BpfDataplane {
         for frontend in frontends {
             if let Some(slot) = self.slots.get(frontend) {
                 keys.push(service_key(frontend));
-                members_gone.extend(members(slot.id, self.applied.get(frontend)));
-                ranges_gone.extend(source_ranges(slot.id, self.applied.get(frontend)));
+                members_gone.extend(members(
+                    slot.id,
+                    self.applied.get(frontend).map(Arc::as_ref),
+                ));
+                ranges_gone.extend(source_ranges(
+                    slot.id,
+                    self.applied.get(frontend).map(Arc::as_ref),
+                ));
             }
         }
         self.batch
@@ -583,11 +594,11 @@ impl BpfDataplane {
         let mut ranges_new = Vec::new();
         let mut ranges_gone = Vec::new();
         for s in &staged {
-            let old = members(s.slot.id, self.applied.get(&s.frontend));
+            let old = members(s.slot.id, self.applied.get(&s.frontend).map(Arc::as_ref));
             let new = members(s.slot.id, Some(&s.entry));
             members_new.extend(new.difference(&old).copied());
             members_gone.extend(old.difference(&new).copied());
-            let old = source_ranges(s.slot.id, self.applied.get(&s.frontend));
+            let old = source_ranges(s.slot.id, self.applied.get(&s.frontend).map(Arc::as_ref));
             let new = source_ranges(s.slot.id, Some(&s.entry));
             ranges_new.extend(new.difference(&old).copied());
             ranges_gone.extend(old.difference(&new).copied());
@@ -635,7 +646,7 @@ impl BpfDataplane {
 /// An upsert between [`BpfDataplane::stage`] and publication.
 struct Staged {
     frontend: Frontend,
-    entry: ServiceEntry,
+    entry: Arc<ServiceEntry>,
     slot: Slot,
     previous: Option<Slot>,
     new_id: bool,

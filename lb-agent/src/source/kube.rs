@@ -48,7 +48,7 @@ use self::node::NodeReport;
 use super::{Published, Publisher, Update};
 use crate::{
     metrics::{Metrics, SourceLabels},
-    model::{DesiredState, Frontend, HealthChecks, ServiceEntry, ServiceName},
+    model::{DesiredState, Frontend, HealthChecks, ServiceName, StateDelta},
     translate::{self, Kind, NodeContext, Options, Slice},
 };
 
@@ -800,7 +800,7 @@ impl Translator {
         services: &Store<Service>,
         slices: &Store<Slice>,
         node: Option<&Store<Node>>,
-    ) -> Option<(BTreeMap<Frontend, Option<ServiceEntry>>, u64)> {
+    ) -> Option<(StateDelta, u64)> {
         // A slice that moved here from a Service not in this burst changes
         // that one too: only a whole translation sees both.
         if self.slices.moved_from_outside(dirty) {

@@ -11,16 +11,12 @@
 pub mod file;
 pub mod kube;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-    time::Instant,
-};
+use std::{collections::BTreeSet, net::IpAddr, sync::Arc, time::Instant};
 
 use tokio::sync::mpsc;
 
 use crate::{
-    model::{DesiredState, Frontend, FrontendKind, HealthChecks, ServiceEntry},
+    model::{DesiredState, Frontend, FrontendKind, HealthChecks, ServiceEntry, StateDelta},
     node_addresses::NodeAddresses,
 };
 
@@ -30,7 +26,7 @@ pub enum Published {
     /// Everything: frontends not in it are to be removed.
     Full(DesiredState),
     /// These frontends only: `None` removes one.
-    Delta(BTreeMap<Frontend, Option<ServiceEntry>>),
+    Delta(StateDelta),
     /// The node's primary addresses from its Node object (empty: none known).
     NodeIps(Vec<IpAddr>),
     /// Every address of the node's interfaces, after a change.
@@ -141,7 +137,7 @@ impl Desired {
         }
     }
 
-    fn merge_explicit(&mut self, frontend: Frontend, entry: Option<ServiceEntry>) {
+    fn merge_explicit(&mut self, frontend: Frontend, entry: Option<Arc<ServiceEntry>>) {
         if let Some(entry) = entry {
             self.state.insert(frontend, entry);
         } else {
@@ -157,7 +153,7 @@ impl Desired {
         self.touch(frontend);
     }
 
-    fn merge_node_port(&mut self, placeholder: Frontend, entry: Option<&ServiceEntry>) {
+    fn merge_node_port(&mut self, placeholder: Frontend, entry: Option<&Arc<ServiceEntry>>) {
         match entry {
             Some(entry) => self.node_ports.insert(placeholder, entry.clone()),
             None => self.node_ports.remove(&placeholder),
@@ -232,6 +228,7 @@ fn expansions<'a>(
 mod tests {
     use std::{
         collections::{BTreeMap, BTreeSet},
+        sync::Arc,
         time::Instant,
     };
 
@@ -242,15 +239,15 @@ mod tests {
         Frontend::new("10.96.0.1".parse().expect("ip"), port, Protocol::Tcp)
     }
 
-    fn entry() -> ServiceEntry {
-        ServiceEntry {
+    fn entry() -> Arc<ServiceEntry> {
+        Arc::new(ServiceEntry {
             name: crate::model::ServicePortName::default(),
             kind: crate::model::FrontendKind::ClusterIP,
             algorithm: Algorithm::Random,
             affinity_timeout_s: None,
             backends: vec![],
             source_ranges: vec![],
-        }
+        })
     }
 
     #[test]
@@ -302,15 +299,15 @@ mod tests {
         Frontend::new(ip.parse().expect("ip"), port, Protocol::Tcp)
     }
 
-    fn kind_entry(kind: crate::model::FrontendKind, name: &str) -> ServiceEntry {
-        ServiceEntry {
+    fn kind_entry(kind: crate::model::FrontendKind, name: &str) -> Arc<ServiceEntry> {
+        Arc::new(ServiceEntry {
             kind,
             name: crate::model::ServicePortName {
                 name: name.to_owned(),
                 ..Default::default()
             },
-            ..entry()
-        }
+            ..(*entry()).clone()
+        })
     }
 
     fn update(change: Published) -> Update {

@@ -1,6 +1,6 @@
 //! Two Services, one frontend: the smaller name keeps it, on every node.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use super::{Kind, ObjectRef, problem::Problems};
 use crate::model::{DesiredState, Frontend, FrontendScope, HealthChecks, ServiceEntry};
@@ -38,7 +38,7 @@ impl State {
                     scope: FrontendScope::External,
                     ..frontend
                 };
-                self.entries.insert(scoped, entry);
+                self.entries.insert(scoped, Arc::new(entry));
             }
         }
         self.entries
@@ -85,5 +85,5 @@ pub(super) fn insert(
         }
     }
     state.origins.insert(frontend, field);
-    state.entries.insert(frontend, entry);
+    state.entries.insert(frontend, Arc::new(entry));
 }

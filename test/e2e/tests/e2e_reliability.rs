@@ -887,17 +887,15 @@ impl Pins {
         for r in self.0.read_services().expect("read lb_services") {
             let fe = frontend_of(&r.key).expect("known protocol");
             let backends = r.backends.expect("backend range inside the table");
-            state.insert(
-                fe,
-                lb_agent::model::ServiceEntry {
-                    name: lb_agent::model::ServicePortName::default(),
-                    kind: lb_agent::model::FrontendKind::ClusterIP,
-                    algorithm: Algorithm::Random,
-                    affinity_timeout_s: None,
-                    backends: backends.iter().map(socket_addr).collect(),
-                    source_ranges: Vec::new(),
-                },
-            );
+            let entry = lb_agent::model::ServiceEntry {
+                name: lb_agent::model::ServicePortName::default(),
+                kind: lb_agent::model::FrontendKind::ClusterIP,
+                algorithm: Algorithm::Random,
+                affinity_timeout_s: None,
+                backends: backends.iter().map(socket_addr).collect(),
+                source_ranges: Vec::new(),
+            };
+            state.insert(fe, entry.into());
         }
         programmed_in(&state)
     }
@@ -1084,14 +1082,9 @@ fn listed(list: &Value) -> Listed {
 fn file_says(file: &Path) -> Listed {
     let text = std::fs::read_to_string(file).expect("read the services file");
     let objects = source::file::parse(&text, file).expect("the file parses");
-    let slices: Vec<translate::Slice> = objects
-        .endpoint_slices
-        .into_iter()
-        .map(translate::Slice::from)
-        .collect();
     let t = translate::translate(
         &objects.services,
-        &slices,
+        &objects.endpoint_slices,
         &NodeContext::default(),
         &Options::default(),
     );

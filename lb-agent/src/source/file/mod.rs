@@ -182,22 +182,17 @@ impl FileSource {
             .clone()
             .or_else(|| node.and_then(|n| n.metadata.name.clone()));
         let node_ips = node.map(node_addresses::primary_ips).unwrap_or_default();
-        let slices: Vec<translate::Slice> = objects
-            .endpoint_slices
-            .into_iter()
-            .map(translate::Slice::from)
-            .collect();
         let t = translate::translate(
             &objects.services,
-            &slices,
+            &objects.endpoint_slices,
             &NodeContext::of(node_name, node),
             &self.options,
         );
-        let (services, endpoint_slices) = (objects.services.len(), slices.len());
+        let (services, endpoint_slices) = (objects.services.len(), objects.endpoint_slices.len());
         // Freeing 100,000s of objects takes tens of milliseconds: not on
         // the way to the maps.
         std::thread::spawn(move || {
-            drop((objects.services, objects.nodes, slices));
+            drop(objects);
             crate::memory::release_free_memory();
         });
         tracing::debug!(

@@ -1,6 +1,8 @@
 //! The file source's own tests: which events count as changes, and the
 //! example services file.
 
+use std::sync::Arc;
+
 use notify::{
     EventKind,
     event::{
@@ -43,7 +45,10 @@ fn example_file_is_one_frontend_with_three_backends() {
         source_ranges: Vec::new(),
     };
     let frontend = Frontend::new("10.96.0.100".parse().expect("ip"), 80, Protocol::Tcp);
-    assert_eq!(loaded.state, DesiredState::from([(frontend, expected)]));
+    assert_eq!(
+        loaded.state,
+        DesiredState::from([(frontend, Arc::new(expected))])
+    );
     assert!(loaded.node_ips.is_empty(), "the example has no Node");
 }
 

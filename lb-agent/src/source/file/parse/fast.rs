@@ -102,12 +102,15 @@ impl RawObject {
                     None => None,
                 },
             })),
-            Kind::EndpointSlice => Object::EndpointSlice(Box::new(EndpointSlice {
-                address_type: address_type.unwrap_or_default(),
-                endpoints,
-                metadata,
-                ports,
-            })),
+            Kind::EndpointSlice => Object::EndpointSlice(Box::new(
+                EndpointSlice {
+                    address_type: address_type.unwrap_or_default(),
+                    endpoints,
+                    metadata,
+                    ports,
+                }
+                .into(),
+            )),
             Kind::Node => Object::Node(Box::new(Node {
                 metadata,
                 spec: None,
@@ -120,22 +123,31 @@ impl RawObject {
     }
 }
 
-/// The objects of the documents, or `None` if anything is wrong (the slow
-/// path then finds out what).
+/// Appends the objects of one document; `None` if anything is wrong (the
+/// slow path then finds out what).
+fn objects_of(document: RawObject, out: &mut Vec<Object>) -> Option<()> {
+    match classify(document.api_version.as_deref(), document.kind.as_deref()) {
+        Class::Object(kind) => out.push(document.into_object(kind)?),
+        Class::List(default) => {
+            for item in document.items.unwrap_or_default() {
+                out.push(item_object(item, default)?);
+            }
+        }
+        Class::Unsupported => return None,
+    }
+    Some(())
+}
+
+/// An item of a list whose items default to `default`.
+fn item_object(item: RawObject, default: Option<Kind>) -> Option<Object> {
+    let kind = classify_item(item.api_version.as_deref(), item.kind.as_deref(), default)?;
+    item.into_object(kind)
+}
+
 fn assemble(documents: Vec<RawObject>) -> Option<Objects> {
     let mut objects = Vec::with_capacity(documents.len());
     for document in documents {
-        match classify(document.api_version.as_deref(), document.kind.as_deref()) {
-            Class::Object(kind) => objects.push(document.into_object(kind)?),
-            Class::List(default) => {
-                for item in document.items.unwrap_or_default() {
-                    let kind =
-                        classify_item(item.api_version.as_deref(), item.kind.as_deref(), default)?;
-                    objects.push(item.into_object(kind)?);
-                }
-            }
-            Class::Unsupported => return None,
-        }
+        objects_of(document, &mut objects)?;
     }
     Some(collect(objects))
 }
@@ -151,24 +163,26 @@ pub(super) fn fast_json(text: &str) -> Option<Objects> {
         .into_iter::<&RawValue>()
         .collect::<Result<Vec<_>, _>>()
         .ok()?;
-    let mut documents = Vec::with_capacity(raw.len());
+    let mut objects = Vec::new();
     for doc in raw {
         let shell: ListShell<'_> = serde_json::from_str(doc.get()).ok()?;
-        if let Some(items) = shell.items {
+        let class = classify(shell.api_version.as_deref(), shell.kind.as_deref());
+        match (shell.items, class) {
             // A list: one cheap scan split it, now its items are parsed on
-            // every core (they are independent).
-            documents.push(RawObject {
-                api_version: shell.api_version,
-                kind: shell.kind,
-                items: Some(parse_items(&items)?),
-                ..RawObject::default()
-            });
-        } else {
-            serde_json::from_str::<UniqueKeys>(doc.get()).ok()?;
-            documents.push(serde_json::from_str(doc.get()).ok()?);
+            // every core (they are independent), each into the object it is
+            // at once, so that parsed fields never pile up.
+            (Some(items), Class::List(default)) => {
+                objects.extend(parse_items(&items, default)?);
+            }
+            // `items` in something else: the slow path says what it is.
+            (Some(_), _) => return None,
+            (None, _) => {
+                serde_json::from_str::<UniqueKeys>(doc.get()).ok()?;
+                objects_of(serde_json::from_str(doc.get()).ok()?, &mut objects)?;
+            }
         }
     }
-    assemble(documents)
+    Some(collect(objects))
 }
 
 /// The top of a JSON document, with a list's items left unparsed.
@@ -184,16 +198,16 @@ struct ListShell<'a> {
 /// Below this many items one thread is faster than starting more.
 const PARALLEL_ITEMS: usize = 2_000;
 
-fn parse_items(items: &[&RawValue]) -> Option<Vec<RawObject>> {
+fn parse_items(items: &[&RawValue], default: Option<Kind>) -> Option<Vec<Object>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(8);
-    let parse = |chunk: &[&RawValue]| -> Option<Vec<RawObject>> {
+    let parse = |chunk: &[&RawValue]| -> Option<Vec<Object>> {
         chunk
             .iter()
             .map(|i| {
                 serde_json::from_str::<UniqueKeys>(i.get()).ok()?;
-                serde_json::from_str(i.get()).ok()
+                item_object(serde_json::from_str(i.get()).ok()?, default)
             })
             .collect()
     };

@@ -45,12 +45,11 @@ mod unique_keys;
 use std::path::Path;
 
 use k8s_openapi::{
-    api::{
-        core::v1::{Node, NodeStatus, Service},
-        discovery::v1::EndpointSlice,
-    },
+    api::core::v1::{Node, NodeStatus, Service},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
+
+use crate::translate::Slice;
 
 pub use self::error::ParseError;
 use self::{
@@ -63,7 +62,9 @@ use self::{
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Objects {
     pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
+    /// In the form translation keeps them, converted as they are parsed
+    /// (an `EndpointSlice` object is several times larger).
+    pub endpoint_slices: Vec<Slice>,
     /// Only `metadata.name`, `metadata.labels` and `status.addresses` of each.
     pub nodes: Vec<Node>,
 }
@@ -104,7 +105,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<Objects, ParseError> {
 /// A parsed object, before it is sorted into [`Objects`].
 enum Object {
     Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
+    EndpointSlice(Box<Slice>),
     Node(Box<Node>),
 }
 

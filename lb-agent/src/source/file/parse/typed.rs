@@ -24,7 +24,7 @@ impl<'de> DeserializeSeed<'de> for ObjectSeed {
         Ok(match self.0 {
             Kind::Service => Object::Service(Box::new(Service::deserialize(deserializer)?)),
             Kind::EndpointSlice => {
-                Object::EndpointSlice(Box::new(EndpointSlice::deserialize(deserializer)?))
+                Object::EndpointSlice(Box::new(EndpointSlice::deserialize(deserializer)?.into()))
             }
             Kind::Node => Object::Node(Box::new(Node::deserialize(deserializer)?)),
         })

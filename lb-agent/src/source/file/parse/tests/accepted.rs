@@ -1,9 +1,15 @@
 //! What the parser accepts: kubectl's lists and streams, in YAML and JSON.
 
+use std::path::Path;
+
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::json;
 
 use super::{KUBECTL_LIST, names, parse_ok};
-use crate::source::file::parse::Objects;
+use crate::{
+    source::file::parse::{Objects, fast::fast_json, slow_json::slow_json},
+    translate::Address,
+};
 
 #[test]
 fn kubectl_v1_list() {
@@ -28,16 +34,11 @@ fn kubectl_v1_list() {
     let slice = &objects.endpoint_slices[0];
     assert_eq!(slice.address_type, "IPv4");
     assert_eq!(
-        slice.endpoints.as_deref().unwrap_or_default()[0].addresses,
-        ["10.244.1.5"]
+        slice.endpoints[0].address,
+        Address::Ip("10.244.1.5".parse().expect("an address"))
     );
-    assert_eq!(
-        slice.endpoints.as_deref().unwrap_or_default()[0]
-            .node_name
-            .as_deref(),
-        Some("node-1")
-    );
-    assert_eq!(slice.ports.as_ref().expect("ports")[0].port, Some(8080));
+    assert_eq!(slice.endpoints[0].node_name.as_deref(), Some("node-1"));
+    assert_eq!(slice.ports[0].port, Some(8080));
 }
 
 #[test]
@@ -177,4 +178,46 @@ fn byte_order_mark_is_skipped() {
             .len(),
         0
     );
+}
+
+/// A JSON list large enough for its items to be parsed on several threads
+/// reads the same on the fast path as on the slow path, item for item; a
+/// Service with a stray `items` key is read as a Service (the fast path
+/// leaves it to the slow one).
+#[test]
+fn json_lists_read_alike_on_the_fast_and_the_slow_path() {
+    let items: Vec<serde_json::Value> = (0..2_500)
+        .flat_map(|i| {
+            let name = format!("s{i}");
+            [
+                json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": { "name": name, "labels": { "app": "x" } },
+                    "spec": { "clusterIP": "10.96.0.1", "ports": [{ "name": "http", "port": 80 }] },
+                }),
+                json!({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": { "name": format!("{name}-1"), "labels": { "kubernetes.io/service-name": name } },
+                    "addressType": "IPv4",
+                    "endpoints": [{
+                        "addresses": [format!("10.200.{}.{}", i / 250, i % 250)],
+                        "conditions": { "ready": i % 2 == 0 }, "nodeName": "node-1",
+                    }],
+                    "ports": [{ "name": "http", "port": 8080 }],
+                }),
+            ]
+        })
+        .collect();
+    let text = json!({ "apiVersion": "v1", "kind": "List", "items": items }).to_string();
+    let fast = fast_json(&text).expect("the fast path reads it");
+    let slow = slow_json(&text, Path::new("services.json")).expect("the slow path reads it");
+    assert_eq!(
+        (fast.services.len(), fast.endpoint_slices.len()),
+        (2_500, 2_500)
+    );
+    assert!(fast == slow, "the two paths differ");
+
+    let stray = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"items":[]}"#;
+    assert!(fast_json(stray).is_none());
+    assert_eq!(names(&parse_ok(stray)).0, ["default/a"]);
 }
