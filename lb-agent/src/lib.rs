@@ -8,7 +8,8 @@
 //! - `sync`: diffing desired against applied and applying it in a safe order;
 //! - [`sockets`]: closing sockets whose backend left the service;
 //! - [`node_addresses`]: the addresses node ports answer on;
-//! - `health`: kube-proxy's health endpoints (`/healthz`, `healthCheckNodePort`s).
+//! - `health`: kube-proxy's health endpoints (`/healthz`, `healthCheckNodePort`s);
+//! - [`memory`]: how the agent uses glibc's allocator.
 
 #![warn(unreachable_pub)]
 
@@ -17,7 +18,7 @@ pub mod dataplane;
 mod health;
 mod http;
 pub mod list;
-mod memory;
+pub mod memory;
 mod metrics;
 pub mod model;
 pub mod node_addresses;

@@ -210,6 +210,9 @@ fn dispatch(command: Command) -> Result<()> {
                     a.netns_dirs
                 },
             };
+            if cfg.services_file.is_none() {
+                lb_agent::memory::one_arena();
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
