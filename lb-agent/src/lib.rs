@@ -9,7 +9,7 @@
 //! - [`sockets`]: closing sockets whose backend left the service;
 //! - [`node_addresses`]: the addresses node ports answer on;
 //! - `health`: kube-proxy's health endpoints (`/healthz`, `healthCheckNodePort`s);
-//! - [`memory`]: how the agent uses glibc's allocator.
+//! - `memory`: how the agent uses glibc's allocator.
 
 #![warn(unreachable_pub)]
 
@@ -18,7 +18,7 @@ pub mod dataplane;
 mod health;
 mod http;
 pub mod list;
-pub mod memory;
+mod memory;
 mod metrics;
 pub mod model;
 pub mod node_addresses;

@@ -210,9 +210,7 @@ fn dispatch(command: Command) -> Result<()> {
                     a.netns_dirs
                 },
             };
-            if cfg.services_file.is_none() {
-                lb_agent::memory::one_arena();
-            }
+            cfg.before_threads();
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

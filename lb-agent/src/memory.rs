@@ -16,7 +16,7 @@
 /// a quarter lower and the steady RSS no higher. Not for the services
 /// file: its parse threads then share one arena, and the steady RSS came
 /// out 1.5-2x and a reload 2.5x slower. The numbers are in BENCHMARKS.md.
-pub fn one_arena() {
+pub(crate) fn one_arena() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt takes no pointer and only sets a limit glibc reads
     // when a thread first needs an arena.

@@ -68,6 +68,17 @@ pub struct RunConfig {
     pub tc_attach: AttachMode,
 }
 
+impl RunConfig {
+    /// Process-wide settings for this source that must precede any thread
+    /// (call before the runtime is built): the Kubernetes source allocates
+    /// from one malloc arena (see `memory::one_arena`).
+    pub fn before_threads(&self) {
+        if self.services_file.is_none() {
+            crate::memory::one_arena();
+        }
+    }
+}
+
 /// Runs until SIGTERM or SIGINT. The data path stays attached afterwards.
 ///
 /// # Errors

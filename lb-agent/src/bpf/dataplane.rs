@@ -327,6 +327,11 @@ impl BpfDataplane {
             }))
     }
 
+    /// What is programmed for `frontend`, if anything.
+    fn applied_entry(&self, frontend: &Frontend) -> Option<&ServiceEntry> {
+        self.applied.get(frontend).map(Arc::as_ref)
+    }
+
     /// Stages one upsert: allocates its id and range and writes what no
     /// program can see yet (backends into a fresh range, zeroed counters
     /// for a new id). Nothing is published.
@@ -413,14 +418,8 @@ impl BpfDataplane {
         for frontend in frontends {
             if let Some(slot) = self.slots.get(frontend) {
                 keys.push(service_key(frontend));
-                members_gone.extend(members(
-                    slot.id,
-                    self.applied.get(frontend).map(Arc::as_ref),
-                ));
-                ranges_gone.extend(source_ranges(
-                    slot.id,
-                    self.applied.get(frontend).map(Arc::as_ref),
-                ));
+                members_gone.extend(members(slot.id, self.applied_entry(frontend)));
+                ranges_gone.extend(source_ranges(slot.id, self.applied_entry(frontend)));
             }
         }
         self.batch
@@ -594,11 +593,11 @@ impl BpfDataplane {
         let mut ranges_new = Vec::new();
         let mut ranges_gone = Vec::new();
         for s in &staged {
-            let old = members(s.slot.id, self.applied.get(&s.frontend).map(Arc::as_ref));
+            let old = members(s.slot.id, self.applied_entry(&s.frontend));
             let new = members(s.slot.id, Some(&s.entry));
             members_new.extend(new.difference(&old).copied());
             members_gone.extend(old.difference(&new).copied());
-            let old = source_ranges(s.slot.id, self.applied.get(&s.frontend).map(Arc::as_ref));
+            let old = source_ranges(s.slot.id, self.applied_entry(&s.frontend));
             let new = source_ranges(s.slot.id, Some(&s.entry));
             ranges_new.extend(new.difference(&old).copied());
             ranges_gone.extend(old.difference(&new).copied());
